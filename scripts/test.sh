@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, clippy, unit and integration tests against real
+# PostgreSQL, RabbitMQ and the embedded ABDM sandbox. Starts (or installs) what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+# shellcheck source=scripts/services.sh
+source scripts/services.sh
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings" >&2
+cargo clippy --quiet --all-targets -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+  echo "== cargo nextest run" >&2
+  cargo nextest run --no-fail-fast "$@"
+else
+  echo "== cargo test (cargo-nextest not installed)" >&2
+  cargo test --no-fail-fast "$@"
+fi

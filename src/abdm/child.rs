@@ -1,0 +1,132 @@
+//! Child ABHA: create with the parent's X-token, list, update (integrator guide §11.7).
+
+use chrono::{Datelike, NaiveDate};
+use serde::Deserialize;
+
+use crate::pii::{AbhaNumber, Gender, PersonName, Sensitive};
+
+/// A child to enrol under a parent.
+#[derive(Debug, Clone)]
+pub struct ChildDetails {
+    /// Child's name.
+    pub name: PersonName,
+    /// Date of birth.
+    pub birth_date: NaiveDate,
+    /// Gender.
+    pub gender: Gender,
+}
+
+impl ChildDetails {
+    /// The `authData.child` object of the request.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "dayOfBirth": self.birth_date.day().to_string(),
+            "monthOfBirth": self.birth_date.month().to_string(),
+            "yearOfBirth": self.birth_date.year().to_string(),
+            "gender": self.gender.as_str(),
+            "name": self.name.expose(),
+            "parentConsent": "true",
+        })
+    }
+}
+
+/// The new child's profile.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChildProfile {
+    /// The child's ABHA number.
+    #[serde(rename = "ABHANumber", default)]
+    pub abha_number: Sensitive,
+    /// `CHILD`.
+    #[serde(rename = "abhaType", default)]
+    pub abha_type: Option<String>,
+    /// Date of birth as ABDM writes it.
+    #[serde(default)]
+    pub dob: Option<Sensitive>,
+}
+
+/// Answer of the child creation.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChildCreated {
+    /// ABDM's message.
+    #[serde(default)]
+    pub message: String,
+    /// The child's profile.
+    #[serde(rename = "ABHAProfile")]
+    pub profile: ChildProfile,
+    /// False when ABDM found the child already enrolled.
+    #[serde(rename = "isNew", default = "yes")]
+    pub is_new: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One child in the parent's list.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChildSummary {
+    /// `d-m-yyyy` as ABDM writes it.
+    #[serde(rename = "dateOfBirth", default)]
+    pub date_of_birth: Sensitive,
+    /// Name.
+    #[serde(default)]
+    pub name: Sensitive,
+    /// Gender.
+    #[serde(default)]
+    pub gender: Option<String>,
+    /// ABHA number.
+    #[serde(rename = "ABHANumber", default)]
+    pub abha_number: Sensitive,
+}
+
+impl ChildSummary {
+    /// True when this entry is the child described by `d` (same name, birth date and gender):
+    /// how a creation whose answer was lost is recognised.
+    pub fn matches(&self, d: &ChildDetails) -> bool {
+        let same_name = self
+            .name
+            .expose()
+            .split_whitespace()
+            .eq(d.name.expose().split_whitespace());
+        let same_gender = self
+            .gender
+            .as_deref()
+            .is_none_or(|g| g == d.gender.as_str());
+        let same_date = parse_loose_date(self.date_of_birth.expose()) == Some(d.birth_date);
+        same_name && same_gender && same_date
+    }
+}
+
+fn parse_loose_date(s: &str) -> Option<NaiveDate> {
+    let mut it = s.split('-').map(|p| p.parse::<u32>().ok());
+    let (d, m, y) = (it.next()??, it.next()??, it.next()??);
+    NaiveDate::from_ymd_opt(y as i32, m, d)
+}
+
+/// Answer of the children list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Children {
+    /// Parent's ABHA number.
+    #[serde(default)]
+    pub parent_abha_number: Sensitive,
+    /// How many children.
+    #[serde(default)]
+    pub children_count: u32,
+    /// The children.
+    #[serde(default)]
+    pub children: Vec<ChildSummary>,
+}
+
+/// `PATCH /v3/profile/account` for a child ABHA.
+#[derive(Debug, Clone)]
+pub struct ChildUpdate {
+    /// The child's ABHA number.
+    pub abha_number: AbhaNumber,
+    /// Name.
+    pub name: PersonName,
+    /// Date of birth.
+    pub birth_date: NaiveDate,
+    /// Gender.
+    pub gender: Gender,
+}

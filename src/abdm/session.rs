@@ -1,0 +1,182 @@
+//! Gateway session token: cached, refreshed before expiry, one refresh in flight at a time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::abdm::client::{CallTrace, Operation, standard_headers};
+use crate::abdm::error::{AbdmError, ClientError};
+use crate::config::Secret;
+
+/// The gateway's answer to `POST .../v3/sessions`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionAnswer {
+    access_token: String,
+    expires_in: u64,
+}
+
+/// A cached access token.
+struct Cached {
+    token: Arc<Secret>,
+    refresh_at: Instant,
+}
+
+/// Settings of the session manager.
+#[derive(Clone)]
+pub struct SessionConfig {
+    /// `POST` URL of the gateway session.
+    pub url: String,
+    /// Client id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: Secret,
+    /// `X-CM-ID` header.
+    pub cm_id: String,
+    /// Fraction of `expiresIn` after which the token is refreshed.
+    pub refresh_fraction: f64,
+}
+
+/// Holds the gateway access token for every task of the process.
+///
+/// `token()` is lock-free in the common case (a read lock); when the token is due, the first
+/// task to notice takes the refresh lock and fetches a new one while the others wait for it, so
+/// at most one session request is in flight.
+pub struct SessionManager {
+    http: reqwest::Client,
+    cfg: SessionConfig,
+    cached: RwLock<Option<Cached>>,
+    refresh: Mutex<()>,
+    refreshes: std::sync::atomic::AtomicU64,
+}
+
+impl SessionManager {
+    /// A manager that fetches its first token on first use.
+    pub fn new(http: reqwest::Client, cfg: SessionConfig) -> Self {
+        Self {
+            http,
+            cfg,
+            cached: RwLock::new(None),
+            refresh: Mutex::new(()),
+            refreshes: Default::default(),
+        }
+    }
+
+    /// How many session requests succeeded so far.
+    pub fn refresh_count(&self) -> u64 {
+        self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A valid access token, fetching one when none is cached or the cached one is due.
+    pub async fn token(&self, trace: &mut CallTrace) -> Result<Arc<Secret>, ClientError> {
+        if let Some(c) = self.cached.read().await.as_ref()
+            && Instant::now() < c.refresh_at
+        {
+            return Ok(c.token.clone());
+        }
+        self.refresh(None, trace).await
+    }
+
+    /// Replaces `stale` (a token ABDM just rejected) unless another task already did.
+    pub async fn invalidate(
+        &self,
+        stale: &Arc<Secret>,
+        trace: &mut CallTrace,
+    ) -> Result<Arc<Secret>, ClientError> {
+        self.refresh(Some(stale), trace).await
+    }
+
+    /// True when a token is cached and not yet due.
+    pub async fn is_valid(&self) -> bool {
+        self.cached
+            .read()
+            .await
+            .as_ref()
+            .is_some_and(|c| Instant::now() < c.refresh_at)
+    }
+
+    async fn refresh(
+        &self,
+        stale: Option<&Arc<Secret>>,
+        trace: &mut CallTrace,
+    ) -> Result<Arc<Secret>, ClientError> {
+        let _single_flight = self.refresh.lock().await;
+        if let Some(c) = self.cached.read().await.as_ref() {
+            let rejected = stale.is_some_and(|s| Arc::ptr_eq(s, &c.token));
+            if !rejected && Instant::now() < c.refresh_at {
+                return Ok(c.token.clone());
+            }
+        }
+        let token = self
+            .fetch(trace)
+            .await
+            .map_err(|e| ClientError::Session(Box::new(e)))?;
+        Ok(token)
+    }
+
+    async fn fetch(&self, trace: &mut CallTrace) -> Result<Arc<Secret>, ClientError> {
+        let started = Instant::now();
+        let (request_id, headers) = standard_headers();
+        let body = serde_json::json!({
+            "clientId": self.cfg.client_id,
+            "clientSecret": self.cfg.client_secret.expose(),
+            "grantType": "client_credentials",
+        });
+        let sent = self
+            .http
+            .post(&self.cfg.url)
+            .headers(headers)
+            .header("X-CM-ID", &self.cfg.cm_id)
+            .json(&body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                let err = ClientError::from_reqwest(e);
+                trace.record(Operation::Session, request_id, None, &Err(&err), started);
+                return Err(err);
+            }
+        };
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(ClientError::from_reqwest)?;
+        if !(200..300).contains(&status) {
+            let err = ClientError::Abdm(AbdmError::parse(status, &bytes, None));
+            trace.record(
+                Operation::Session,
+                request_id,
+                Some(status),
+                &Err(&err),
+                started,
+            );
+            return Err(err);
+        }
+        let answer: SessionAnswer =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+                status,
+                reason: format!("session answer: {e}"),
+            })?;
+        trace.record(
+            Operation::Session,
+            request_id,
+            Some(status),
+            &Ok(()),
+            started,
+        );
+        let lifetime = Duration::from_secs(answer.expires_in.max(1));
+        let token = Arc::new(Secret::new(answer.access_token));
+        *self.cached.write().await = Some(Cached {
+            token: token.clone(),
+            refresh_at: started + lifetime.mul_f64(self.cfg.refresh_fraction),
+        });
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            expires_in_secs = answer.expires_in,
+            "gateway session token refreshed"
+        );
+        Ok(token)
+    }
+}

@@ -1,0 +1,318 @@
+//! The `abha-bulk` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::abdm::AbdmClient;
+use crate::config::{ConfigSource, Settings};
+use crate::pii::{Aadhaar, AbhaNumber, Mobile, XToken};
+use crate::sandbox::{KeySource, Sandbox, SandboxConfig};
+use crate::tour::{self, TourInputs};
+
+/// Runs ABDM ABHA V3 Benefit API operations in bulk.
+#[derive(Debug, Parser)]
+#[command(name = "abha-bulk", version, about, long_about = None)]
+pub struct Cli {
+    /// Extra settings file applied after config/<env>.toml.
+    #[arg(long, global = true, env = "ABHA_BULK_CONFIG_FILE")]
+    pub config: Option<PathBuf>,
+    /// Folder of config/<env>.toml.
+    #[arg(
+        long,
+        global = true,
+        env = "ABHA_BULK_CONFIG_DIR",
+        default_value = "config"
+    )]
+    pub config_dir: PathBuf,
+    /// Environment name: selects config/<env>.toml.
+    #[arg(long, global = true, env = "ABHA_BULK_ENV", default_value = "local")]
+    pub env: String,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the embedded ABDM simulator until Ctrl-C / SIGTERM.
+    Sandbox(SandboxArgs),
+    /// Make one real call of every operation and print what each returned.
+    Tour(TourArgs),
+    /// Start the sandbox in-process and run the tour against it.
+    Demo(SandboxArgs),
+    /// Load, validate and print the effective settings (secrets masked).
+    Config,
+}
+
+/// Options of the sandbox (each overrides the `[sandbox]` setting of the same name).
+#[derive(Debug, Clone, Args, Default)]
+pub struct SandboxArgs {
+    /// Listen address.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// RSA key size (ABDM uses 4096; smaller starts faster).
+    #[arg(long)]
+    pub key_bits: Option<usize>,
+    /// PKCS#8 PEM private key file to use instead of generating one.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Seeded beneficiaries.
+    #[arg(long)]
+    pub population: Option<u64>,
+    /// Seed of the population.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Requests per second before ABDM-1022 (0 = unlimited).
+    #[arg(long)]
+    pub rate_limit: Option<f64>,
+    /// Access token lifetime, seconds.
+    #[arg(long)]
+    pub token_ttl_secs: Option<u64>,
+    /// Percentage of calls answered 500.
+    #[arg(long)]
+    pub fault_5xx: Option<f64>,
+    /// Percentage of calls held past the client timeout.
+    #[arg(long)]
+    pub fault_timeout: Option<f64>,
+    /// Percentage of calls whose connection drops after the side effect.
+    #[arg(long)]
+    pub fault_drop: Option<f64>,
+    /// Latency added to every answer, milliseconds.
+    #[arg(long)]
+    pub latency_ms: Option<u64>,
+}
+
+impl SandboxArgs {
+    fn apply(&self, settings: &mut Settings) {
+        let s = &mut settings.sandbox;
+        macro_rules! set {
+            ($($f:ident => $t:ident),*) => { $( if let Some(v) = self.$f.clone() { s.$t = v; } )* };
+        }
+        set!(listen => listen, key_bits => key_bits, population => population, seed => seed,
+             rate_limit => rate_limit, token_ttl_secs => token_ttl_secs,
+             fault_5xx => fault_5xx_percent, fault_timeout => fault_timeout_percent,
+             fault_drop => fault_drop_percent, latency_ms => latency_ms);
+    }
+
+    fn config(&self, settings: &Settings) -> anyhow::Result<SandboxConfig> {
+        let mut cfg = SandboxConfig::from_settings(settings)?;
+        if let Some(path) = &self.key_file {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --key-file {}", path.display()))?;
+            cfg.key = KeySource::Pem(pem);
+        }
+        Ok(cfg)
+    }
+}
+
+/// Options of the tour.
+#[derive(Debug, Clone, Args)]
+pub struct TourArgs {
+    /// Benefit name to call with.
+    #[arg(long, default_value = "DEMO-BENEFIT")]
+    pub benefit: String,
+    /// Use identifiers of the sandbox population (seed and size from `[sandbox]`).
+    #[arg(long)]
+    pub sandbox_population: bool,
+    /// ABHA number to search, link and de-link.
+    #[arg(long)]
+    pub abha: Option<String>,
+    /// Aadhaar number to search by.
+    #[arg(long)]
+    pub aadhaar: Option<String>,
+    /// Mobile to find ABHAs by.
+    #[arg(long)]
+    pub find_mobile: Option<String>,
+    /// File holding a parent's X-token (child creation and listing).
+    #[arg(long)]
+    pub parent_x_token_file: Option<PathBuf>,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
+    let source = ConfigSource {
+        dir: cli.config_dir.clone(),
+        env: cli.env.clone(),
+        file: cli.config.clone(),
+    };
+    Ok(Settings::load(&source)?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut settings = load_settings(&cli)?;
+    crate::telemetry::init(&settings.telemetry);
+    match &cli.command {
+        Command::Config => {
+            println!("{settings:#?}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sandbox(args) => {
+            args.apply(&mut settings);
+            settings.validate()?;
+            let cfg = args.config(&settings)?;
+            eprintln!(
+                "starting the ABDM sandbox ({}-bit key, {} beneficiaries, seed {})...",
+                settings.sandbox.key_bits, cfg.population, cfg.seed
+            );
+            let sandbox = Sandbox::start(cfg).await?;
+            println!(
+                "ABDM sandbox on {} (base_url {}/abha/api, session_url {}/api/hiecm/gateway/v3/sessions)",
+                sandbox.addr(),
+                sandbox.url(),
+                sandbox.url()
+            );
+            let stop = tokio_util::sync::CancellationToken::new();
+            spawn_signal_handler(stop.clone());
+            sandbox.run_until(stop).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tour(args) => {
+            let client = AbdmClient::new(&settings.abdm)?;
+            let inputs = tour_inputs(args, &settings)?;
+            let failed = print_tour(&client, &inputs).await;
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Demo(args) => {
+            args.apply(&mut settings);
+            if args.listen.is_none() {
+                settings.sandbox.listen = "127.0.0.1:0".into();
+            }
+            if args.key_bits.is_none() {
+                settings.sandbox.key_bits = 2048;
+            }
+            settings.validate()?;
+            let cfg = args.config(&settings)?;
+            eprintln!("starting the embedded ABDM sandbox...");
+            let sandbox = Sandbox::start(cfg).await?;
+            let mut abdm = crate::abdm::client::settings_for_sandbox(&sandbox.url());
+            abdm.benefit_header = settings.abdm.benefit_header.clone();
+            let client = AbdmClient::new(&abdm)?;
+            let inputs = TourInputs::from_population(sandbox.state().population(), "DEMO-BENEFIT");
+            println!(
+                "ABDM sandbox on {}; calling every operation once:\n",
+                sandbox.url()
+            );
+            let failed = print_tour(&client, &inputs).await;
+            let log = sandbox.state().call_log();
+            println!(
+                "\nsandbox saw {} request(s), {} side effect(s), {} duplicate side effect(s)",
+                log.requests.values().sum::<u64>(),
+                log.side_effects.values().sum::<u64>(),
+                log.duplicate_side_effects.values().sum::<u64>()
+            );
+            sandbox.shutdown().await;
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+/// Prints the tour; true when a step failed in a way the tour did not expect (anything but
+/// success and ABDM's idempotent answers).
+async fn print_tour(client: &AbdmClient, inputs: &TourInputs) -> bool {
+    let steps = tour::run(client, inputs).await;
+    let mut failed = false;
+    for s in &steps {
+        println!("{s}");
+        failed |= !matches!(s.outcome.as_str(), "ok" | "idempotent_success");
+    }
+    failed
+}
+
+fn tour_inputs(args: &TourArgs, settings: &Settings) -> anyhow::Result<TourInputs> {
+    if args.sandbox_population {
+        let p = crate::sandbox::Population::new(settings.sandbox.population, settings.sandbox.seed);
+        return Ok(TourInputs::from_population(&p, &args.benefit));
+    }
+    let abha = args
+        .abha
+        .as_deref()
+        .map(AbhaNumber::parse)
+        .transpose()
+        .context("--abha")?;
+    let aadhaar = args
+        .aadhaar
+        .as_deref()
+        .map(Aadhaar::parse)
+        .transpose()
+        .context("--aadhaar")?;
+    let find_mobile = args
+        .find_mobile
+        .as_deref()
+        .map(Mobile::parse)
+        .transpose()
+        .context("--find-mobile")?;
+    let parent_x_token = match &args.parent_x_token_file {
+        Some(p) => Some(
+            XToken::parse(
+                &std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+            )
+            .context("--parent-x-token-file")?,
+        ),
+        None => None,
+    };
+    Ok(TourInputs {
+        benefit: args.benefit.clone(),
+        abha,
+        aadhaar,
+        patch_abha: None,
+        new_mobile: None,
+        find_mobile,
+        parent_x_token,
+        demo: None,
+    })
+}
+
+/// Cancels `stop` on Ctrl-C or SIGTERM.
+pub fn spawn_signal_handler(stop: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested");
+        stop.cancel();
+    });
+}

@@ -1,0 +1,25 @@
+//! # abha-bulk
+//!
+//! Runs ABDM ABHA V3 Benefit API operations in bulk: search, link and de-link beneficiaries'
+//! ABHA numbers to a programme, patch profiles, create child ABHAs and ABHAs by demographic
+//! authentication, for hundreds of thousands of people at a time, at a rate ABDM tolerates.
+//!
+//! # Layout
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`cli`] | the `abha-bulk` commands (clap) and their dispatch |
+//! | [`config`] | typed settings, layered loading (defaults → `<env>.toml` → env), validation |
+//! | [`pii`] | identifier types (Aadhaar, ABHA number, mobile, name, X-token) with masked output |
+//! | [`abdm`] | the ABDM V3 client: session, encryption, error taxonomy, typed operations |
+//! | [`sandbox`] | the embedded ABDM simulator (axum) used by the demo, tests and benchmarks |
+//! | [`tour`] | one real call of every operation against ABDM or the sandbox, printed |
+//! | [`telemetry`] | tracing subscriber (human/JSON) and the Prometheus registry |
+
+pub mod abdm;
+pub mod cli;
+pub mod config;
+pub mod pii;
+pub mod sandbox;
+pub mod telemetry;
+pub mod tour;
