@@ -19,6 +19,8 @@
 pub mod abdm;
 pub mod cli;
 pub mod config;
+pub mod ingest;
+pub mod jobs;
 pub mod pii;
 pub mod sandbox;
 pub mod telemetry;

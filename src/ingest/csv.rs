@@ -1,0 +1,1 @@
+//! Streaming CSV ingest (being written).

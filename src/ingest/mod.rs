@@ -1,0 +1,3 @@
+//! Turning uploads into validated jobs.
+
+pub mod csv;

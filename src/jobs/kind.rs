@@ -1,0 +1,1 @@
+//! Job kinds and payloads (being written).

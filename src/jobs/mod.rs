@@ -1,0 +1,3 @@
+//! Job kinds, their payloads and validation ([`kind`]), and running one job ([`execute`]).
+
+pub mod kind;
