@@ -8,9 +8,13 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::abdm::AbdmClient;
 use crate::config::{ConfigSource, Settings};
+use crate::jobs::kind::JobKind;
 use crate::pii::{Aadhaar, AbhaNumber, Mobile, XToken};
 use crate::sandbox::{KeySource, Sandbox, SandboxConfig};
+use crate::store::Store;
 use crate::tour::{self, TourInputs};
+
+mod commands;
 
 /// Runs ABDM ABHA V3 Benefit API operations in bulk.
 #[derive(Debug, Parser)]
@@ -38,14 +42,115 @@ pub struct Cli {
 /// Commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create the database if missing and run the migrations.
+    Migrate,
+    /// Validate a CSV file and queue its rows as a batch of jobs.
+    Submit(SubmitArgs),
+    /// Consume jobs, call ABDM at the configured rate, record outcomes (runs the relay too).
+    Worker(WorkerArgs),
+    /// Publish due outbox rows to RabbitMQ (also runs inside `worker`).
+    Relay,
+    /// Batch progress: counts by state, rate, ETA.
+    Status(StatusArgs),
+    /// Write the per-row CSV report of a batch.
+    Report(ReportArgs),
+    /// Re-run the failed and dead rows of a batch.
+    RetryFailed(RetryArgs),
+    /// Cancel the rows of a batch that have not run yet.
+    Cancel(BatchArg),
     /// Run the embedded ABDM simulator until Ctrl-C / SIGTERM.
     Sandbox(SandboxArgs),
     /// Make one real call of every operation and print what each returned.
     Tour(TourArgs),
-    /// Start the sandbox in-process and run the tour against it.
-    Demo(SandboxArgs),
+    /// The whole pipeline in one process against the embedded sandbox, on a generated sample.
+    Demo(DemoArgs),
     /// Load, validate and print the effective settings (secrets masked).
     Config,
+}
+
+/// `submit` options.
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    /// The CSV file (see docs/csv-formats.md).
+    pub file: PathBuf,
+    /// Job kind of every row.
+    #[arg(long, value_enum)]
+    pub kind: JobKind,
+    /// Benefit (programme) name as registered with ABDM.
+    #[arg(long)]
+    pub benefit: String,
+    /// Submit even if this file was already submitted for this kind and benefit.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `worker` options.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Do not run the outbox relay in this process (run `abha-bulk relay` separately).
+    #[arg(long)]
+    pub no_relay: bool,
+}
+
+/// `status` options.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Batch id (or a unique prefix); without it, the active batches.
+    pub batch: Option<String>,
+    /// Refresh until the batch is finished.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// `report` options.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// Batch id (or a unique prefix).
+    pub batch: String,
+    /// Output CSV file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Put the identifiers found or created (ABHA numbers) in clear in `result_revealed`;
+    /// recorded in the audit table.
+    #[arg(long)]
+    pub reveal: bool,
+    /// Why the identifiers are revealed (stored in the audit table).
+    #[arg(long, requires = "reveal")]
+    pub reason: Option<String>,
+}
+
+/// `retry-failed` options.
+#[derive(Debug, Clone, Args)]
+pub struct RetryArgs {
+    /// Batch id (or a unique prefix).
+    pub batch: String,
+    /// Only rows whose last ABDM code is this (e.g. ABDM-9999, timeout).
+    #[arg(long)]
+    pub code: Option<String>,
+}
+
+/// A batch argument.
+#[derive(Debug, Clone, Args)]
+pub struct BatchArg {
+    /// Batch id (or a unique prefix).
+    pub batch: String,
+}
+
+/// `demo` options.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Rows over all kinds.
+    #[arg(long, default_value_t = 10_000)]
+    pub rows: usize,
+    /// ABDM calls per second.
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// Folder for the generated inputs and the reports (default reports/demo-<time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Turn the sandbox's fault injection off.
+    #[arg(long)]
+    pub no_faults: bool,
 }
 
 /// Options of the sandbox (each overrides the `[sandbox]` setting of the same name).
@@ -118,6 +223,9 @@ pub struct TourArgs {
     /// Use identifiers of the sandbox population (seed and size from `[sandbox]`).
     #[arg(long)]
     pub sandbox_population: bool,
+    /// Start a sandbox in this process and tour it (ignores `[abdm]`).
+    #[arg(long)]
+    pub embedded: bool,
     /// ABHA number to search, link and de-link.
     #[arg(long)]
     pub abha: Option<String>,
@@ -191,51 +299,90 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sandbox.run_until(stop).await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tour(args) => {
-            let client = AbdmClient::new(&settings.abdm)?;
-            let inputs = tour_inputs(args, &settings)?;
-            let failed = print_tour(&client, &inputs).await;
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
-        Command::Demo(args) => {
-            args.apply(&mut settings);
-            if args.listen.is_none() {
-                settings.sandbox.listen = "127.0.0.1:0".into();
-            }
-            if args.key_bits.is_none() {
-                settings.sandbox.key_bits = 2048;
-            }
-            settings.validate()?;
-            let cfg = args.config(&settings)?;
-            eprintln!("starting the embedded ABDM sandbox...");
-            let sandbox = Sandbox::start(cfg).await?;
+        Command::Tour(args) if args.embedded => {
+            settings.sandbox.listen = "127.0.0.1:0".into();
+            settings.sandbox.key_bits = 2048;
+            let sandbox = Sandbox::start(SandboxConfig::from_settings(&settings)?).await?;
             let mut abdm = crate::abdm::client::settings_for_sandbox(&sandbox.url());
             abdm.benefit_header = settings.abdm.benefit_header.clone();
             let client = AbdmClient::new(&abdm)?;
-            let inputs = TourInputs::from_population(sandbox.state().population(), "DEMO-BENEFIT");
+            let inputs = TourInputs::from_population(sandbox.state().population(), &args.benefit);
             println!(
                 "ABDM sandbox on {}; calling every operation once:\n",
                 sandbox.url()
             );
             let failed = print_tour(&client, &inputs).await;
-            let log = sandbox.state().call_log();
-            println!(
-                "\nsandbox saw {} request(s), {} side effect(s), {} duplicate side effect(s)",
-                log.requests.values().sum::<u64>(),
-                log.side_effects.values().sum::<u64>(),
-                log.duplicate_side_effects.values().sum::<u64>()
-            );
             sandbox.shutdown().await;
-            Ok(if failed {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(exit(!failed))
         }
+        Command::Tour(args) => {
+            let client = AbdmClient::new(&settings.abdm)?;
+            let inputs = tour_inputs(args, &settings)?;
+            let failed = print_tour(&client, &inputs).await;
+            Ok(exit(!failed))
+        }
+        Command::Demo(args) => {
+            let mut opts = crate::demo::DemoOptions {
+                rows: args.rows,
+                rate: args.rate,
+                ..Default::default()
+            };
+            if let Some(out) = &args.out {
+                opts.out_dir = out.clone();
+            }
+            if args.no_faults {
+                opts.faults = (0.0, 0.0, 0.0);
+            }
+            let outcome = crate::demo::run(&settings, &opts).await?;
+            if outcome.duplicate_side_effects > 0 {
+                eprintln!("error: the sandbox saw a side effect done twice");
+            }
+            Ok(exit(outcome.duplicate_side_effects == 0))
+        }
+        Command::Migrate => {
+            let url = settings.database_url()?;
+            Store::migrate(url.expose()).await?;
+            println!("database migrated");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit(args) => commands::submit(&settings, args).await,
+        Command::Worker(args) => commands::worker(&settings, args.no_relay).await,
+        Command::Relay => commands::relay(&settings).await,
+        Command::Status(args) => commands::status(&settings, args).await,
+        Command::Report(args) => commands::report(&settings, args).await,
+        Command::RetryFailed(args) => {
+            let store = Store::connect(&settings).await?;
+            let batch = store.find_batch(&args.batch).await?;
+            let n = store.retry_failed(batch.id, args.code.as_deref()).await?;
+            let only = args
+                .code
+                .as_ref()
+                .map(|c| format!(" (last code {c})"))
+                .unwrap_or_default();
+            println!(
+                "{n} failed/dead row(s){only} of batch {} queued again",
+                batch.id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel(args) => {
+            let store = Store::connect(&settings).await?;
+            let batch = store.find_batch(&args.batch).await?;
+            let n = store.cancel_batch(batch.id).await?;
+            println!(
+                "batch {} cancelled: {n} row(s) that had not run will not run",
+                batch.id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -184,6 +184,8 @@ pub struct WorkerSettings {
     pub rate_per_second: f64,
     /// Calls allowed back to back after idling.
     pub burst: u32,
+    /// Share `rate_per_second` with every replica through a token bucket in Postgres.
+    pub global_rate_limit: bool,
     /// Calls in flight at once in one worker (and RabbitMQ prefetch).
     pub in_flight: u16,
     /// Attempts per job before it is dead.

@@ -41,7 +41,8 @@ pub mod metrics {
     use std::time::Duration;
 
     use prometheus::{
-        Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+        Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+        Opts, Registry, TextEncoder,
     };
 
     /// The process-wide registry served at `/metrics`.
@@ -93,6 +94,147 @@ pub mod metrics {
             &["result"],
         )
     });
+
+    fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+        REGISTRY
+            .register(Box::new(g.clone()))
+            .expect("metric registered once");
+        g
+    }
+
+    fn gauge(name: &str, help: &str) -> Gauge {
+        let g = Gauge::new(name, help).expect("valid metric");
+        REGISTRY
+            .register(Box::new(g.clone()))
+            .expect("metric registered once");
+        g
+    }
+
+    /// `abha_jobs_total{kind,outcome}`: jobs reaching a state (succeeded, failed, dead,
+    /// retrying, cancelled).
+    pub static JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        counter(
+            "abha_jobs_total",
+            "Job outcomes by kind: succeeded, failed, dead, retrying",
+            &["kind", "outcome"],
+        )
+    });
+
+    /// `abha_job_duration_seconds{kind}`: accepted → finished.
+    pub static JOB_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+        histogram(
+            "abha_job_duration_seconds",
+            "Time from a job being accepted to its final state",
+            &["kind"],
+            vec![
+                0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+            ],
+        )
+    });
+
+    /// `abha_retries_total{kind,reason}`.
+    pub static RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        counter(
+            "abha_retries_total",
+            "Retries scheduled by kind and reason (transient, throttled, auth, lease_expired)",
+            &["kind", "reason"],
+        )
+    });
+
+    /// `abha_ratelimit_wait_seconds`.
+    pub static RATELIMIT_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
+        let h = Histogram::with_opts(
+            HistogramOpts::new(
+                "abha_ratelimit_wait_seconds",
+                "Time an ABDM call waited for the rate limiter",
+            )
+            .buckets(vec![0.0005, 0.005, 0.05, 0.25, 1.0, 5.0, 30.0]),
+        )
+        .expect("valid metric");
+        REGISTRY
+            .register(Box::new(h.clone()))
+            .expect("metric registered once");
+        h
+    });
+
+    /// `abha_ratelimit_rate`: the effective calls/s after adaptive slow-downs.
+    pub static RATELIMIT_RATE: LazyLock<Gauge> = LazyLock::new(|| {
+        gauge(
+            "abha_ratelimit_rate",
+            "Effective ABDM calls per second allowed now",
+        )
+    });
+
+    /// `abha_ratelimit_configured_rate`.
+    pub static RATELIMIT_CONFIGURED: LazyLock<Gauge> = LazyLock::new(|| {
+        gauge(
+            "abha_ratelimit_configured_rate",
+            "Configured ABDM calls per second (worker.rate_per_second)",
+        )
+    });
+
+    /// `abha_jobs_in_flight`.
+    pub static IN_FLIGHT: LazyLock<IntGauge> = LazyLock::new(|| {
+        let g =
+            IntGauge::new("abha_jobs_in_flight", "Jobs being worked on now").expect("valid metric");
+        REGISTRY
+            .register(Box::new(g.clone()))
+            .expect("metric registered once");
+        g
+    });
+
+    /// `abha_outbox_pending`.
+    pub static OUTBOX_PENDING: LazyLock<Gauge> = LazyLock::new(|| {
+        gauge(
+            "abha_outbox_pending",
+            "Outbox rows not yet published (due now or later)",
+        )
+    });
+
+    /// `abha_outbox_lag_seconds`.
+    pub static OUTBOX_LAG: LazyLock<Gauge> = LazyLock::new(|| {
+        gauge(
+            "abha_outbox_lag_seconds",
+            "Age of the oldest due outbox row not yet published",
+        )
+    });
+
+    /// `abha_batch_rows{batch_state}`.
+    pub static BATCH_ROWS: LazyLock<GaugeVec> = LazyLock::new(|| {
+        gauge_vec(
+            "abha_batch_rows",
+            "Rows of active batches by job state",
+            &["batch_state"],
+        )
+    });
+
+    /// `abha_queue_messages{queue}`.
+    pub static QUEUE_MESSAGES: LazyLock<GaugeVec> = LazyLock::new(|| {
+        gauge_vec(
+            "abha_queue_messages",
+            "Ready messages per RabbitMQ queue (the dead-letter queue included)",
+            &["queue"],
+        )
+    });
+
+    /// Touches every metric so that `/metrics` lists them all from the start.
+    pub fn register_all() {
+        LazyLock::force(&ABDM_REQUESTS);
+        LazyLock::force(&ABDM_DURATION);
+        LazyLock::force(&SESSION_REFRESH);
+        LazyLock::force(&JOBS);
+        LazyLock::force(&JOB_DURATION);
+        LazyLock::force(&RETRIES);
+        LazyLock::force(&RATELIMIT_WAIT);
+        LazyLock::force(&RATELIMIT_RATE);
+        LazyLock::force(&RATELIMIT_CONFIGURED);
+        LazyLock::force(&IN_FLIGHT);
+        LazyLock::force(&OUTBOX_PENDING);
+        LazyLock::force(&OUTBOX_LAG);
+        LazyLock::force(&BATCH_ROWS);
+        LazyLock::force(&QUEUE_MESSAGES);
+    }
 
     /// Records one ABDM HTTP attempt.
     pub fn observe_abdm_request(

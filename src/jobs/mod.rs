@@ -1,3 +1,4 @@
 //! Job kinds, their payloads and validation ([`kind`]), and running one job ([`execute`]).
 
+pub mod execute;
 pub mod kind;

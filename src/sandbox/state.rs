@@ -263,6 +263,33 @@ impl State {
             .insert((benefit.to_string(), abha_digits.to_string()), state);
     }
 
+    /// Creates a child ABHA under `parent` directly, without a call (the demo and tests seed
+    /// children to update with it).
+    pub fn seed_child(
+        &self,
+        parent: &crate::pii::AbhaNumber,
+        name: &str,
+        dob: chrono::NaiveDate,
+        gender: &str,
+    ) -> crate::pii::AbhaNumber {
+        let mut w = self.world.lock().expect("world lock");
+        let index = w.next_new_index;
+        w.next_new_index += 1;
+        let abha = self.population.abha(index);
+        w.children
+            .entry(parent.digits())
+            .or_default()
+            .push(ChildRecord {
+                abha: abha.clone(),
+                name: name.to_string(),
+                dob,
+                gender: gender.to_string(),
+                updates: 0,
+            });
+        w.child_parent.insert(abha.digits(), parent.digits());
+        abha
+    }
+
     pub(crate) fn count_request(&self, op: &str) {
         *self
             .log

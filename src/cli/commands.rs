@@ -1,0 +1,294 @@
+//! The long-running and operator commands: submit, worker, relay, status, report.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use super::{ReportArgs, StatusArgs, SubmitArgs, spawn_signal_handler};
+use crate::abdm::AbdmClient;
+use crate::config::Settings;
+use crate::queue::Topology;
+use crate::ratelimit::{GlobalBudget, RateLimiter};
+use crate::store::Store;
+use crate::submit::{Progress, SubmitRequest};
+use crate::worker::{Worker, WorkerConfig};
+
+/// Progress of `submit`: a byte bar on a terminal, a log line every 100 000 rows otherwise.
+struct SubmitProgress {
+    bar: Option<indicatif::ProgressBar>,
+    last_logged: std::sync::atomic::AtomicU64,
+}
+
+impl Progress for SubmitProgress {
+    fn update(&self, bytes: u64, rows: u64) {
+        match &self.bar {
+            Some(b) => {
+                b.set_position(bytes);
+                b.set_message(format!("{rows} rows"));
+            }
+            None => {
+                let last = self.last_logged.load(std::sync::atomic::Ordering::Relaxed);
+                if rows >= last + 100_000 {
+                    self.last_logged
+                        .store(rows, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(rows, bytes, "submit progress");
+                }
+            }
+        }
+    }
+}
+
+pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(settings).await?;
+    let size = std::fs::metadata(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?
+        .len();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(size);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {bytes}/{total_bytes} {msg} ({bytes_per_sec})",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b
+    });
+    let progress = Arc::new(SubmitProgress {
+        bar: bar.clone(),
+        last_logged: Default::default(),
+    });
+    let req = SubmitRequest {
+        path: args.file.clone(),
+        kind: args.kind,
+        benefit: args.benefit.clone(),
+        force: args.force,
+    };
+    let result = crate::submit::submit(&store, &req, progress).await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let s = result?;
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "batch {}: {} rows read, {} accepted, {} rejected, {} duplicate (run once) in {:.1} s ({:.0} rows/s)",
+        s.batch,
+        s.total,
+        s.accepted,
+        s.rejected,
+        s.duplicates,
+        s.elapsed.as_secs_f64(),
+        s.total as f64 / s.elapsed.as_secs_f64().max(0.001)
+    );
+    if s.rejected > 0 {
+        println!(
+            "rejected rows are in the report: abha-bulk report {} --out report.csv",
+            s.batch
+        );
+    }
+    if s.accepted + s.duplicates == 0 {
+        eprintln!("error: no row of {} could be accepted", args.file.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn worker(settings: &Settings, no_relay: bool) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(settings).await?;
+    let client = Arc::new(AbdmClient::new(&settings.abdm)?);
+    let amqp = settings.rabbitmq_url()?.expose().to_string();
+    let topology = Topology::from_settings(&settings.rabbitmq);
+    let w = &settings.worker;
+    let global = w.global_rate_limit.then(|| {
+        GlobalBudget::new(
+            store.clone(),
+            &settings.abdm.client_id,
+            w.rate_per_second,
+            f64::from(w.burst),
+        )
+    });
+    let limiter = RateLimiter::new(w.rate_per_second, w.burst, global);
+    let stop = CancellationToken::new();
+    spawn_signal_handler(stop.clone());
+    crate::http::serve(
+        &w.http_listen,
+        crate::http::Readiness {
+            store: store.clone(),
+            client: client.clone(),
+            amqp_url: amqp.clone(),
+        },
+        stop.clone(),
+    )
+    .await
+    .with_context(|| format!("cannot listen on worker.http_listen {}", w.http_listen))?;
+    let relay = (!no_relay).then(|| {
+        tokio::spawn(crate::relay::run(
+            store.clone(),
+            amqp.clone(),
+            topology.clone(),
+            Default::default(),
+            stop.clone(),
+        ))
+    });
+    let depth = tokio::spawn(queue_depth_gauges(
+        amqp.clone(),
+        topology.clone(),
+        stop.clone(),
+    ));
+    let worker = Arc::new(Worker {
+        store,
+        client,
+        limiter,
+        topology,
+        cfg: WorkerConfig::from_settings(w),
+    });
+    worker.run(amqp, stop).await;
+    if let Some(r) = relay {
+        let _ = r.await;
+    }
+    depth.abort();
+    tracing::info!("worker stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the depth of every queue into `abha_queue_messages` every 15 s.
+async fn queue_depth_gauges(amqp: String, topology: Topology, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        if let Ok(conn) = crate::queue::connect(&amqp).await {
+            if let Ok(ch) = conn.create_channel().await
+                && let Ok(depths) = topology.depths(&ch).await
+            {
+                for (q, n) in depths {
+                    crate::telemetry::metrics::QUEUE_MESSAGES
+                        .with_label_values(&[q.as_str()])
+                        .set(f64::from(n));
+                }
+            }
+            let _ = conn.close(200, "depth check".into()).await;
+        }
+        crate::relay::sleep_or_stop(Duration::from_secs(15), &stop).await;
+    }
+}
+
+pub(super) async fn relay(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(settings).await?;
+    let stop = CancellationToken::new();
+    spawn_signal_handler(stop.clone());
+    crate::relay::run(
+        store,
+        settings.rabbitmq_url()?.expose().to_string(),
+        Topology::from_settings(&settings.rabbitmq),
+        Default::default(),
+        stop,
+    )
+    .await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn status(settings: &Settings, args: &StatusArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(settings).await?;
+    let Some(id) = &args.batch else {
+        let batches = store.list_batches(false, 20).await?;
+        if batches.is_empty() {
+            println!("no batches yet");
+        }
+        for b in batches {
+            let c = store.batch_counts(b.id).await?;
+            println!(
+                "{}  {:<17} {:<14} {:<10} {:>8} rows  {:>8} done  {:>6} open  {}",
+                &b.id.to_string()[..8],
+                b.kind,
+                b.benefit,
+                b.state,
+                b.total_rows,
+                c.done(),
+                c.open(),
+                b.created_at.format("%Y-%m-%d %H:%M")
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let batch = store.find_batch(id).await?;
+    if !args.watch {
+        println!("{}", crate::report::status(&store, &batch).await?.render());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new(batch.accepted_rows.max(0) as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        b
+    });
+    loop {
+        let s = crate::report::status(&store, &batch).await?;
+        let msg = format!(
+            "ok {} failed {} dead {} retrying {} | {:.1}/s ETA {}",
+            s.counts.get("succeeded"),
+            s.counts.get("failed"),
+            s.counts.get("dead"),
+            s.counts.get("retrying"),
+            s.rate,
+            s.eta_secs()
+                .map(crate::report::format_duration)
+                .unwrap_or_else(|| "-".into())
+        );
+        match &bar {
+            Some(b) => {
+                b.set_length(s.counts.total() as u64);
+                b.set_position(s.counts.done() as u64);
+                b.set_message(msg);
+            }
+            None => println!(
+                "{} {}/{} {msg}",
+                &batch.id.to_string()[..8],
+                s.counts.done(),
+                s.counts.total()
+            ),
+        }
+        if s.counts.open() == 0 && s.batch.state != "submitting" {
+            if let Some(b) = &bar {
+                b.finish();
+            }
+            println!("{}", s.render());
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_secs(if tty { 1 } else { 10 })).await;
+    }
+}
+
+pub(super) async fn report(settings: &Settings, args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(settings).await?;
+    let batch = store.find_batch(&args.batch).await?;
+    let who = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let reveal = args
+        .reveal
+        .then_some((who.as_str(), args.reason.as_deref()));
+    let counts = crate::report::write_report(&store, batch.id, &args.out, reveal).await?;
+    println!(
+        "{}: {} row(s) of batch {}{}",
+        args.out.display(),
+        counts.rows,
+        batch.id,
+        if args.reveal {
+            format!(
+                ", {} identifier(s) revealed (recorded in reveal_audit)",
+                counts.revealed
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}

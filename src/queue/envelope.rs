@@ -1,0 +1,149 @@
+//! The job envelope, version 1 (documented in `docs/envelope.md`).
+//!
+//! - Stored jobs (published by the relay): `{"v":1,"kind":"benefit-link","job_id":123}`: no
+//!   identifier ever sits in RabbitMQ for an uploaded row.
+//! - External producers: `{"v":1,"kind","idempotency_key","benefit","external_ref",
+//!   "payload":{...fields of the kind...}}`; the worker validates and records it on first sight.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::jobs::kind::JobKind;
+
+/// A decoded envelope.
+#[derive(Debug, Clone)]
+pub enum Envelope {
+    /// A job already in Postgres.
+    Stored {
+        /// Kind.
+        kind: JobKind,
+        /// Job id.
+        job_id: i64,
+    },
+    /// A job from an external producer (fields not yet validated).
+    External {
+        /// Kind.
+        kind: JobKind,
+        /// Producer's key: the same key is the same job.
+        idempotency_key: String,
+        /// Benefit name.
+        benefit: String,
+        /// Producer's reference.
+        external_ref: Option<String>,
+        /// Payload fields (raw; never log them).
+        payload: BTreeMap<String, String>,
+    },
+}
+
+#[derive(Serialize)]
+struct StoredWire<'a> {
+    v: u8,
+    kind: &'a str,
+    job_id: i64,
+}
+
+/// Why an envelope was refused (goes into the dead-letter header). Never contains payload values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct EnvelopeError(pub String);
+
+impl Envelope {
+    /// The bytes the relay publishes for a stored job.
+    pub fn stored_bytes(kind: JobKind, job_id: i64) -> Vec<u8> {
+        serde_json::to_vec(&StoredWire {
+            v: 1,
+            kind: kind.as_str(),
+            job_id,
+        })
+        .expect("envelope serialises")
+    }
+
+    /// Decodes and checks the envelope (not the payload's fields: the job validation does).
+    pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
+        #[derive(Deserialize)]
+        struct Wire {
+            v: Option<Value>,
+            kind: Option<String>,
+            job_id: Option<i64>,
+            idempotency_key: Option<String>,
+            benefit: Option<String>,
+            external_ref: Option<String>,
+            payload: Option<Value>,
+        }
+        let w: Wire = serde_json::from_slice(bytes).map_err(|e| {
+            EnvelopeError(format!(
+                "not a JSON envelope object (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        match w.v.as_ref().and_then(Value::as_u64) {
+            Some(1) => {}
+            Some(other) => {
+                return Err(EnvelopeError(format!(
+                    "unsupported envelope version {other} (expected 1)"
+                )));
+            }
+            None => return Err(EnvelopeError("missing \"v\": 1".into())),
+        }
+        let kind_s = w
+            .kind
+            .ok_or_else(|| EnvelopeError("missing \"kind\"".into()))?;
+        let kind = JobKind::parse(&kind_s).ok_or_else(|| {
+            EnvelopeError(format!(
+                "unknown kind {kind_s:?} (expected one of {})",
+                JobKind::ALL.map(|k| k.as_str()).join(", ")
+            ))
+        })?;
+        if let Some(job_id) = w.job_id {
+            return Ok(Self::Stored { kind, job_id });
+        }
+        let idempotency_key = w
+            .idempotency_key
+            .filter(|k| !k.trim().is_empty() && k.len() <= 200)
+            .ok_or_else(|| {
+                EnvelopeError("missing \"idempotency_key\" (1 to 200 characters)".into())
+            })?;
+        let benefit = w
+            .benefit
+            .filter(|b| !b.trim().is_empty())
+            .ok_or_else(|| EnvelopeError("missing \"benefit\"".into()))?;
+        let payload = match w.payload {
+            Some(Value::Object(map)) => {
+                let mut out = BTreeMap::new();
+                for (k, v) in map {
+                    let s = match v {
+                        Value::String(s) => s,
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        Value::Null => continue,
+                        _ => {
+                            return Err(EnvelopeError(format!(
+                                "payload field {k:?} must be a string"
+                            )));
+                        }
+                    };
+                    out.insert(k, s);
+                }
+                out
+            }
+            _ => return Err(EnvelopeError("missing \"payload\" object".into())),
+        };
+        Ok(Self::External {
+            kind,
+            idempotency_key,
+            benefit,
+            external_ref: w.external_ref,
+            payload,
+        })
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> JobKind {
+        match self {
+            Self::Stored { kind, .. } | Self::External { kind, .. } => *kind,
+        }
+    }
+}

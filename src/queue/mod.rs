@@ -1,0 +1,52 @@
+//! RabbitMQ: topology, job envelopes, publishing with confirms.
+//!
+//! - [`topology`]: the exchange, one quorum queue per job kind (delivery limit, dead-letter
+//!   exchange), the dead-letter queue; declared idempotently by every process that needs them.
+//! - [`envelope`]: the JSON job envelope v1 (stored-job form and external-producer form).
+//! - [`publish`]: publishing job envelopes and dead letters with publisher confirms.
+
+pub mod envelope;
+pub mod publish;
+pub mod topology;
+
+pub use topology::Topology;
+
+/// RabbitMQ errors, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Connecting, declaring or publishing failed.
+    #[error("RabbitMQ: {what}: {source}")]
+    Amqp {
+        /// What was attempted.
+        what: &'static str,
+        /// Cause.
+        source: lapin::Error,
+    },
+    /// The broker did not confirm a message.
+    #[error("RabbitMQ did not confirm {count} message(s) ({reason})")]
+    NotConfirmed {
+        /// How many.
+        count: usize,
+        /// Nack or returned (unroutable).
+        reason: &'static str,
+    },
+}
+
+pub(crate) trait AmqpContext<T> {
+    fn ctx(self, what: &'static str) -> Result<T, QueueError>;
+}
+
+impl<T> AmqpContext<T> for Result<T, lapin::Error> {
+    fn ctx(self, what: &'static str) -> Result<T, QueueError> {
+        self.map_err(|source| QueueError::Amqp { what, source })
+    }
+}
+
+/// Opens a connection.
+pub async fn connect(url: &str) -> Result<lapin::Connection, QueueError> {
+    let props = lapin::ConnectionProperties::default()
+        .with_connection_name(format!("abha-bulk-{}", std::process::id()).into());
+    lapin::Connection::connect(url, props)
+        .await
+        .ctx("connecting")
+}

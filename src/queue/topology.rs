@@ -1,0 +1,166 @@
+//! Exchanges and queues, declared idempotently.
+
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use super::{AmqpContext, QueueError};
+use crate::config::RabbitSettings;
+use crate::jobs::kind::JobKind;
+
+/// Names of everything abha-bulk uses on RabbitMQ.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Durable topic exchange of job envelopes (routing key = kind).
+    pub exchange: String,
+    /// Dead-letter exchange (fanout).
+    pub dead_letter_exchange: String,
+    /// Dead-letter queue.
+    pub dead_letter_queue: String,
+    /// Prefix of the per-kind queues.
+    pub queue_prefix: String,
+    /// Deliveries before RabbitMQ dead-letters a message.
+    pub delivery_limit: u32,
+}
+
+impl Topology {
+    /// From the `[rabbitmq]` settings.
+    pub fn from_settings(s: &RabbitSettings) -> Self {
+        Self::named(&s.exchange, &s.queue_prefix, s.delivery_limit)
+    }
+
+    /// With explicit names (tests use a unique prefix each).
+    pub fn named(exchange: &str, queue_prefix: &str, delivery_limit: u32) -> Self {
+        Self {
+            exchange: exchange.to_string(),
+            dead_letter_exchange: format!("{exchange}.dlx"),
+            dead_letter_queue: format!("{queue_prefix}.dead-letter"),
+            queue_prefix: queue_prefix.to_string(),
+            delivery_limit,
+        }
+    }
+
+    /// The quorum queue of a kind: `<prefix>.<kind>`.
+    pub fn queue(&self, kind: JobKind) -> String {
+        format!("{}.{}", self.queue_prefix, kind.as_str())
+    }
+
+    /// Every queue, the dead-letter queue last.
+    pub fn all_queues(&self) -> Vec<String> {
+        let mut q: Vec<String> = JobKind::ALL.iter().map(|k| self.queue(*k)).collect();
+        q.push(self.dead_letter_queue.clone());
+        q
+    }
+
+    /// Declares everything (idempotent: same arguments every time).
+    pub async fn declare(&self, ch: &Channel) -> Result<(), QueueError> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        ch.exchange_declare(
+            self.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .ctx("declaring the job exchange")?;
+        ch.exchange_declare(
+            self.dead_letter_exchange.as_str().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .ctx("declaring the dead-letter exchange")?;
+        let qopts = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut dlq_args = FieldTable::default();
+        dlq_args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        ch.queue_declare(self.dead_letter_queue.as_str().into(), qopts, dlq_args)
+            .await
+            .ctx("declaring the dead-letter queue")?;
+        ch.queue_bind(
+            self.dead_letter_queue.as_str().into(),
+            self.dead_letter_exchange.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .ctx("binding the dead-letter queue")?;
+        for kind in JobKind::ALL {
+            let name = self.queue(kind);
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongInt(self.delivery_limit.min(i32::MAX as u32) as i32),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(self.dead_letter_exchange.as_str().into()),
+            );
+            ch.queue_declare(name.as_str().into(), qopts, args)
+                .await
+                .ctx("declaring a job queue")?;
+            ch.queue_bind(
+                name.as_str().into(),
+                self.exchange.as_str().into(),
+                kind.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .ctx("binding a job queue")?;
+        }
+        Ok(())
+    }
+
+    /// Ready messages per queue (passive declare).
+    pub async fn depths(&self, ch: &Channel) -> Result<Vec<(String, u32)>, QueueError> {
+        let mut out = Vec::new();
+        for q in self.all_queues() {
+            let info = ch
+                .queue_declare(
+                    q.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .ctx("reading a queue's depth")?;
+            out.push((q, info.message_count()));
+        }
+        Ok(out)
+    }
+
+    /// Deletes every queue and exchange (tests clean up with it).
+    pub async fn delete(&self, ch: &Channel) -> Result<(), QueueError> {
+        for q in self.all_queues() {
+            ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .ctx("deleting a queue")?;
+        }
+        for e in [&self.exchange, &self.dead_letter_exchange] {
+            ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+                .ctx("deleting an exchange")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,162 @@
+//! The outbox relay: publishes due outbox rows to RabbitMQ with confirms and deletes them in
+//! the same transaction; every few seconds it also re-queues jobs whose lease expired, closes
+//! finished batches, and refreshes the backlog gauges.
+
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::publish::Publisher;
+use crate::queue::{self, Topology};
+use crate::store::Store;
+use crate::telemetry::metrics;
+
+/// Relay settings.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows per publish round.
+    pub batch: i64,
+    /// Sleep when nothing is due.
+    pub idle: Duration,
+    /// How often to run the housekeeping (lease expiry, batch closing, gauges).
+    pub housekeeping: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            idle: Duration::from_millis(100),
+            housekeeping: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Runs until `stop`; reconnects to RabbitMQ with backoff when the connection drops.
+pub async fn run(
+    store: Store,
+    amqp_url: String,
+    topology: Topology,
+    cfg: RelayConfig,
+    stop: CancellationToken,
+) {
+    let mut backoff = reconnect_backoff();
+    let mut last_housekeeping = Instant::now() - cfg.housekeeping;
+    while !stop.is_cancelled() {
+        let publisher = match connect(&amqp_url, &topology).await {
+            Ok(p) => {
+                backoff = reconnect_backoff();
+                p
+            }
+            Err(e) => {
+                let wait = backoff.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "relay cannot reach RabbitMQ");
+                sleep_or_stop(wait, &stop).await;
+                continue;
+            }
+        };
+        tracing::info!("relay publishing");
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            if last_housekeeping.elapsed() >= cfg.housekeeping {
+                housekeeping(&store).await;
+                last_housekeeping = Instant::now();
+            }
+            let round = store
+                .publish_due(cfg.batch, |rows| {
+                    let publisher = &publisher;
+                    async move { publisher.publish_jobs(&rows).await }
+                })
+                .await;
+            match round {
+                Ok(Ok(0)) => sleep_or_stop(cfg.idle, &stop).await,
+                Ok(Ok(n)) => tracing::debug!(published = n, "relay round"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "publishing failed; reconnecting");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox unavailable; retrying");
+                    sleep_or_stop(Duration::from_secs(1), &stop).await;
+                }
+            }
+            if !publisher.is_connected() {
+                tracing::warn!("RabbitMQ channel closed; reconnecting");
+                break;
+            }
+        }
+    }
+}
+
+/// Capped exponential backoff for reconnects (0.2 s doubling to 30 s, forever).
+pub fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn connect(url: &str, topology: &Topology) -> Result<Publisher, queue::QueueError> {
+    let conn = queue::connect(url).await?;
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(|source| queue::QueueError::Amqp {
+            what: "opening a channel",
+            source,
+        })?;
+    topology.declare(&ch).await?;
+    Publisher::open(&conn, topology.clone()).await
+}
+
+/// Lease expiry, batch closing and gauges. Errors are logged, never fatal.
+pub async fn housekeeping(store: &Store) {
+    match store.requeue_expired_leases().await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::warn!(jobs = n, "re-queued jobs whose worker lease expired");
+            metrics::RETRIES
+                .with_label_values(&["any", "lease_expired"])
+                .inc_by(n);
+        }
+        Err(e) => tracing::warn!(error = %e, "lease expiry check failed"),
+    }
+    if let Err(e) = store.finish_batches().await {
+        tracing::warn!(error = %e, "closing finished batches failed");
+    }
+    match store.outbox_stats().await {
+        Ok(s) => {
+            metrics::OUTBOX_PENDING.set(s.pending as f64);
+            metrics::OUTBOX_LAG.set(s.lag_secs);
+        }
+        Err(e) => tracing::warn!(error = %e, "reading outbox figures failed"),
+    }
+    if let Ok(counts) = store.active_rows_by_state().await {
+        for state in [
+            "queued",
+            "running",
+            "retrying",
+            "succeeded",
+            "failed",
+            "dead",
+            "cancelled",
+        ] {
+            metrics::BATCH_ROWS
+                .with_label_values(&[state])
+                .set(counts.get(state) as f64);
+        }
+    }
+}
+
+/// Sleeps `d` or until `stop`.
+pub async fn sleep_or_stop(d: Duration, stop: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = stop.cancelled() => {}
+    }
+}

@@ -1,0 +1,290 @@
+//! `abha-bulk submit`: a CSV file → a batch of jobs, their outbox rows, and the rejected rows.
+//!
+//! Streaming in constant memory: a blocking thread reads, validates, encrypts and hashes rows
+//! and hands chunks over a bounded channel to the inserter, which writes each chunk (jobs +
+//! outbox, duplicates recorded as such) in one transaction. Every row counted as accepted is
+//! committed before the command returns. A file already submitted for the same kind and
+//! benefit is refused unless `force`.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::ingest::csv::{CsvIngest, IngestError, RowResult};
+use crate::jobs::kind::JobKind;
+use crate::store::batches::{NewBatch, PreparedRow, RejectedRow};
+use crate::store::{Store, StoreError};
+
+/// Rows per insert transaction.
+pub const CHUNK_ROWS: usize = 5000;
+
+/// What to submit.
+#[derive(Debug, Clone)]
+pub struct SubmitRequest {
+    /// The CSV file.
+    pub path: PathBuf,
+    /// Job kind of every row.
+    pub kind: JobKind,
+    /// Benefit (programme) name.
+    pub benefit: String,
+    /// Submit even when the same file was submitted before.
+    pub force: bool,
+}
+
+/// What a submission did.
+#[derive(Debug, Clone)]
+pub struct SubmitSummary {
+    /// The new batch.
+    pub batch: Uuid,
+    /// Data rows read.
+    pub total: u64,
+    /// Jobs created.
+    pub accepted: u64,
+    /// Rows rejected (invalid).
+    pub rejected: u64,
+    /// Rows identical to an earlier row (run once).
+    pub duplicates: u64,
+    /// Header warnings (ignored columns, ...).
+    pub warnings: Vec<String>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+/// Why a submission could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The file cannot be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not a usable CSV for this kind (header problems, ...).
+    #[error("{path}: {source}")]
+    Ingest {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: IngestError,
+    },
+    /// The same file was submitted before.
+    #[error(
+        "{path} was already submitted for {kind} / {benefit} as batch {batch} on {when}; use --force to submit it again"
+    )]
+    AlreadySubmitted {
+        /// The file.
+        path: PathBuf,
+        /// Kind.
+        kind: JobKind,
+        /// Benefit.
+        benefit: String,
+        /// Earlier batch.
+        batch: Uuid,
+        /// When.
+        when: String,
+    },
+    /// Postgres failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Progress reported while a file streams through.
+pub trait Progress: Send + Sync {
+    /// `bytes` of the file read, `rows` read so far.
+    fn update(&self, bytes: u64, rows: u64);
+}
+
+impl Progress for () {
+    fn update(&self, _: u64, _: u64) {}
+}
+
+/// SHA-256 of a file, streamed.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut f = BufReader::with_capacity(1 << 20, File::open(path)?);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+enum Chunk {
+    Rows(Vec<PreparedRow>, Vec<RejectedRow>),
+    Done { total: u64, warnings: Vec<String> },
+    Failed(SubmitError),
+}
+
+/// Submits a file.
+pub async fn submit(
+    store: &Store,
+    req: &SubmitRequest,
+    progress: std::sync::Arc<dyn Progress>,
+) -> Result<SubmitSummary, SubmitError> {
+    let started = Instant::now();
+    let io_err = |source| SubmitError::Io {
+        path: req.path.clone(),
+        source,
+    };
+    let sha = {
+        let path = req.path.clone();
+        tokio::task::spawn_blocking(move || file_sha256(&path))
+            .await
+            .expect("hashing task")
+            .map_err(io_err)?
+    };
+    if !req.force
+        && let Some(prev) = store.previous_upload(&sha, req.kind, &req.benefit).await?
+    {
+        return Err(SubmitError::AlreadySubmitted {
+            path: req.path.clone(),
+            kind: req.kind,
+            benefit: req.benefit.clone(),
+            batch: prev.id,
+            when: prev.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+        });
+    }
+    // Open and read the header before creating the batch: a bad header creates nothing.
+    let file = File::open(&req.path).map_err(io_err)?;
+    let ingest = CsvIngest::new(
+        BufReader::with_capacity(1 << 20, file),
+        req.kind,
+        Utc::now().date_naive(),
+    )
+    .map_err(|source| SubmitError::Ingest {
+        path: req.path.clone(),
+        source,
+    })?;
+    let file_name = req
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string());
+    let batch = store
+        .create_batch(NewBatch {
+            kind: req.kind,
+            benefit: &req.benefit,
+            source: "csv",
+            file_name: file_name.as_deref(),
+            file_sha256: Some(&sha),
+            parent: None,
+        })
+        .await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(4);
+    let reader = {
+        let store = store.clone();
+        let path = req.path.clone();
+        let progress = progress.clone();
+        tokio::task::spawn_blocking(move || {
+            read_chunks(ingest, &store, &path, tx, progress.as_ref())
+        })
+    };
+    let (mut accepted, mut rejected, mut duplicates) = (0u64, 0u64, 0u64);
+    let mut end = None;
+    while let Some(chunk) = rx.recv().await {
+        match chunk {
+            Chunk::Rows(rows, rejections) => {
+                let out = store
+                    .insert_jobs(batch, req.kind, &req.benefit, &rows)
+                    .await?;
+                accepted += out.accepted;
+                duplicates += out.duplicates;
+                rejected += rejections.len() as u64;
+                store.insert_rejections(batch, &rejections).await?;
+            }
+            Chunk::Done { total, warnings } => end = Some((total, warnings)),
+            Chunk::Failed(e) => {
+                // Rows committed so far stay accepted; the batch records how far it got.
+                store
+                    .finish_submit(
+                        batch,
+                        accepted + rejected + duplicates,
+                        accepted,
+                        rejected,
+                        duplicates,
+                    )
+                    .await?;
+                return Err(e);
+            }
+        }
+    }
+    reader.await.expect("reader task");
+    let (total, warnings) = end.unwrap_or_default();
+    store
+        .finish_submit(batch, total, accepted, rejected, duplicates)
+        .await?;
+    Ok(SubmitSummary {
+        batch,
+        total,
+        accepted,
+        rejected,
+        duplicates,
+        warnings,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn read_chunks<R: Read>(
+    mut ingest: CsvIngest<R>,
+    store: &Store,
+    path: &Path,
+    tx: tokio::sync::mpsc::Sender<Chunk>,
+    progress: &dyn Progress,
+) {
+    let warnings = ingest.warnings().to_vec();
+    let mut rows = Vec::with_capacity(CHUNK_ROWS);
+    let mut rejections = Vec::new();
+    let mut total = 0u64;
+    loop {
+        let next = ingest.next();
+        let flush = match &next {
+            None => true,
+            Some(_) => rows.len() + rejections.len() >= CHUNK_ROWS,
+        };
+        if flush && (!rows.is_empty() || !rejections.is_empty()) {
+            let chunk = Chunk::Rows(
+                std::mem::replace(&mut rows, Vec::with_capacity(CHUNK_ROWS)),
+                std::mem::take(&mut rejections),
+            );
+            if tx.blocking_send(chunk).is_err() {
+                return;
+            }
+            progress.update(ingest.bytes_read(), total);
+        }
+        match next {
+            None => break,
+            Some(Err(e)) => {
+                let _ = tx.blocking_send(Chunk::Failed(SubmitError::Ingest {
+                    path: path.to_path_buf(),
+                    source: e,
+                }));
+                return;
+            }
+            Some(Ok(RowResult::Accepted(row))) => {
+                total += 1;
+                rows.push(store.prepare(row.row_number as i64, row.external_ref, &row.job));
+            }
+            Some(Ok(RowResult::Rejected(r))) => {
+                total += 1;
+                rejections.push(RejectedRow {
+                    row_number: r.row_number as i64,
+                    external_ref: r.external_ref,
+                    column: r.column,
+                    reason: r.reason,
+                });
+            }
+        }
+    }
+    progress.update(ingest.bytes_read(), total);
+    let _ = tx.blocking_send(Chunk::Done { total, warnings });
+}

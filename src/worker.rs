@@ -1,0 +1,457 @@
+//! The worker: consume → claim → rate limit → call ABDM → record (one transaction) → ack.
+//!
+//! Manual acks, prefetch = `worker.in_flight`, a semaphore bounding calls in flight. A message
+//! is acked only after its outcome is committed; a redelivered job that already finished is
+//! acked without calling ABDM. Retries are outbox rows due later (exponential backoff with full
+//! jitter, `Retry-After` honoured). On SIGTERM/SIGINT the worker stops consuming, lets in-flight
+//! jobs finish within the grace period, and leaves the rest unacked for redelivery.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::types::FieldTable;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::abdm::{AbdmClient, CallTrace, ClientError, Disposition};
+use crate::jobs::execute::execute;
+use crate::jobs::kind::{Job, JobKind};
+use crate::queue::envelope::Envelope;
+use crate::queue::publish::Publisher;
+use crate::queue::{self, Topology};
+use crate::ratelimit::RateLimiter;
+use crate::relay::{reconnect_backoff, sleep_or_stop};
+use crate::store::jobs::{Claim, ClaimedJob, ExternalJob, Outcome};
+use crate::store::{Store, StoreError};
+use crate::telemetry::metrics;
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Lease owner name (host + pid by default).
+    pub id: String,
+    /// Calls in flight at once; also the prefetch per queue.
+    pub in_flight: u16,
+    /// Lease length.
+    pub lease_secs: u64,
+    /// Attempts before a job is dead.
+    pub max_attempts: u32,
+    /// First retry delay.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_cap: Duration,
+    /// Time to finish in-flight jobs on shutdown.
+    pub grace: Duration,
+    /// Kinds to consume.
+    pub kinds: Vec<JobKind>,
+}
+
+impl WorkerConfig {
+    /// From `[worker]` settings.
+    pub fn from_settings(s: &crate::config::WorkerSettings) -> Self {
+        Self {
+            id: format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
+                std::process::id()
+            ),
+            in_flight: s.in_flight,
+            lease_secs: s.lease_secs,
+            max_attempts: s.max_attempts,
+            backoff_base: Duration::from_millis(s.backoff_base_ms),
+            backoff_cap: Duration::from_millis(s.backoff_cap_ms),
+            grace: Duration::from_secs(s.grace_period_secs),
+            kinds: JobKind::ALL.to_vec(),
+        }
+    }
+
+    /// Delay before attempt `attempt + 1`: full jitter over backon's capped exponential
+    /// (base · 2^(attempt-1), at most the cap), never less than `retry_after`.
+    pub fn retry_delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let envelope = ExponentialBuilder::default()
+            .with_min_delay(self.backoff_base)
+            .with_max_delay(self.backoff_cap)
+            .with_factor(2.0)
+            .without_max_times()
+            .build()
+            .nth(attempt.saturating_sub(1) as usize)
+            .unwrap_or(self.backoff_cap);
+        let jittered = envelope.mul_f64(rand::random::<f64>());
+        jittered.max(retry_after.unwrap_or_default())
+    }
+}
+
+/// Everything a worker needs.
+pub struct Worker {
+    /// Postgres.
+    pub store: Store,
+    /// ABDM.
+    pub client: Arc<AbdmClient>,
+    /// The rate contract.
+    pub limiter: Arc<RateLimiter>,
+    /// Queue names.
+    pub topology: Topology,
+    /// Settings.
+    pub cfg: WorkerConfig,
+}
+
+impl Worker {
+    /// Consumes until `stop`, reconnecting to RabbitMQ with backoff.
+    pub async fn run(self: Arc<Self>, amqp_url: String, stop: CancellationToken) {
+        let mut backoff = reconnect_backoff();
+        let recover = {
+            let limiter = self.limiter.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    sleep_or_stop(Duration::from_secs(5), &stop).await;
+                    limiter.recover();
+                }
+            })
+        };
+        while !stop.is_cancelled() {
+            match self.clone().consume(&amqp_url, &stop).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let wait = backoff.next().unwrap_or(Duration::from_secs(30));
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "worker lost RabbitMQ; reconnecting");
+                    sleep_or_stop(wait, &stop).await;
+                }
+            }
+        }
+        recover.abort();
+    }
+
+    /// One connection's life. `Ok` when stopped, `Err` when the connection failed.
+    async fn consume(
+        self: Arc<Self>,
+        url: &str,
+        stop: &CancellationToken,
+    ) -> Result<(), queue::QueueError> {
+        use crate::queue::AmqpContext;
+        let conn = queue::connect(url).await?;
+        let ch = conn.create_channel().await.ctx("opening a channel")?;
+        self.topology.declare(&ch).await?;
+        ch.basic_qos(self.cfg.in_flight, BasicQosOptions::default())
+            .await
+            .ctx("setting the prefetch")?;
+        let publisher = Publisher::open(&conn, self.topology.clone()).await?;
+        let mut consumers = Vec::new();
+        for kind in &self.cfg.kinds {
+            let c = ch
+                .basic_consume(
+                    self.topology.queue(*kind).as_str().into(),
+                    format!("{}-{}", self.cfg.id, kind.as_str()).as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .ctx("starting a consumer")?;
+            consumers.push(c);
+        }
+        let mut deliveries = futures::stream::select_all(consumers);
+        let permits = Arc::new(Semaphore::new(self.cfg.in_flight as usize));
+        let mut tasks = tokio::task::JoinSet::new();
+        tracing::info!(worker = %self.cfg.id, in_flight = self.cfg.in_flight, "worker consuming");
+        let result = loop {
+            tokio::select! {
+                _ = stop.cancelled() => break Ok(()),
+                next = deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let permit = tokio::select! {
+                            p = permits.clone().acquire_owned() => p.expect("semaphore open"),
+                            _ = stop.cancelled() => break Ok(()),
+                        };
+                        let me = self.clone();
+                        let publisher = publisher.clone();
+                        tasks.spawn(async move {
+                            me.handle(delivery, &publisher).await;
+                            drop(permit);
+                        });
+                    }
+                    Some(Err(e)) => break Err(queue::QueueError::Amqp { what: "receiving", source: e }),
+                    None => break Err(queue::QueueError::NotConfirmed { count: 0, reason: "consumer cancelled by the broker" }),
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        };
+        // Stop consuming; finish what is in flight within the grace period.
+        drop(deliveries);
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(
+                in_flight,
+                grace_secs = self.cfg.grace.as_secs(),
+                "finishing in-flight jobs"
+            );
+        }
+        let drained = tokio::time::timeout(self.cfg.grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "grace period over: unfinished jobs will be redelivered"
+            );
+            tasks.abort_all();
+        }
+        let _ = conn.close(200, "worker stopping".into()).await;
+        result
+    }
+
+    /// One delivery, from envelope to ack.
+    async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
+        let envelope = match Envelope::decode(&delivery.data) {
+            Ok(e) => e,
+            Err(reason) => {
+                return self
+                    .dead_letter(&delivery, publisher, &reason.to_string())
+                    .await;
+            }
+        };
+        let job_id = match &envelope {
+            Envelope::Stored { job_id, .. } => *job_id,
+            Envelope::External {
+                kind,
+                idempotency_key,
+                benefit,
+                external_ref,
+                payload,
+            } => {
+                let job = match Job::from_fields(
+                    *kind,
+                    |k| {
+                        payload
+                            .get(k)
+                            .map(String::as_str)
+                            .filter(|v| !v.trim().is_empty())
+                    },
+                    Utc::now().date_naive(),
+                ) {
+                    Ok(job) => job,
+                    Err(errors) => {
+                        let reason = errors
+                            .iter()
+                            .map(|e| format!("{}: {}", e.field, e.reason))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        return self
+                            .dead_letter(
+                                &delivery,
+                                publisher,
+                                &format!("invalid payload: {reason}"),
+                            )
+                            .await;
+                    }
+                };
+                let ext = ExternalJob {
+                    idempotency_key,
+                    benefit,
+                    external_ref: external_ref.as_deref(),
+                    job: &job,
+                };
+                match self.store.upsert_external(*kind, ext).await {
+                    Ok(id) => id,
+                    Err(e) => return self.requeue_later(&delivery, &e).await,
+                }
+            }
+        };
+        match self
+            .store
+            .claim(job_id, &self.cfg.id, self.cfg.lease_secs)
+            .await
+        {
+            Ok(Claim::Run(job)) => match self.run_job(&job).instrument(job_span(&job)).await {
+                Ok(()) => ack(&delivery).await,
+                Err(e) => self.requeue_later(&delivery, &e).await,
+            },
+            Ok(Claim::Finished(state)) => {
+                tracing::debug!(
+                    job_id,
+                    state,
+                    "redelivered job already finished; acked without calling ABDM"
+                );
+                ack(&delivery).await
+            }
+            Ok(Claim::NotDue | Claim::Busy | Claim::Missing) => ack(&delivery).await,
+            Err(e) => self.requeue_later(&delivery, &e).await,
+        }
+    }
+
+    /// Runs a claimed job and commits its outcome. `Err` only when Postgres failed (the
+    /// message is then requeued; the lease makes the next claim wait or take over).
+    async fn run_job(&self, job: &ClaimedJob) -> Result<(), StoreError> {
+        let kind = job.kind.as_str();
+        let mut trace = CallTrace::default();
+        let outcome = if job.attempt as u32 > self.cfg.max_attempts {
+            Outcome::Dead {
+                code: "lease_expired".into(),
+                message: format!(
+                    "no answer recorded after {} attempts (worker leases expired)",
+                    job.attempt - 1
+                ),
+            }
+        } else {
+            match self.store.decrypt_job(job.id, job.kind, &job.payload) {
+                Err(e) => Outcome::Failed {
+                    code: "invalid_stored_job".into(),
+                    message: e.to_string(),
+                },
+                Ok(payload) => {
+                    self.limiter.acquire().await;
+                    metrics::IN_FLIGHT.inc();
+                    let result = execute(
+                        &self.client,
+                        &job.benefit,
+                        &payload,
+                        job.attempt,
+                        &mut trace,
+                    )
+                    .await;
+                    metrics::IN_FLIGHT.dec();
+                    self.classify(job, result)
+                }
+            }
+        };
+        let recorded = self
+            .store
+            .record_outcome(job, &self.cfg.id, &outcome, &trace.attempts)
+            .await?;
+        if !recorded {
+            tracing::warn!(
+                job_id = job.id,
+                "lease lost before the outcome was recorded; another worker owns the job"
+            );
+            return Ok(());
+        }
+        let state = outcome.state();
+        metrics::JOBS.with_label_values(&[kind, state]).inc();
+        if state != "retrying" {
+            let secs = (Utc::now() - job.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::JOB_DURATION
+                .with_label_values(&[kind])
+                .observe(secs);
+        }
+        tracing::debug!(job_id = job.id, state, "job recorded");
+        Ok(())
+    }
+
+    fn classify(
+        &self,
+        job: &ClaimedJob,
+        result: Result<crate::jobs::execute::Success, ClientError>,
+    ) -> Outcome {
+        match result {
+            Ok(s) => Outcome::Succeeded {
+                outcome: s.outcome.to_string(),
+                code: s.code,
+                result: s.result,
+                result_masked: s.result_masked,
+            },
+            Err(e) => {
+                let code = e.code();
+                let message = e
+                    .abdm()
+                    .map_or_else(|| e.to_string(), |a| a.message.clone());
+                let disposition = e.disposition();
+                match disposition {
+                    Disposition::Success | Disposition::IdempotentSuccess => Outcome::Succeeded {
+                        outcome: "already_done".into(),
+                        code: Some(code),
+                        result: None,
+                        result_masked: None,
+                    },
+                    Disposition::Permanent => Outcome::Failed { code, message },
+                    Disposition::Transient | Disposition::Throttled | Disposition::Auth => {
+                        if disposition == Disposition::Throttled {
+                            self.limiter.on_throttled(e.retry_after());
+                        }
+                        if job.attempt as u32 >= self.cfg.max_attempts {
+                            Outcome::Dead { code, message }
+                        } else {
+                            metrics::RETRIES
+                                .with_label_values(&[job.kind.as_str(), disposition.as_str()])
+                                .inc();
+                            let delay = self.cfg.retry_delay(job.attempt as u32, e.retry_after());
+                            Outcome::Retry {
+                                due_at: Utc::now() + delay,
+                                code,
+                                message,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, publisher: &Publisher, reason: &str) {
+        tracing::warn!(reason, "malformed message sent to the dead-letter queue");
+        match publisher.dead_letter(&delivery.data, reason).await {
+            Ok(()) => ack(delivery).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "dead-lettering failed; message requeued");
+                reject(delivery, true).await
+            }
+        }
+    }
+
+    async fn requeue_later(&self, delivery: &Delivery, e: &StoreError) {
+        tracing::warn!(error = %e, "Postgres unavailable; message requeued");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        reject(delivery, true).await
+    }
+}
+
+/// The span of one job: ids and kind, never identifiers.
+fn job_span(job: &ClaimedJob) -> tracing::Span {
+    tracing::info_span!("job", job_id = job.id, batch_id = %job.batch_id, kind = job.kind.as_str(), attempt = job.attempt)
+}
+
+async fn ack(d: &Delivery) {
+    if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
+        tracing::warn!(error = %e, "ack failed; the message will be redelivered and recognised as done");
+    }
+}
+
+async fn reject(d: &Delivery, requeue: bool) {
+    if let Err(e) = d.acker.reject(BasicRejectOptions { requeue }).await {
+        tracing::warn!(error = %e, "reject failed; the message will be redelivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_is_full_jitter_within_the_capped_envelope() {
+        let cfg = WorkerConfig {
+            id: "t".into(),
+            in_flight: 1,
+            lease_secs: 1,
+            max_attempts: 5,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_millis(1000),
+            grace: Duration::from_secs(1),
+            kinds: vec![],
+        };
+        for attempt in 1..=8u32 {
+            let cap = Duration::from_millis((100u64 << (attempt - 1)).min(1000));
+            for _ in 0..50 {
+                assert!(cfg.retry_delay(attempt, None) <= cap);
+            }
+        }
+        let many: Vec<Duration> = (0..200).map(|_| cfg.retry_delay(4, None)).collect();
+        assert!(many.iter().any(|d| *d < Duration::from_millis(400)));
+        assert!(many.iter().any(|d| *d > Duration::from_millis(400)));
+        assert!(cfg.retry_delay(1, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+    }
+}
