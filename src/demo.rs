@@ -561,6 +561,12 @@ fn print_summary(o: &DemoOutcome, log: &crate::sandbox::CallLog) {
         log.side_effects.values().sum::<u64>(),
         o.duplicate_side_effects
     );
+    if o.duplicate_side_effects > 0 {
+        println!(
+            "side effects done twice, by operation: {:?}",
+            log.duplicate_side_effects
+        );
+    }
     println!(
         "reports (one line per input row): {}/report-<kind>.csv",
         o.out_dir.display()

@@ -140,10 +140,18 @@ pub async fn execute(
                 format!("child ABHA {}", created.profile.abha_number.masked()),
             ))
         }
-        Job::ChildUpdate(update) => {
-            client.update_child(trace, benefit, update).await?;
-            Ok(Success::plain("updated"))
-        }
+        Job::ChildUpdate(update) => match client.update_child(trace, benefit, update).await {
+            Ok(_) => Ok(Success::plain("updated")),
+            // ABDM allows one update of a non-KYC child. On a retry, ABDM-1160 means the first
+            // attempt (whose answer was lost) did the update.
+            Err(e) if attempt > 1 && e.code() == "ABDM-1160" => Ok(Success {
+                outcome: "updated_before",
+                code: Some(e.code()),
+                result: None,
+                result_masked: None,
+            }),
+            Err(e) => Err(e),
+        },
         Job::AbhaFind(mobile) => {
             let found = client.find_by_mobile(trace, benefit, mobile).await?;
             let numbers: Vec<&Sensitive> = found

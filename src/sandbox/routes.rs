@@ -617,20 +617,36 @@ async fn profile_patch(st: St, body: Bytes) -> Response {
     if mobile.is_none() && status.is_none() && photo.is_none() {
         return field(&st, "body", "Nothing to update");
     }
-    {
+    // A patch that sets what is already there changes nothing (and is no second side effect).
+    let changed = {
+        use sha2::Digest;
+        let seeded_mobile = st
+            .population
+            .abha_index(&abha)
+            .filter(|i| st.population.contains(*i))
+            .map(|i| st.population.mobile(i).expose().to_string());
         let mut w = st.world.lock().expect("world lock");
         let change = w.profiles.entry(digits.clone()).or_default();
+        let mut changed = false;
         if let Some(m) = &mobile {
+            let current = change.mobile.clone().or(seeded_mobile);
+            changed |= current.as_deref() != Some(m.expose());
             change.mobile = Some(m.expose().to_string());
         }
         if let Some(s) = status {
+            changed |= change.status.as_deref().unwrap_or("ACTIVE") != s;
             change.status = Some(s.to_string());
         }
-        if photo.is_some() {
-            change.photo = true;
+        if let Some(p) = photo {
+            let hash = sha2::Sha256::digest(p.as_bytes()).to_vec();
+            changed |= change.photo.as_ref() != Some(&hash);
+            change.photo = Some(hash);
         }
+        changed
+    };
+    if changed {
+        st.side_effect("profile_update", &digits);
     }
-    st.side_effect("profile_update", &digits);
     let p = profile_json(&st, &abha);
     ok(&st, p)
 }

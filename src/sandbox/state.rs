@@ -95,7 +95,8 @@ pub(crate) struct ChildRecord {
 pub(crate) struct ProfileChange {
     pub mobile: Option<String>,
     pub status: Option<String>,
-    pub photo: bool,
+    /// SHA-256 of the last photo set.
+    pub photo: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
