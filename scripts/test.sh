@@ -11,6 +11,8 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --quiet --all-targets -- -D warnings
+echo "== promtool: alert rules and their unit tests" >&2
+./scripts/promtool.sh
 if cargo nextest --version >/dev/null 2>&1; then
   echo "== cargo nextest run" >&2
   cargo nextest run --no-fail-fast "$@"
