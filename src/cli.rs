@@ -58,6 +58,9 @@ pub enum Command {
     RetryFailed(RetryArgs),
     /// Cancel the rows of a batch that have not run yet.
     Cancel(BatchArg),
+    /// Compare a programme's roster with ABDM; with --apply, queue the link/de-link jobs that
+    /// fix the drift. Also repairs abha-bulk's own state.
+    Reconcile(ReconcileArgs),
     /// Run the embedded ABDM simulator until Ctrl-C / SIGTERM.
     Sandbox(SandboxArgs),
     /// Make one real call of every operation and print what each returned.
@@ -127,6 +130,24 @@ pub struct RetryArgs {
     /// Only rows whose last ABDM code is this (e.g. ABDM-9999, timeout).
     #[arg(long)]
     pub code: Option<String>,
+}
+
+/// `reconcile` options.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    /// Benefit name.
+    #[arg(long)]
+    pub benefit: String,
+    /// Roster CSV: `abha_number` (and optional `external_ref`) of every beneficiary the
+    /// programme believes is linked.
+    #[arg(long)]
+    pub roster: PathBuf,
+    /// Queue link jobs for missing links and de-link jobs for unexpected links.
+    #[arg(long)]
+    pub apply: bool,
+    /// Report file (default reports/reconcile-<benefit>-<time>.csv).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// A batch argument.
@@ -346,6 +367,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(args) => commands::submit(&settings, args).await,
+        Command::Reconcile(args) => commands::reconcile(&settings, args).await,
         Command::Worker(args) => commands::worker(&settings, args.no_relay).await,
         Command::Relay => commands::relay(&settings).await,
         Command::Status(args) => commands::status(&settings, args).await,

@@ -100,6 +100,8 @@ pub struct Settings {
     pub pii: PiiSettings,
     /// Logs.
     pub telemetry: TelemetrySettings,
+    /// Nightly reconciliation.
+    pub reconcile: ReconcileSettings,
     /// The embedded ABDM simulator.
     pub sandbox: SandboxSettings,
 }
@@ -209,6 +211,16 @@ pub struct PiiSettings {
     /// base64 of 32 bytes (secret: environment or secret file only).
     #[serde(default)]
     pub key: Secret,
+}
+
+/// Nightly reconciliation.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// ABDM lookups per second (taken from the same global budget as the workers).
+    pub rate_per_second: f64,
+    /// Lookups in flight at once.
+    pub concurrency: usize,
 }
 
 /// Logs.

@@ -13,6 +13,18 @@
 //! | [`pii`] | identifier types (Aadhaar, ABHA number, mobile, name, X-token) with masked output |
 //! | [`abdm`] | the ABDM V3 client: session, encryption, error taxonomy, typed operations |
 //! | [`sandbox`] | the embedded ABDM simulator (axum) used by the demo, tests and benchmarks |
+//! | [`jobs`] | job kinds, payload validation ([`jobs::kind`]), one job → one outcome ([`jobs::execute`]) |
+//! | [`ingest`] | streaming CSV → validated rows and rejections |
+//! | [`store`] | Postgres: vault, batches, jobs, attempts, outbox, rate budget, reconcile runs |
+//! | [`queue`] | RabbitMQ topology, job envelope v1, confirmed publishing |
+//! | [`ratelimit`] | governor + global Postgres token bucket + AIMD |
+//! | [`submit`] | CSV file → batch of jobs with outbox rows, in constant memory |
+//! | [`relay`] | outbox → RabbitMQ, lease expiry, batch closing, gauges |
+//! | [`worker`] | consume → claim → rate limit → ABDM → record → ack; graceful shutdown |
+//! | [`report`] | status, per-row CSV report, formula escaping |
+//! | [`reconcile`] | nightly roster vs ABDM comparison and repair of the service's own state |
+//! | [`http`] | `/metrics`, `/healthz`, `/readyz` |
+//! | [`demo`] | the whole pipeline in one process on a generated sample |
 //! | [`tour`] | one real call of every operation against ABDM or the sandbox, printed |
 //! | [`telemetry`] | tracing subscriber (human/JSON) and the Prometheus registry |
 
@@ -26,6 +38,7 @@ pub mod jobs;
 pub mod pii;
 pub mod queue;
 pub mod ratelimit;
+pub mod reconcile;
 pub mod relay;
 pub mod report;
 pub mod sandbox;

@@ -136,6 +136,23 @@ pub async fn housekeeping(store: &Store) {
         }
         Err(e) => tracing::warn!(error = %e, "reading outbox figures failed"),
     }
+    if let Ok(runs) = store.last_reconcile_runs().await {
+        for r in runs {
+            let b = r.benefit.as_str();
+            metrics::RECONCILE_LAST_RUN
+                .with_label_values(&[b])
+                .set(r.finished_at.timestamp() as f64);
+            for (class, n) in [
+                ("missing_link", r.counts.missing_link),
+                ("unexpected_link", r.counts.unexpected_link),
+                ("unknown", r.counts.unknown),
+            ] {
+                metrics::RECONCILE_DRIFT
+                    .with_label_values(&[b, class])
+                    .set(n as f64);
+            }
+        }
+    }
     if let Ok(counts) = store.active_rows_by_state().await {
         for state in [
             "queued",

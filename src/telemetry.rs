@@ -218,6 +218,24 @@ pub mod metrics {
         )
     });
 
+    /// `abha_reconcile_last_run_timestamp_seconds{benefit}`.
+    pub static RECONCILE_LAST_RUN: LazyLock<GaugeVec> = LazyLock::new(|| {
+        gauge_vec(
+            "abha_reconcile_last_run_timestamp_seconds",
+            "When the last reconciliation of a benefit finished (Unix time)",
+            &["benefit"],
+        )
+    });
+
+    /// `abha_reconcile_drift{benefit,class}`.
+    pub static RECONCILE_DRIFT: LazyLock<GaugeVec> = LazyLock::new(|| {
+        gauge_vec(
+            "abha_reconcile_drift",
+            "Drift found by the last reconciliation: missing_link, unexpected_link, unknown",
+            &["benefit", "class"],
+        )
+    });
+
     /// Touches every metric so that `/metrics` lists them all from the start.
     pub fn register_all() {
         LazyLock::force(&ABDM_REQUESTS);
@@ -234,6 +252,8 @@ pub mod metrics {
         LazyLock::force(&OUTBOX_LAG);
         LazyLock::force(&BATCH_ROWS);
         LazyLock::force(&QUEUE_MESSAGES);
+        LazyLock::force(&RECONCILE_LAST_RUN);
+        LazyLock::force(&RECONCILE_DRIFT);
     }
 
     /// Records one ABDM HTTP attempt.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::{ReportArgs, StatusArgs, SubmitArgs, spawn_signal_handler};
+use super::{ReconcileArgs, ReportArgs, StatusArgs, SubmitArgs, spawn_signal_handler};
 use crate::abdm::AbdmClient;
 use crate::config::Settings;
 use crate::queue::Topology;
@@ -290,5 +290,48 @@ pub(super) async fn report(settings: &Settings, args: &ReportArgs) -> anyhow::Re
             String::new()
         }
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn reconcile(
+    settings: &Settings,
+    args: &ReconcileArgs,
+) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(settings).await?;
+    let client = Arc::new(AbdmClient::new(&settings.abdm)?);
+    let global = settings.worker.global_rate_limit.then(|| {
+        GlobalBudget::new(
+            store.clone(),
+            &settings.abdm.client_id,
+            settings.worker.rate_per_second,
+            f64::from(settings.worker.burst),
+        )
+    });
+    let limiter = RateLimiter::new(settings.reconcile.rate_per_second, 1, global);
+    let out = args.out.clone().unwrap_or_else(|| {
+        std::path::PathBuf::from("reports").join(format!(
+            "reconcile-{}-{}.csv",
+            args.benefit
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            chrono::Utc::now().format("%Y%m%d-%H%M%S")
+        ))
+    });
+    let amqp = settings.rabbitmq_url()?.expose().to_string();
+    let summary = crate::reconcile::run(
+        &store,
+        client,
+        limiter,
+        Some(&amqp),
+        &Topology::from_settings(&settings.rabbitmq),
+        &crate::reconcile::ReconcileRequest {
+            benefit: args.benefit.clone(),
+            roster: args.roster.clone(),
+            apply: args.apply,
+            out,
+            concurrency: settings.reconcile.concurrency,
+        },
+    )
+    .await?;
+    println!("{}", summary.render());
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ pub mod batches;
 pub mod budget;
 pub mod jobs;
 pub mod outbox;
+pub mod reconcile;
 pub mod vault;
 
 use std::sync::Arc;
