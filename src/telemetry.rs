@@ -10,20 +10,39 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::TelemetrySettings;
 
-/// Installs the global subscriber: human-readable on a terminal (or `human`), JSON lines
-/// otherwise (or `json`). `RUST_LOG` overrides `telemetry.log_filter`. Logs go to stderr so
-/// that command output on stdout stays clean.
-pub fn init(settings: &TelemetrySettings) {
-    let filter = EnvFilter::try_from_default_env()
+/// HTTP client crates log request URLs at debug level, and an ABDM lookup URL carries an ABHA
+/// number: these targets are capped at `info` whatever `RUST_LOG` says.
+const CAPPED_TARGETS: &[&str] = &["reqwest", "hyper", "hyper_util", "h2"];
+
+/// The log filter: `RUST_LOG` or `telemetry.log_filter`, with [`CAPPED_TARGETS`] capped.
+pub fn filter(settings: &TelemetrySettings) -> EnvFilter {
+    let mut filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(settings.log_filter.clone()));
+    for target in CAPPED_TARGETS {
+        filter = filter.add_directive(format!("{target}=info").parse().expect("valid directive"));
+    }
+    filter
+}
+
+/// Installs the global subscriber: human-readable on a terminal (or `human`), JSON lines
+/// otherwise (or `json`). Logs go to stderr so that command output on stdout stays clean.
+pub fn init(settings: &TelemetrySettings) {
     let json = match settings.log_format.as_str() {
         "json" => true,
         "human" => false,
         _ => !std::io::stderr().is_terminal(),
     };
+    init_with_writer(settings, json, std::io::stderr);
+}
+
+/// Installs the global subscriber writing to `writer` (tests capture logs with it).
+pub fn init_with_writer<W>(settings: &TelemetrySettings, json: bool, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_env_filter(filter(settings))
+        .with_writer(writer);
     let _ = if json {
         builder
             .json()
@@ -254,6 +273,19 @@ pub mod metrics {
         LazyLock::force(&QUEUE_MESSAGES);
         LazyLock::force(&RECONCILE_LAST_RUN);
         LazyLock::force(&RECONCILE_DRIFT);
+        // Known label values start at 0, so rates and alerts see a series from the start.
+        for kind in crate::jobs::kind::JobKind::ALL {
+            for outcome in ["succeeded", "failed", "dead", "retrying", "cancelled"] {
+                JOBS.with_label_values(&[kind.as_str(), outcome]);
+            }
+            for reason in ["transient", "throttled", "auth"] {
+                RETRIES.with_label_values(&[kind.as_str(), reason]);
+            }
+        }
+        RETRIES.with_label_values(&["any", "lease_expired"]);
+        for result in ["ok", "error", "after_401"] {
+            SESSION_REFRESH.with_label_values(&[result]);
+        }
     }
 
     /// Records one ABDM HTTP attempt.

@@ -1,0 +1,207 @@
+//! Nightly reconciliation against the sandbox: seeded drift is found exactly, `--apply` fixes it
+//! through the normal pipeline, a second run is safe, and the service's own state is repaired.
+
+mod common;
+
+use abha_bulk::jobs::kind::JobKind;
+use abha_bulk::ratelimit::RateLimiter;
+use abha_bulk::reconcile::{ReconcileRequest, ReconcileSummary};
+use common::{BENEFIT, PipelineOpts, TestEnv};
+
+async fn reconcile(
+    env: &TestEnv,
+    roster: &std::path::Path,
+    apply: bool,
+    name: &str,
+) -> ReconcileSummary {
+    abha_bulk::reconcile::run(
+        &env.store,
+        env.client.clone(),
+        RateLimiter::new(200.0, 20, None),
+        Some(&env.amqp_url),
+        &env.topology,
+        &ReconcileRequest {
+            benefit: BENEFIT.into(),
+            roster: roster.to_path_buf(),
+            apply,
+            out: env.dir.path().join(name),
+            concurrency: 4,
+        },
+    )
+    .await
+    .expect("reconciliation runs")
+}
+
+fn report_classes(path: &std::path::Path) -> Vec<(String, String)> {
+    let mut r = csv::Reader::from_path(path).expect("report");
+    r.records()
+        .map(|rec| {
+            let rec = rec.expect("record");
+            (rec[2].to_string(), rec[3].to_string())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn seeded_drift_is_found_exactly_and_apply_fixes_it() {
+    let env = TestEnv::new().await;
+    let pop = env.pop();
+    let state = env.sandbox.state().clone();
+
+    // The service links persons 100..106 through the pipeline; later 104 is de-linked by the
+    // service and 105 is de-linked outside the service (ABDM no longer has it).
+    let pipeline = env.start(PipelineOpts::default());
+    let rows: Vec<Vec<String>> = (100..106u64)
+        .map(|i| vec![format!("svc-{i}"), pop.abha(i).expose().to_string()])
+        .collect();
+    let linked = env
+        .submit_rows(
+            JobKind::BenefitLink,
+            &["external_ref", "abha_number"],
+            &rows,
+        )
+        .await;
+    env.wait_until_done(&[linked.batch]).await;
+    let delinked = env
+        .submit_rows(
+            JobKind::BenefitDelink,
+            &["external_ref", "abha_number"],
+            &[vec![
+                "svc-104-off".into(),
+                pop.abha(104).expose().to_string(),
+            ]],
+        )
+        .await;
+    env.wait_until_done(&[delinked.batch]).await;
+    pipeline.stop().await;
+    state.set_linked(BENEFIT, &pop.abha(105).digits(), false);
+
+    // The roster: persons 0..20; ABDM has 0..15 linked (5 missing links), plus one ABHA ABDM
+    // does not know and one invalid row. Persons 100..103 are linked but absent: 4 unexpected.
+    for i in 0..15u64 {
+        state.set_linked(BENEFIT, &pop.abha(i).digits(), true);
+    }
+    let mut roster: Vec<Vec<String>> = (0..20u64)
+        .map(|i| vec![format!("r-{i}"), pop.abha(i).expose().to_string()])
+        .collect();
+    roster.push(vec![
+        "r-unknown".into(),
+        pop.abha(9_000_000).expose().to_string(),
+    ]);
+    roster.push(vec!["r-invalid".into(), "91-123".into()]);
+    let roster_path = env.write_csv("roster.csv", &["external_ref", "abha_number"], &roster);
+
+    // A job stuck "running" past its lease (its worker died): the run repairs it. (The de-link
+    // of 104: re-running it later is answered ABDM-1138, already de-linked.)
+    sqlx::query(
+        "UPDATE jobs SET state = 'running', lease_owner = 'dead-worker', lease_until = now() - interval '1 minute'
+         WHERE id = (SELECT id FROM jobs WHERE batch_id = $1 ORDER BY id LIMIT 1)",
+    )
+    .bind(delinked.batch)
+    .execute(&env.store.pool)
+    .await
+    .unwrap();
+
+    let first = reconcile(&env, &roster_path, false, "first.csv").await;
+    let c = &first.counts;
+    assert_eq!(
+        (
+            c.roster_rows,
+            c.linked_ok,
+            c.missing_link,
+            c.unexpected_link,
+            c.unknown,
+            c.errors
+        ),
+        (22, 15, 5, 4, 1, 1),
+        "{}",
+        first.render()
+    );
+    assert_eq!(first.repairs.0, 1, "the expired lease is repaired");
+    assert!(first.link_batch.is_none() && first.delink_batch.is_none());
+    let classes = report_classes(&first.report);
+    let missing: Vec<&String> = classes
+        .iter()
+        .filter(|(_, c)| c == "missing_link")
+        .map(|(id, _)| id)
+        .collect();
+    let expected_missing: Vec<String> = (15..20u64).map(|i| pop.abha(i).masked()).collect();
+    assert_eq!(missing.len(), 5);
+    assert!(
+        missing.iter().all(|m| expected_missing.contains(m)),
+        "{missing:?}"
+    );
+    let unexpected: Vec<&String> = classes
+        .iter()
+        .filter(|(_, c)| c == "unexpected_link")
+        .map(|(id, _)| id)
+        .collect();
+    let expected_unexpected: Vec<String> = (100..104u64).map(|i| pop.abha(i).masked()).collect();
+    assert_eq!(unexpected.len(), 4);
+    assert!(
+        unexpected.iter().all(|m| expected_unexpected.contains(m)),
+        "{unexpected:?}"
+    );
+    let report_text = std::fs::read_to_string(&first.report).unwrap();
+    assert!(
+        !report_text.contains(pop.abha(15).expose()),
+        "identifiers are masked"
+    );
+
+    // --apply queues exactly the fixes; a second --apply before they ran queues nothing new.
+    let applied = reconcile(&env, &roster_path, true, "apply.csv").await;
+    let link_batch = applied.link_batch.expect("link batch");
+    let delink_batch = applied.delink_batch.expect("de-link batch");
+    assert_eq!(env.counts(link_batch).await.total(), 5);
+    assert_eq!(env.counts(delink_batch).await.total(), 4);
+    let again = reconcile(&env, &roster_path, true, "again.csv").await;
+    assert!(
+        again.link_batch.is_none() && again.delink_batch.is_none(),
+        "{}",
+        again.render()
+    );
+
+    // The pipeline runs the fixes; afterwards ABDM agrees with the roster.
+    let pipeline = env.start(PipelineOpts::default());
+    env.wait_until_done(&[link_batch, delink_batch]).await;
+    pipeline.stop().await;
+    for i in 0..20u64 {
+        assert!(
+            state.is_linked(BENEFIT, &pop.abha(i).digits()),
+            "person {i}"
+        );
+    }
+    for i in 100..106u64 {
+        assert!(
+            !state.is_linked(BENEFIT, &pop.abha(i).digits()),
+            "person {i}"
+        );
+    }
+    let after = reconcile(&env, &roster_path, false, "after.csv").await;
+    let c = &after.counts;
+    assert_eq!(
+        (
+            c.linked_ok,
+            c.missing_link,
+            c.unexpected_link,
+            c.unknown,
+            c.errors
+        ),
+        (20, 0, 0, 1, 1),
+        "{}",
+        after.render()
+    );
+    // The last run per benefit is what the gauges export.
+    let runs = env.store.last_reconcile_runs().await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].counts.missing_link, 0);
+    assert_eq!(
+        state
+            .call_log()
+            .duplicate_side_effects
+            .values()
+            .sum::<u64>(),
+        0
+    );
+    env.cleanup().await;
+}
