@@ -34,7 +34,7 @@ CREATE TABLE jobs (
     kind            text NOT NULL,
     benefit         text NOT NULL,
     -- the producer's key for queue jobs (uploads are keyed by batch and dedup_hash)
-    idempotency_key text UNIQUE,
+    idempotency_key text,
     row_number      bigint,
     external_ref    text,
     subject_hash    bytea NOT NULL,
@@ -59,7 +59,7 @@ CREATE TABLE jobs (
     finished_at     timestamptz,
     UNIQUE (batch_id, dedup_hash)
 );
-CREATE INDEX jobs_batch_row ON jobs (batch_id, row_number);
+CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (idempotency_key) WHERE idempotency_key IS NOT NULL;
 -- Jobs still on their way: what status, the batch sweeper and retry-failed look at.
 CREATE INDEX jobs_open ON jobs (batch_id, state) WHERE state IN ('queued', 'running', 'retrying');
 CREATE INDEX jobs_closed ON jobs (batch_id, state) WHERE state IN ('failed', 'dead');

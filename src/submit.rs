@@ -23,6 +23,9 @@ use crate::store::{Store, StoreError};
 /// Rows per insert transaction.
 pub const CHUNK_ROWS: usize = 5000;
 
+/// Chunks written at once.
+const INSERTERS: usize = 2;
+
 /// What to submit.
 #[derive(Debug, Clone)]
 pub struct SubmitRequest {
@@ -189,34 +192,53 @@ pub async fn submit(
             read_chunks(ingest, &store, &path, tx, progress.as_ref())
         })
     };
+    // Two chunks are written at once: Postgres uses both cores while the reader prepares more.
     let (mut accepted, mut rejected, mut duplicates) = (0u64, 0u64, 0u64);
     let mut end = None;
+    let mut writers = tokio::task::JoinSet::new();
+    let mut failure = None;
     while let Some(chunk) = rx.recv().await {
         match chunk {
             Chunk::Rows(rows, rejections) => {
-                let out = store
-                    .insert_jobs(batch, req.kind, &req.benefit, &rows)
-                    .await?;
-                accepted += out.accepted;
-                duplicates += out.duplicates;
-                rejected += rejections.len() as u64;
-                store.insert_rejections(batch, &rejections).await?;
+                while writers.len() >= INSERTERS {
+                    let (a, r, d) = writers
+                        .join_next()
+                        .await
+                        .expect("a writer")
+                        .expect("writer task")?;
+                    (accepted, rejected, duplicates) = (accepted + a, rejected + r, duplicates + d);
+                }
+                let store = store.clone();
+                let (kind, benefit) = (req.kind, req.benefit.clone());
+                writers.spawn(async move {
+                    let out = store.insert_jobs(batch, kind, &benefit, &rows).await?;
+                    store.insert_rejections(batch, &rejections).await?;
+                    Ok::<_, StoreError>((out.accepted, rejections.len() as u64, out.duplicates))
+                });
             }
             Chunk::Done { total, warnings } => end = Some((total, warnings)),
             Chunk::Failed(e) => {
-                // Rows committed so far stay accepted; the batch records how far it got.
-                store
-                    .finish_submit(
-                        batch,
-                        accepted + rejected + duplicates,
-                        accepted,
-                        rejected,
-                        duplicates,
-                    )
-                    .await?;
-                return Err(e);
+                failure = Some(e);
+                break;
             }
         }
+    }
+    while let Some(done) = writers.join_next().await {
+        let (a, r, d) = done.expect("writer task")?;
+        (accepted, rejected, duplicates) = (accepted + a, rejected + r, duplicates + d);
+    }
+    if let Some(e) = failure {
+        // Rows committed so far stay accepted; the batch records how far it got.
+        store
+            .finish_submit(
+                batch,
+                accepted + rejected + duplicates,
+                accepted,
+                rejected,
+                duplicates,
+            )
+            .await?;
+        return Err(e);
     }
     reader.await.expect("reader task");
     let (total, warnings) = end.unwrap_or_default();

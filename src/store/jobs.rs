@@ -334,7 +334,7 @@ impl Store {
             return Ok(id);
         }
         let existing: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE idempotency_key = $1
+            "SELECT id FROM jobs WHERE idempotency_key = $1 AND idempotency_key IS NOT NULL
              UNION ALL SELECT id FROM jobs WHERE batch_id = $2 AND dedup_hash = $3 LIMIT 1",
         )
         .bind(j.idempotency_key)

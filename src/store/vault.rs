@@ -89,11 +89,12 @@ impl Vault {
             .map_err(|_| VaultError::Decrypt)
     }
 
-    /// Keyed hash (HMAC-SHA256) for lookups and de-duplication.
+    /// Keyed hash for lookups and de-duplication: HMAC-SHA256 truncated to 128 bits (ample
+    /// against collisions among billions of rows, and half the index size).
     pub fn hash(&self, value: &str) -> Vec<u8> {
         let mut mac = <Hmac<Sha256>>::new_from_slice(&self.hash_key).expect("any key length");
         mac.update(value.as_bytes());
-        mac.finalize().into_bytes().to_vec()
+        mac.finalize().into_bytes()[..16].to_vec()
     }
 }
 
