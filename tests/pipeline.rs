@@ -419,6 +419,12 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_does_nothing_twice() {
     for c in &children {
         assert_eq!(st.side_effect_count("child_create", c), 1, "child {c}");
     }
+    // Retried child creations looked for the child before creating it again.
+    assert!(
+        log.requests.get("child_list").copied().unwrap_or(0) > 0,
+        "no child creation was retried: {:?}",
+        log.requests
+    );
     env.cleanup().await;
 }
 
