@@ -69,7 +69,7 @@ impl ReconcileSummary {
     pub fn render(&self) -> String {
         let c = &self.counts;
         let mut s = format!(
-            "reconciliation {}: {} roster rows; linked as expected {}, missing link {}, linked but not in roster {}, unknown to ABDM {}, errors {}\nreport: {}\nrepaired: {} expired lease(s), {} lost message(s), {} batch counter(s)",
+            "reconciliation {}: {} roster rows; linked as expected {}, missing link {}, linked but not in roster {}, unknown to ABDM {}, errors {}\nreport: {}\nrepaired: {} expired lease(s), {} unpublished or lost message(s), {} batch counter(s)",
             self.run,
             c.roster_rows,
             c.linked_ok,
@@ -142,8 +142,9 @@ struct Line {
     detail: String,
 }
 
-/// Repairs abha-bulk's own state: expired leases, lost messages (kinds whose queue is empty),
-/// batch counters. Returns the three counts.
+/// Repairs abha-bulk's own state: expired leases; outbox rows due but never published (the
+/// relay was down) are published, and jobs whose message was lost get a new outbox row (only
+/// for kinds whose queue is empty); batch counters. Returns (leases, outbox repairs, batches).
 pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) -> (u64, u64, u64) {
     let leases = store.requeue_expired_leases().await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "lease repair failed");
@@ -153,6 +154,30 @@ pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) 
     if let Some(url) = amqp_url
         && let Ok(conn) = crate::queue::connect(url).await
     {
+        if let Ok(publisher) = crate::queue::publish::Publisher::open(&conn, topology.clone()).await
+        {
+            // Everything due now, in rounds; bounded so a huge backlog is left to the relay.
+            for _ in 0..200 {
+                let round = store
+                    .publish_due(500, |rows| {
+                        let publisher = &publisher;
+                        async move { publisher.publish_jobs(&rows).await }
+                    })
+                    .await;
+                match round {
+                    Ok(Ok(0)) => break,
+                    Ok(Ok(n)) => lost += n as u64,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "publishing stale outbox rows failed");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the outbox failed");
+                        break;
+                    }
+                }
+            }
+        }
         if let Ok(ch) = conn.create_channel().await
             && let Ok(depths) = topology.depths(&ch).await
         {

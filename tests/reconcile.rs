@@ -73,6 +73,14 @@ async fn seeded_drift_is_found_exactly_and_apply_fixes_it() {
         )
         .await;
     env.wait_until_done(&[delinked.batch]).await;
+    let lookup = env
+        .submit_rows(
+            JobKind::BenefitLookup,
+            &["external_ref", "abha_number"],
+            &[vec!["look-0".into(), pop.abha(0).expose().to_string()]],
+        )
+        .await;
+    env.wait_until_done(&[lookup.batch]).await;
     pipeline.stop().await;
     state.set_linked(BENEFIT, &pop.abha(105).digits(), false);
 
@@ -102,6 +110,16 @@ async fn seeded_drift_is_found_exactly_and_apply_fixes_it() {
     .await
     .unwrap();
 
+    // A job whose message was lost (queued, no outbox row, untouched for an hour).
+    sqlx::query(
+        "UPDATE jobs SET state = 'queued', updated_at = now() - interval '1 hour', next_due_at = NULL
+         WHERE batch_id = $1",
+    )
+    .bind(lookup.batch)
+    .execute(&env.store.pool)
+    .await
+    .unwrap();
+
     let first = reconcile(&env, &roster_path, false, "first.csv").await;
     let c = &first.counts;
     assert_eq!(
@@ -118,6 +136,16 @@ async fn seeded_drift_is_found_exactly_and_apply_fixes_it() {
         first.render()
     );
     assert_eq!(first.repairs.0, 1, "the expired lease is repaired");
+    // The re-queued lease job's outbox row is published, and the lost message gets a new one.
+    assert_eq!(first.repairs.1, 2, "{}", first.render());
+    let lost_has_outbox: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox o JOIN jobs j ON j.id = o.job_id WHERE j.batch_id = $1",
+    )
+    .bind(lookup.batch)
+    .fetch_one(&env.store.pool)
+    .await
+    .unwrap();
+    assert_eq!(lost_has_outbox, 1);
     assert!(first.link_batch.is_none() && first.delink_batch.is_none());
     let classes = report_classes(&first.report);
     let missing: Vec<&String> = classes
@@ -163,7 +191,8 @@ async fn seeded_drift_is_found_exactly_and_apply_fixes_it() {
 
     // The pipeline runs the fixes; afterwards ABDM agrees with the roster.
     let pipeline = env.start(PipelineOpts::default());
-    env.wait_until_done(&[link_batch, delink_batch]).await;
+    env.wait_until_done(&[link_batch, delink_batch, delinked.batch, lookup.batch])
+        .await;
     pipeline.stop().await;
     for i in 0..20u64 {
         assert!(
