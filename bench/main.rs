@@ -94,6 +94,24 @@ fn gen_file(rows: u64, out: &PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Submits a benefit-link file through the normal path.
+async fn submit_links(
+    store: &Store,
+    file: &std::path::Path,
+) -> anyhow::Result<abha_bulk::submit::SubmitSummary> {
+    Ok(submit(
+        store,
+        &SubmitRequest {
+            path: file.to_path_buf(),
+            kind: JobKind::BenefitLink,
+            benefit: "BENCH".into(),
+            force: false,
+        },
+        Arc::new(()),
+    )
+    .await?)
+}
+
 /// Peak resident set size of this process, MiB (Linux VmHWM).
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -147,17 +165,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             let rss_before = peak_rss_mib();
-            let s = submit(
-                &store,
-                &SubmitRequest {
-                    path: file.clone(),
-                    kind: JobKind::BenefitLink,
-                    benefit: "BENCH".into(),
-                    force: false,
-                },
-                Arc::new(()),
-            )
-            .await?;
+            let s = submit_links(&store, &file).await?;
             let secs = s.elapsed.as_secs_f64();
             println!(
                 "submit {}: {} rows ({} accepted, {} rejected, {} duplicates) in {:.2} s = {:.0} rows/s; peak RSS {:.0} MiB (before submit {:.0} MiB)",
@@ -272,17 +280,7 @@ async fn e2e(
         stop.clone(),
     ));
     let consumer = tokio::spawn(worker.clone().run(amqp.to_string(), stop.clone()));
-    let s = submit(
-        &store,
-        &SubmitRequest {
-            path: file.clone(),
-            kind: JobKind::BenefitLink,
-            benefit: "BENCH".into(),
-            force: false,
-        },
-        Arc::new(()),
-    )
-    .await?;
+    let s = submit_links(&store, &file).await?;
     let _ = std::fs::remove_file(&file);
     let submitted = started.elapsed();
     loop {

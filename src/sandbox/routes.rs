@@ -16,7 +16,7 @@ use axum::routing::{get, patch, post, put};
 use chrono::{NaiveDate, NaiveDateTime, Utc};
 use serde_json::{Value, json};
 
-use super::state::{ChildRecord, LinkState, ScriptedResponse, State};
+use super::state::{LinkState, ScriptedResponse, State};
 use crate::abdm::crypto::{OAEP_SHA1, Padding};
 use crate::pii::{Aadhaar, AbhaNumber, Gender, Mobile, PersonName, format_date};
 
@@ -750,21 +750,13 @@ fn create_child(st: &State, h: &HeaderMap, v: &Value) -> Response {
                 "Child ABHA creation limit reached for this parent",
             );
         }
-        let index = w.next_new_index;
-        w.next_new_index += 1;
-        let abha = st.population.abha(index);
-        w.children
-            .entry(parent_digits.clone())
-            .or_default()
-            .push(ChildRecord {
-                abha: abha.clone(),
-                name: name.expose().to_string(),
-                dob,
-                gender: gender.as_str().to_string(),
-                updates: 0,
-            });
-        w.child_parent.insert(abha.digits(), parent_digits.clone());
-        abha
+        w.add_child(
+            &st.population,
+            &parent_digits,
+            name.expose(),
+            dob,
+            gender.as_str(),
+        )
     };
     st.side_effect(
         "child_create",

@@ -115,6 +115,35 @@ pub(crate) struct World {
     pub next_new_index: u64,
 }
 
+impl World {
+    /// Enrols a child under `parent_digits` with a fresh ABHA number.
+    pub(crate) fn add_child(
+        &mut self,
+        population: &Population,
+        parent_digits: &str,
+        name: &str,
+        dob: chrono::NaiveDate,
+        gender: &str,
+    ) -> crate::pii::AbhaNumber {
+        let index = self.next_new_index;
+        self.next_new_index += 1;
+        let abha = population.abha(index);
+        self.children
+            .entry(parent_digits.to_string())
+            .or_default()
+            .push(ChildRecord {
+                abha: abha.clone(),
+                name: name.to_string(),
+                dob,
+                gender: gender.to_string(),
+                updates: 0,
+            });
+        self.child_parent
+            .insert(abha.digits(), parent_digits.to_string());
+        abha
+    }
+}
+
 /// What the sandbox was asked and did; read by tests and `GET /sandbox/calls`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CallLog {
@@ -273,22 +302,13 @@ impl State {
         dob: chrono::NaiveDate,
         gender: &str,
     ) -> crate::pii::AbhaNumber {
-        let mut w = self.world.lock().expect("world lock");
-        let index = w.next_new_index;
-        w.next_new_index += 1;
-        let abha = self.population.abha(index);
-        w.children
-            .entry(parent.digits())
-            .or_default()
-            .push(ChildRecord {
-                abha: abha.clone(),
-                name: name.to_string(),
-                dob,
-                gender: gender.to_string(),
-                updates: 0,
-            });
-        w.child_parent.insert(abha.digits(), parent.digits());
-        abha
+        self.world.lock().expect("world lock").add_child(
+            &self.population,
+            &parent.digits(),
+            name,
+            dob,
+            gender,
+        )
     }
 
     pub(crate) fn count_request(&self, op: &str) {
