@@ -43,6 +43,7 @@ pub async fn run(
 ) {
     let mut backoff = reconnect_backoff();
     let mut last_housekeeping = Instant::now() - cfg.housekeeping;
+    let mut last_gauges = Instant::now() - GAUGE_INTERVAL;
     while !stop.is_cancelled() {
         let publisher = match connect(&amqp_url, &topology).await {
             Ok(p) => {
@@ -64,6 +65,10 @@ pub async fn run(
             if last_housekeeping.elapsed() >= cfg.housekeeping {
                 housekeeping(&store).await;
                 last_housekeeping = Instant::now();
+            }
+            if last_gauges.elapsed() >= GAUGE_INTERVAL {
+                batch_gauges(&store).await;
+                last_gauges = Instant::now();
             }
             let round = store
                 .publish_due(cfg.batch, |rows| {
@@ -114,7 +119,11 @@ async fn connect(url: &str, topology: &Topology) -> Result<Publisher, queue::Que
     Publisher::open(&conn, topology.clone()).await
 }
 
-/// Lease expiry, batch closing and gauges. Errors are logged, never fatal.
+/// How often the gauges that count rows of active batches are refreshed (a scan of those
+/// batches' jobs: too heavy for every housekeeping round).
+const GAUGE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Lease expiry, batch closing and the outbox gauges. Errors are logged, never fatal.
 pub async fn housekeeping(store: &Store) {
     match store.requeue_expired_leases().await {
         Ok(0) => {}
@@ -136,6 +145,10 @@ pub async fn housekeeping(store: &Store) {
         }
         Err(e) => tracing::warn!(error = %e, "reading outbox figures failed"),
     }
+}
+
+/// `abha_batch_rows` and the `abha_reconcile_*` gauges.
+pub async fn batch_gauges(store: &Store) {
     if let Ok(runs) = store.last_reconcile_runs().await {
         for r in runs {
             let b = r.benefit.as_str();

@@ -61,6 +61,7 @@ async fn endpoints_answer_and_promtool_accepts_the_metrics() {
         .await
         .unwrap();
     abha_bulk::relay::housekeeping(&env.store).await;
+    abha_bulk::relay::batch_gauges(&env.store).await;
     abha_bulk::telemetry::metrics::QUEUE_MESSAGES
         .with_label_values(&[env.topology.dead_letter_queue.as_str()])
         .set(0.0);

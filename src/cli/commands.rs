@@ -264,7 +264,7 @@ pub(super) async fn status(settings: &Settings, args: &StatusArgs) -> anyhow::Re
             println!("{}", s.render());
             return Ok(ExitCode::SUCCESS);
         }
-        tokio::time::sleep(Duration::from_secs(if tty { 1 } else { 10 })).await;
+        tokio::time::sleep(Duration::from_secs(if tty { 2 } else { 10 })).await;
     }
 }
 
