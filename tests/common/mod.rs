@@ -230,6 +230,12 @@ impl TestEnv {
 
     /// Starts relay + worker.
     pub fn start(&self, o: PipelineOpts) -> Pipeline {
+        self.start_via(o, &self.amqp_url)
+    }
+
+    /// Starts relay + worker connecting to RabbitMQ at `amqp_url` (a proxy, in resilience
+    /// tests).
+    pub fn start_via(&self, o: PipelineOpts, amqp_url: &str) -> Pipeline {
         let stop = CancellationToken::new();
         let limiter = RateLimiter::new(o.rate, o.burst, None);
         let cfg = WorkerConfig {
@@ -251,7 +257,7 @@ impl TestEnv {
         });
         let relay = tokio::spawn(abha_bulk::relay::run(
             self.store.clone(),
-            self.amqp_url.clone(),
+            amqp_url.to_string(),
             self.topology.clone(),
             RelayConfig {
                 batch: 500,
@@ -260,7 +266,7 @@ impl TestEnv {
             },
             stop.clone(),
         ));
-        let worker = tokio::spawn(worker.run(self.amqp_url.clone(), stop.clone()));
+        let worker = tokio::spawn(worker.run(amqp_url.to_string(), stop.clone()));
         Pipeline {
             stop,
             worker,

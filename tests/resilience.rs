@@ -1,0 +1,131 @@
+//! The broker connection drops mid-batch: the worker and the relay reconnect with backoff, and
+//! every job still ends final exactly once, with no side effect done twice.
+//!
+//! The pipeline reaches RabbitMQ through a small TCP proxy owned by the test; cutting it closes
+//! every connection at once, as a broker restart or a network fault would, without disturbing
+//! other tests that share the broker.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use abha_bulk::jobs::kind::JobKind;
+use abha_bulk::sandbox::Faults;
+use common::{PipelineOpts, TestEnv};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+/// Forwards 127.0.0.1:<port> to the broker until `cut` is notified, which closes every
+/// connection it carries (new connections are accepted again afterwards).
+struct Proxy {
+    port: u16,
+    cut: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(Notify::new());
+        let cut2 = cut.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let upstream = upstream.clone();
+                let cut = cut2.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Self { port, cut, task }
+    }
+
+    fn cut_all(&self) {
+        self.cut.notify_waiters();
+    }
+}
+
+#[tokio::test]
+async fn broker_connections_cut_mid_batch_lose_nothing() {
+    let env = TestEnv::new().await;
+    let pop = env.pop();
+    let mut broker = reqwest::Url::parse(&env.amqp_url).unwrap();
+    let upstream = format!(
+        "{}:{}",
+        broker.host_str().unwrap(),
+        broker.port().unwrap_or(5672)
+    );
+    let proxy = Proxy::start(upstream).await;
+    broker.set_port(Some(proxy.port)).unwrap();
+    let via_proxy = broker.to_string();
+
+    env.set_faults(Faults {
+        latency_ms: 40,
+        ..common::no_faults()
+    });
+    let rows: Vec<Vec<String>> = (0..150u64)
+        .map(|i| vec![format!("r{i}"), pop.abha(1000 + i).expose().to_string()])
+        .collect();
+    let batch = env
+        .submit_rows(
+            JobKind::BenefitLink,
+            &["external_ref", "abha_number"],
+            &rows,
+        )
+        .await
+        .batch;
+    let pipeline = env.start_via(
+        PipelineOpts {
+            rate: 300.0,
+            lease_secs: 4,
+            ..PipelineOpts::default()
+        },
+        &via_proxy,
+    );
+    // Cut every broker connection twice while jobs are in flight.
+    for _ in 0..2 {
+        env.wait_for(&[batch], "some progress", |c| {
+            c.done() >= 20 && c.open() > 0
+        })
+        .await;
+        let before = env.counts(batch).await.done();
+        proxy.cut_all();
+        env.wait_for(&[batch], "progress after the cut", |c| {
+            c.done() > before + 10 || c.open() == 0
+        })
+        .await;
+    }
+    env.wait_until_done(&[batch]).await;
+    pipeline.stop().await;
+
+    let counts = env.counts(batch).await;
+    assert_eq!(counts.get("succeeded"), 150, "{counts:?}");
+    let log = env.sandbox.state().call_log();
+    assert!(
+        log.duplicate_side_effects.is_empty(),
+        "{:?}",
+        log.duplicate_side_effects
+    );
+    for i in 0..150u64 {
+        assert_eq!(
+            env.sandbox
+                .state()
+                .side_effect_count("link", &pop.abha(1000 + i).digits()),
+            1,
+            "row {i} linked exactly once"
+        );
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async { proxy.task.abort() }).await;
+    env.cleanup().await;
+}
