@@ -1,9 +1,9 @@
-//! The broker connection drops mid-batch: the worker and the relay reconnect with backoff, and
-//! every job still ends final exactly once, with no side effect done twice.
+//! The broker's or the database's connections drop mid-batch: the worker and the relay
+//! reconnect, and every job still ends final exactly once, with no side effect done twice.
 //!
-//! The pipeline reaches RabbitMQ through a small TCP proxy owned by the test; cutting it closes
-//! every connection at once, as a broker restart or a network fault would, without disturbing
-//! other tests that share the broker.
+//! The pipeline reaches RabbitMQ (or Postgres) through a small TCP proxy owned by the test;
+//! cutting it closes every connection at once, as a restart or a network fault would, without
+//! disturbing other tests that share the services.
 
 mod common;
 
@@ -126,6 +126,75 @@ async fn broker_connections_cut_mid_batch_lose_nothing() {
             "row {i} linked exactly once"
         );
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), async { proxy.task.abort() }).await;
+    proxy.task.abort();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn postgres_connections_cut_mid_batch_lose_nothing() {
+    let env = TestEnv::new().await;
+    let pop = env.pop();
+    let mut db = reqwest::Url::parse(&env.db_url).unwrap();
+    let upstream = format!("{}:{}", db.host_str().unwrap(), db.port().unwrap_or(5432));
+    let proxy = Proxy::start(upstream).await;
+    db.set_port(Some(proxy.port)).unwrap();
+    let proxied = abha_bulk::store::Store::connect_url(
+        db.as_str(),
+        5,
+        Duration::from_secs(30),
+        env.store.vault.clone(),
+    )
+    .await
+    .unwrap();
+
+    env.set_faults(Faults {
+        latency_ms: 40,
+        ..common::no_faults()
+    });
+    let rows: Vec<Vec<String>> = (0..120u64)
+        .map(|i| vec![format!("p{i}"), pop.abha(3000 + i).expose().to_string()])
+        .collect();
+    let batch = env
+        .submit_rows(
+            JobKind::BenefitLink,
+            &["external_ref", "abha_number"],
+            &rows,
+        )
+        .await
+        .batch;
+    let pipeline = env.start_with(
+        PipelineOpts {
+            rate: 300.0,
+            lease_secs: 3,
+            ..PipelineOpts::default()
+        },
+        &env.amqp_url,
+        proxied.clone(),
+    );
+    for _ in 0..2 {
+        env.wait_for(&[batch], "some progress", |c| {
+            c.done() >= 20 && c.open() > 0
+        })
+        .await;
+        let before = env.counts(batch).await.done();
+        proxy.cut_all();
+        env.wait_for(&[batch], "progress after the cut", |c| {
+            c.done() > before + 10 || c.open() == 0
+        })
+        .await;
+    }
+    env.wait_until_done(&[batch]).await;
+    pipeline.stop().await;
+    proxied.pool.close().await;
+
+    let counts = env.counts(batch).await;
+    assert_eq!(counts.get("succeeded"), 120, "{counts:?}");
+    let log = env.sandbox.state().call_log();
+    assert!(
+        log.duplicate_side_effects.is_empty(),
+        "{:?}",
+        log.duplicate_side_effects
+    );
+    proxy.task.abort();
     env.cleanup().await;
 }

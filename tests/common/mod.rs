@@ -236,6 +236,12 @@ impl TestEnv {
     /// Starts relay + worker connecting to RabbitMQ at `amqp_url` (a proxy, in resilience
     /// tests).
     pub fn start_via(&self, o: PipelineOpts, amqp_url: &str) -> Pipeline {
+        self.start_with(o, amqp_url, self.store.clone())
+    }
+
+    /// Starts relay + worker with their own `store` (connected through a proxy, in resilience
+    /// tests) and RabbitMQ URL.
+    pub fn start_with(&self, o: PipelineOpts, amqp_url: &str, store: Store) -> Pipeline {
         let stop = CancellationToken::new();
         let limiter = RateLimiter::new(o.rate, o.burst, None);
         let cfg = WorkerConfig {
@@ -249,14 +255,14 @@ impl TestEnv {
             kinds: JobKind::ALL.to_vec(),
         };
         let worker = Arc::new(Worker {
-            store: self.store.clone(),
+            store: store.clone(),
             client: self.client.clone(),
             limiter: limiter.clone(),
             topology: self.topology.clone(),
             cfg: cfg.clone(),
         });
         let relay = tokio::spawn(abha_bulk::relay::run(
-            self.store.clone(),
+            store.clone(),
             amqp_url.to_string(),
             self.topology.clone(),
             RelayConfig {
