@@ -177,17 +177,19 @@ pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) 
                     }
                 }
             }
+            publisher.close().await;
         }
-        if let Ok(ch) = conn.create_channel().await
-            && let Ok(depths) = topology.depths(&ch).await
-        {
-            for kind in JobKind::ALL {
-                let queue = topology.queue(kind);
-                let empty = depths.iter().any(|(q, n)| *q == queue && *n == 0);
-                if empty {
-                    lost += store.repair_lost_messages(kind, 600).await.unwrap_or(0);
+        if let Ok(ch) = conn.create_channel().await {
+            if let Ok(depths) = topology.depths(&ch).await {
+                for kind in JobKind::ALL {
+                    let queue = topology.queue(kind);
+                    let empty = depths.iter().any(|(q, n)| *q == queue && *n == 0);
+                    if empty {
+                        lost += store.repair_lost_messages(kind, 600).await.unwrap_or(0);
+                    }
                 }
             }
+            let _ = ch.close(200, "reconcile repair".into()).await;
         }
         let _ = conn.close(200, "reconcile repair".into()).await;
     }
@@ -306,6 +308,17 @@ pub async fn run(
         .buffer_unordered(req.concurrency.max(1));
     let mut lines = std::pin::pin!(lines);
     let mut out = ReportWriter::create(&req.out)?;
+    // A spinner on a terminal, a log line every 10 000 rows otherwise.
+    let spinner = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let s = indicatif::ProgressBar::new_spinner();
+        s.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {elapsed_precise} {pos} roster rows checked ({per_sec}) {msg}",
+            )
+            .expect("valid template"),
+        );
+        s
+    });
     let mut counts = RunCounts::default();
     let mut roster_hashes: HashSet<Vec<u8>> = HashSet::new();
     let mut to_link = Vec::new();
@@ -327,6 +340,23 @@ pub async fn run(
             Class::Unexpected => {}
         }
         out.write(&line)?;
+        match &spinner {
+            Some(s) => {
+                s.set_position(counts.roster_rows as u64);
+                s.set_message(format!("{} missing", counts.missing_link));
+            }
+            None if counts.roster_rows % 10_000 == 0 => {
+                tracing::info!(
+                    rows = counts.roster_rows,
+                    missing = counts.missing_link,
+                    "reconciliation progress"
+                );
+            }
+            None => {}
+        }
+    }
+    if let Some(s) = spinner {
+        s.finish_and_clear();
     }
     reader.await.expect("roster reader").map_err(roster_err)?;
 

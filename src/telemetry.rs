@@ -32,16 +32,19 @@ pub fn init(settings: &TelemetrySettings) {
         "human" => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    init_with_writer(settings, json, std::io::stderr);
+    let ansi = !json && std::io::stderr().is_terminal();
+    init_with_writer(settings, json, ansi, std::io::stderr);
 }
 
-/// Installs the global subscriber writing to `writer` (tests capture logs with it).
-pub fn init_with_writer<W>(settings: &TelemetrySettings, json: bool, writer: W)
+/// Installs the global subscriber writing to `writer` (tests capture logs with it); `ansi`
+/// colours the human format.
+pub fn init_with_writer<W>(settings: &TelemetrySettings, json: bool, ansi: bool, writer: W)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(settings))
+        .with_ansi(ansi)
         .with_writer(writer);
     let _ = if json {
         builder

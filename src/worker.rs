@@ -202,6 +202,8 @@ impl Worker {
             );
             tasks.abort_all();
         }
+        publisher.close().await;
+        let _ = ch.close(200, "worker stopping".into()).await;
         let _ = conn.close(200, "worker stopping".into()).await;
         result
     }

@@ -50,7 +50,7 @@ async fn no_identifier_in_logs_metrics_database_or_queue() {
         log_format: "json".into(),
         log_filter: "debug".into(),
     };
-    abha_bulk::telemetry::init_with_writer(&telemetry, true, logs.clone());
+    abha_bulk::telemetry::init_with_writer(&telemetry, true, false, logs.clone());
 
     let env = TestEnv::new().await;
     let pop = env.pop();

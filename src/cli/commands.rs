@@ -161,14 +161,15 @@ pub(super) async fn worker(settings: &Settings, no_relay: bool) -> anyhow::Resul
 async fn queue_depth_gauges(amqp: String, topology: Topology, stop: CancellationToken) {
     while !stop.is_cancelled() {
         if let Ok(conn) = crate::queue::connect(&amqp).await {
-            if let Ok(ch) = conn.create_channel().await
-                && let Ok(depths) = topology.depths(&ch).await
-            {
-                for (q, n) in depths {
-                    crate::telemetry::metrics::QUEUE_MESSAGES
-                        .with_label_values(&[q.as_str()])
-                        .set(f64::from(n));
+            if let Ok(ch) = conn.create_channel().await {
+                if let Ok(depths) = topology.depths(&ch).await {
+                    for (q, n) in depths {
+                        crate::telemetry::metrics::QUEUE_MESSAGES
+                            .with_label_values(&[q.as_str()])
+                            .set(f64::from(n));
+                    }
                 }
+                let _ = ch.close(200, "depth check".into()).await;
             }
             let _ = conn.close(200, "depth check".into()).await;
         }

@@ -34,6 +34,11 @@ impl Publisher {
         Ok(Self { channel, topology })
     }
 
+    /// Closes the channel (before its connection is closed, so the broker sees a clean close).
+    pub async fn close(&self) {
+        let _ = self.channel.close(200, "done".into()).await;
+    }
+
     /// True while the channel is usable.
     pub fn is_connected(&self) -> bool {
         self.channel.status().connected()
