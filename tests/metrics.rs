@@ -4,7 +4,6 @@
 
 mod common;
 
-use abha_bulk::jobs::kind::JobKind;
 use common::{PipelineOpts, TestEnv};
 use tokio_util::sync::CancellationToken;
 
@@ -30,18 +29,7 @@ const METRICS: &[&str] = &[
 #[tokio::test]
 async fn endpoints_answer_and_promtool_accepts_the_metrics() {
     let env = TestEnv::new().await;
-    let pop = env.pop();
-    let rows: Vec<Vec<String>> = (0..20u64)
-        .map(|i| vec![format!("m{i}"), pop.abha(i).expose().to_string()])
-        .collect();
-    let batch = env
-        .submit_rows(
-            JobKind::BenefitLink,
-            &["external_ref", "abha_number"],
-            &rows,
-        )
-        .await
-        .batch;
+    let batch = env.submit_links("m", 0..20).await;
     let pipeline = env.start(PipelineOpts::default());
     env.wait_until_done(&[batch]).await;
     pipeline.stop().await;

@@ -10,7 +10,6 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use abha_bulk::jobs::kind::JobKind;
 use abha_bulk::sandbox::Faults;
 use common::{PipelineOpts, TestEnv};
 use tokio::net::{TcpListener, TcpStream};
@@ -56,6 +55,24 @@ impl Proxy {
     }
 }
 
+/// Twice: waits until jobs are in flight, cuts every proxied connection, waits for progress
+/// after the cut; then waits until every job is final.
+async fn cut_twice_mid_batch(env: &TestEnv, proxy: &Proxy, batch: uuid::Uuid) {
+    for _ in 0..2 {
+        env.wait_for(&[batch], "some progress", |c| {
+            c.done() >= 20 && c.open() > 0
+        })
+        .await;
+        let before = env.counts(batch).await.done();
+        proxy.cut_all();
+        env.wait_for(&[batch], "progress after the cut", |c| {
+            c.done() > before + 10 || c.open() == 0
+        })
+        .await;
+    }
+    env.wait_until_done(&[batch]).await;
+}
+
 #[tokio::test]
 async fn broker_connections_cut_mid_batch_lose_nothing() {
     let env = TestEnv::new().await;
@@ -74,17 +91,7 @@ async fn broker_connections_cut_mid_batch_lose_nothing() {
         latency_ms: 40,
         ..common::no_faults()
     });
-    let rows: Vec<Vec<String>> = (0..150u64)
-        .map(|i| vec![format!("r{i}"), pop.abha(1000 + i).expose().to_string()])
-        .collect();
-    let batch = env
-        .submit_rows(
-            JobKind::BenefitLink,
-            &["external_ref", "abha_number"],
-            &rows,
-        )
-        .await
-        .batch;
+    let batch = env.submit_links("r", 1000..1150).await;
     let pipeline = env.start_via(
         PipelineOpts {
             rate: 300.0,
@@ -94,19 +101,7 @@ async fn broker_connections_cut_mid_batch_lose_nothing() {
         &via_proxy,
     );
     // Cut every broker connection twice while jobs are in flight.
-    for _ in 0..2 {
-        env.wait_for(&[batch], "some progress", |c| {
-            c.done() >= 20 && c.open() > 0
-        })
-        .await;
-        let before = env.counts(batch).await.done();
-        proxy.cut_all();
-        env.wait_for(&[batch], "progress after the cut", |c| {
-            c.done() > before + 10 || c.open() == 0
-        })
-        .await;
-    }
-    env.wait_until_done(&[batch]).await;
+    cut_twice_mid_batch(&env, &proxy, batch).await;
     pipeline.stop().await;
 
     let counts = env.counts(batch).await;
@@ -133,7 +128,6 @@ async fn broker_connections_cut_mid_batch_lose_nothing() {
 #[tokio::test]
 async fn postgres_connections_cut_mid_batch_lose_nothing() {
     let env = TestEnv::new().await;
-    let pop = env.pop();
     let mut db = reqwest::Url::parse(&env.db_url).unwrap();
     let upstream = format!("{}:{}", db.host_str().unwrap(), db.port().unwrap_or(5432));
     let proxy = Proxy::start(upstream).await;
@@ -151,17 +145,7 @@ async fn postgres_connections_cut_mid_batch_lose_nothing() {
         latency_ms: 40,
         ..common::no_faults()
     });
-    let rows: Vec<Vec<String>> = (0..120u64)
-        .map(|i| vec![format!("p{i}"), pop.abha(3000 + i).expose().to_string()])
-        .collect();
-    let batch = env
-        .submit_rows(
-            JobKind::BenefitLink,
-            &["external_ref", "abha_number"],
-            &rows,
-        )
-        .await
-        .batch;
+    let batch = env.submit_links("p", 3000..3120).await;
     let pipeline = env.start_with(
         PipelineOpts {
             rate: 300.0,
@@ -171,19 +155,7 @@ async fn postgres_connections_cut_mid_batch_lose_nothing() {
         &env.amqp_url,
         proxied.clone(),
     );
-    for _ in 0..2 {
-        env.wait_for(&[batch], "some progress", |c| {
-            c.done() >= 20 && c.open() > 0
-        })
-        .await;
-        let before = env.counts(batch).await.done();
-        proxy.cut_all();
-        env.wait_for(&[batch], "progress after the cut", |c| {
-            c.done() > before + 10 || c.open() == 0
-        })
-        .await;
-    }
-    env.wait_until_done(&[batch]).await;
+    cut_twice_mid_batch(&env, &proxy, batch).await;
     pipeline.stop().await;
     proxied.pool.close().await;
 

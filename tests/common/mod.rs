@@ -339,6 +339,22 @@ impl TestEnv {
         self.submit(kind, &path).await
     }
 
+    /// Submits one benefit-link row per person in `people` (external refs `<prefix><i>`);
+    /// returns the batch.
+    pub async fn submit_links(&self, prefix: &str, people: std::ops::Range<u64>) -> Uuid {
+        let pop = self.pop();
+        let rows: Vec<Vec<String>> = people
+            .map(|i| vec![format!("{prefix}{i}"), pop.abha(i).expose().to_string()])
+            .collect();
+        self.submit_rows(
+            JobKind::BenefitLink,
+            &["external_ref", "abha_number"],
+            &rows,
+        )
+        .await
+        .batch
+    }
+
     /// Job counts of a batch.
     pub async fn counts(&self, batch: Uuid) -> StateCounts {
         self.store.batch_counts(batch).await.expect("counts")
