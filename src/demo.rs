@@ -343,20 +343,7 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
     let store = Store::connect_url(&db_url, 12, Duration::from_secs(30), Arc::new(vault)).await?;
     let amqp = settings.rabbitmq_url()?.expose().to_string();
     let topology = Topology::named("abha-demo.jobs", "abha-demo", 20);
-    {
-        let conn = crate::queue::connect(&amqp).await?;
-        let ch = conn
-            .create_channel()
-            .await
-            .context("opening a RabbitMQ channel")?;
-        let _ = topology.delete(&ch).await;
-        let ch = conn
-            .create_channel()
-            .await
-            .context("opening a RabbitMQ channel")?;
-        topology.declare(&ch).await?;
-        let _ = conn.close(200, "demo set-up".into()).await;
-    }
+    reset_topology(&amqp, &topology, true).await?;
     let mut abdm = crate::abdm::client::settings_for_sandbox(&sandbox.url());
     abdm.request_timeout_ms = 1_500;
     let client = Arc::new(AbdmClient::new(&abdm)?);
@@ -487,17 +474,31 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
         out_dir: opts.out_dir.clone(),
     };
     print_summary(&outcome, &log);
-    {
-        let conn = crate::queue::connect(&amqp).await?;
+    reset_topology(&amqp, &topology, false).await?;
+    sandbox.shutdown().await;
+    Ok(outcome)
+}
+
+/// Deletes the demo's queues and exchanges (what a previous run left) and, with `declare`,
+/// declares them afresh.
+async fn reset_topology(amqp: &str, topology: &Topology, declare: bool) -> anyhow::Result<()> {
+    let conn = crate::queue::connect(amqp).await?;
+    // A failed delete (nothing to delete) closes the channel: each step gets its own.
+    let ch = conn
+        .create_channel()
+        .await
+        .context("opening a RabbitMQ channel")?;
+    let _ = topology.delete(&ch).await;
+    if declare {
         let ch = conn
             .create_channel()
             .await
             .context("opening a RabbitMQ channel")?;
-        let _ = topology.delete(&ch).await;
-        let _ = conn.close(200, "demo done".into()).await;
+        topology.declare(&ch).await?;
+        let _ = ch.close(200, "demo".into()).await;
     }
-    sandbox.shutdown().await;
-    Ok(outcome)
+    let _ = conn.close(200, "demo".into()).await;
+    Ok(())
 }
 
 fn progress_bar(total: u64) -> Option<indicatif::ProgressBar> {

@@ -67,6 +67,26 @@ pub mod metrics {
         Opts, Registry, TextEncoder,
     };
 
+    /// Every metric abha-bulk exports (the names of DESIGN.md; dashboards and alerts use these).
+    pub const NAMES: &[&str] = &[
+        "abha_jobs_total",
+        "abha_job_duration_seconds",
+        "abha_abdm_requests_total",
+        "abha_abdm_request_duration_seconds",
+        "abha_ratelimit_wait_seconds",
+        "abha_ratelimit_rate",
+        "abha_ratelimit_configured_rate",
+        "abha_retries_total",
+        "abha_jobs_in_flight",
+        "abha_outbox_pending",
+        "abha_outbox_lag_seconds",
+        "abha_batch_rows",
+        "abha_session_refresh_total",
+        "abha_queue_messages",
+        "abha_reconcile_last_run_timestamp_seconds",
+        "abha_reconcile_drift",
+    ];
+
     /// The process-wide registry served at `/metrics`.
     pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 

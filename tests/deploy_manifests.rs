@@ -11,24 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_yaml_ng::Value;
 
 /// Metric names exported by abha-bulk (DESIGN.md, "Metrics").
-const DESIGN_METRICS: &[&str] = &[
-    "abha_jobs_total",
-    "abha_job_duration_seconds",
-    "abha_abdm_requests_total",
-    "abha_abdm_request_duration_seconds",
-    "abha_ratelimit_wait_seconds",
-    "abha_ratelimit_rate",
-    "abha_ratelimit_configured_rate",
-    "abha_retries_total",
-    "abha_jobs_in_flight",
-    "abha_outbox_pending",
-    "abha_outbox_lag_seconds",
-    "abha_batch_rows",
-    "abha_session_refresh_total",
-    "abha_queue_messages",
-    "abha_reconcile_last_run_timestamp_seconds",
-    "abha_reconcile_drift",
-];
+const DESIGN_METRICS: &[&str] = abha_bulk::telemetry::metrics::NAMES;
 
 /// Histograms: their `_bucket`, `_sum` and `_count` series are allowed too.
 const HISTOGRAMS: &[&str] = &[

@@ -7,25 +7,6 @@ mod common;
 use common::{PipelineOpts, TestEnv};
 use tokio_util::sync::CancellationToken;
 
-const METRICS: &[&str] = &[
-    "abha_jobs_total",
-    "abha_job_duration_seconds",
-    "abha_abdm_requests_total",
-    "abha_abdm_request_duration_seconds",
-    "abha_ratelimit_wait_seconds",
-    "abha_ratelimit_rate",
-    "abha_ratelimit_configured_rate",
-    "abha_retries_total",
-    "abha_jobs_in_flight",
-    "abha_outbox_pending",
-    "abha_outbox_lag_seconds",
-    "abha_batch_rows",
-    "abha_session_refresh_total",
-    "abha_queue_messages",
-    "abha_reconcile_last_run_timestamp_seconds",
-    "abha_reconcile_drift",
-];
-
 #[tokio::test]
 async fn endpoints_answer_and_promtool_accepts_the_metrics() {
     let env = TestEnv::new().await;
@@ -82,7 +63,7 @@ async fn endpoints_answer_and_promtool_accepts_the_metrics() {
     );
 
     let metrics = get("/metrics").await.unwrap().text().await.unwrap();
-    for m in METRICS {
+    for m in abha_bulk::telemetry::metrics::NAMES {
         assert!(
             metrics.contains(&format!("# TYPE {m} ")),
             "/metrics lacks {m}"

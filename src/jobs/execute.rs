@@ -129,13 +129,8 @@ pub async fn execute(
             let created = client
                 .create_child(trace, benefit, parent_x_token, child)
                 .await?;
-            let outcome = if created.is_new {
-                "created"
-            } else {
-                "existing"
-            };
             Ok(Success::with(
-                outcome,
+                created_or_existing(created.is_new),
                 Some(&created.profile.abha_number),
                 format!("child ABHA {}", created.profile.abha_number.masked()),
             ))
@@ -181,18 +176,18 @@ pub async fn execute(
         }
         Job::AbhaCreateDemo(req) => {
             let created = client.create_by_demo_auth(trace, benefit, req).await?;
-            let outcome = if created.is_new {
-                "created"
-            } else {
-                "existing"
-            };
             Ok(Success::with(
-                outcome,
+                created_or_existing(created.is_new),
                 Some(&created.abha_number),
                 format!("ABHA {}", created.abha_number.masked()),
             ))
         }
     }
+}
+
+/// `created` when ABDM made a new ABHA, `existing` when it returned one it had.
+fn created_or_existing(is_new: bool) -> &'static str {
+    if is_new { "created" } else { "existing" }
 }
 
 async fn link(
