@@ -310,3 +310,25 @@ fn read_chunks<R: Read>(
     progress.update(ingest.bytes_read(), total);
     let _ = tx.blocking_send(Chunk::Done { total, warnings });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_sha256_is_the_sha256_of_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.csv");
+        // Larger than the 1 MiB read buffer, with a BOM and CRLF: every byte counts.
+        let mut data = "\u{FEFF}mobile\r\n".as_bytes().to_vec();
+        while data.len() < 3 << 20 {
+            data.extend_from_slice(b"9876543210\r\n");
+        }
+        std::fs::write(&path, &data).unwrap();
+        let expected: String = Sha256::digest(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(file_sha256(&path).unwrap(), expected);
+    }
+}

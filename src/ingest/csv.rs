@@ -13,7 +13,6 @@ use std::io::{self, Chain, Cursor, Read};
 
 use chrono::NaiveDate;
 use csv::{ByteRecord, ReaderBuilder, Terminator, Trim};
-use sha2::{Digest, Sha256};
 
 use crate::jobs::kind::{ColumnSpec, FieldError, Job, JobKind};
 use crate::pii::scrub_digits;
@@ -122,16 +121,16 @@ pub enum IngestError {
     },
 }
 
-/// Passes bytes through, hashing and counting them.
-struct HashingReader<R> {
+/// Passes bytes through, counting them. (The file's SHA-256 is taken by `submit` before
+/// the batch exists, so it is not computed again here.)
+struct CountingReader<R> {
     inner: R,
-    hasher: Sha256,
     bytes: u64,
     eof: bool,
     last_byte: Option<u8>,
 }
 
-impl<R: Read> Read for HashingReader<R> {
+impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = loop {
             match self.inner.read(buf) {
@@ -144,7 +143,6 @@ impl<R: Read> Read for HashingReader<R> {
                 self.eof = true;
             }
         } else {
-            self.hasher.update(&buf[..n]);
             self.bytes += n as u64;
             self.last_byte = Some(buf[n - 1]);
         }
@@ -152,7 +150,7 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-type Source<R> = Chain<Cursor<Vec<u8>>, HashingReader<R>>;
+type Source<R> = Chain<Cursor<Vec<u8>>, CountingReader<R>>;
 
 /// Streams the rows of one CSV file as validated jobs.
 ///
@@ -227,9 +225,8 @@ impl<R: Read> CsvIngest<R> {
     /// Reads and maps the header of a `kind` file. `today` is the date birth dates are
     /// checked against.
     pub fn new(reader: R, kind: JobKind, today: NaiveDate) -> Result<Self, IngestError> {
-        let mut src = HashingReader {
+        let mut src = CountingReader {
             inner: reader,
-            hasher: Sha256::new(),
             bytes: 0,
             eof: false,
             last_byte: None,
@@ -404,14 +401,7 @@ impl<R: Read> CsvIngest<R> {
         self.source().bytes
     }
 
-    /// Hex SHA-256 of all bytes read so far; once the iterator is exhausted, of the whole
-    /// file.
-    pub fn sha256_hex(&self) -> String {
-        let digest = self.source().hasher.clone().finalize();
-        digest.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn source(&self) -> &HashingReader<R> {
+    fn source(&self) -> &CountingReader<R> {
         self.rdr.get_ref().get_ref().1
     }
 
@@ -806,16 +796,11 @@ mod tests {
     }
 
     #[test]
-    fn sha256_and_bytes_of_whole_file() {
+    fn bytes_of_whole_file() {
         let data = "\u{FEFF}mobile\r\n9876543210\r\n9876543211\r\n".as_bytes();
         let mut ing = ingest(JobKind::AbhaFind, data);
         assert_eq!(ing.by_ref().count(), 2);
         assert_eq!(ing.bytes_read(), data.len() as u64);
-        let expected: String = Sha256::digest(data)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(ing.sha256_hex(), expected);
     }
 
     /// Produces a large CSV on the fly, so the test itself holds no file.
@@ -823,7 +808,6 @@ mod tests {
         rows: u64,
         next: u64,
         pending: Vec<u8>,
-        hasher: Sha256,
         bytes: u64,
     }
 
@@ -846,7 +830,6 @@ mod tests {
                         self.next
                     )
                 };
-                self.hasher.update(line.as_bytes());
                 self.bytes += line.len() as u64;
                 self.pending = line.into_bytes();
                 self.next += 1;
@@ -864,7 +847,6 @@ mod tests {
             rows: 100_000,
             next: 0,
             pending: Vec::new(),
-            hasher: Sha256::new(),
             bytes: 0,
         };
         let mut ing = CsvIngest::new(&mut gen_reader, JobKind::BenefitLookup, today()).unwrap();
@@ -885,17 +867,8 @@ mod tests {
             }
         }
         assert_eq!((ok, bad, last), (99_900, 100, 100_000));
-        let sha = ing.sha256_hex();
         let bytes = ing.bytes_read();
         drop(ing);
-        let expected: String = gen_reader
-            .hasher
-            .clone()
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        assert_eq!(sha, expected);
         assert_eq!(bytes, gen_reader.bytes);
     }
 
