@@ -159,7 +159,7 @@ pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) 
             // Everything due now, in rounds; bounded so a huge backlog is left to the relay.
             for _ in 0..200 {
                 let round = store
-                    .publish_due(500, |rows| {
+                    .publish_due(500, std::time::Duration::from_secs(60), |rows| {
                         let publisher = &publisher;
                         async move { publisher.publish_jobs(&rows).await }
                     })
@@ -217,7 +217,7 @@ async fn check(
         ),
         Err(e) => {
             if e.disposition() == crate::abdm::Disposition::Throttled {
-                limiter.on_throttled(e.retry_after());
+                limiter.on_throttled(e.retry_after()).await;
             }
             let msg = e
                 .abdm()

@@ -83,15 +83,18 @@ impl ChildSummary {
     /// True when this entry is the child described by `d` (same name, birth date and gender):
     /// how a creation whose answer was lost is recognised.
     pub fn matches(&self, d: &ChildDetails) -> bool {
-        let same_name = self
-            .name
-            .expose()
-            .split_whitespace()
-            .eq(d.name.expose().split_whitespace());
+        // ABDM may store "PRIYA  Sharma" for "Priya Sharma": compare words, ignoring case
+        // and spacing, so a lost creation is recognised and not made again.
+        let words = |s: &str| {
+            s.split_whitespace()
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>()
+        };
+        let same_name = words(self.name.expose()) == words(d.name.expose());
         let same_gender = self
             .gender
             .as_deref()
-            .is_none_or(|g| g == d.gender.as_str());
+            .is_none_or(|g| g.eq_ignore_ascii_case(d.gender.as_str()));
         let same_date = parse_loose_date(self.date_of_birth.expose()) == Some(d.birth_date);
         same_name && same_gender && same_date
     }

@@ -68,7 +68,10 @@ pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Re
         benefit: args.benefit.clone(),
         force: args.force,
     };
-    let result = crate::submit::submit(&store, &req, progress).await;
+    // SIGTERM/Ctrl-C abort the batch: none of its rows runs, and the file may be sent again.
+    let stop = CancellationToken::new();
+    spawn_signal_handler(stop.clone());
+    let result = crate::submit::submit_until(&store, &req, progress, &stop).await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -113,7 +116,7 @@ pub(super) async fn worker(settings: &Settings, no_relay: bool) -> anyhow::Resul
             f64::from(w.burst),
         )
     });
-    let limiter = RateLimiter::new(w.rate_per_second, w.burst, global);
+    let limiter = RateLimiter::with_aimd(w.rate_per_second, w.burst, global, w.aimd());
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone());
     crate::http::serve(
@@ -141,13 +144,14 @@ pub(super) async fn worker(settings: &Settings, no_relay: bool) -> anyhow::Resul
         topology.clone(),
         stop.clone(),
     ));
-    let worker = Arc::new(Worker {
+    let worker = Worker::with_breaker(
         store,
         client,
         limiter,
         topology,
-        cfg: WorkerConfig::from_settings(w),
-    });
+        WorkerConfig::from_settings(w),
+        w.breaker(),
+    );
     worker.run(amqp, stop).await;
     if let Some(r) = relay {
         let _ = r.await;

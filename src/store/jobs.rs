@@ -26,6 +26,18 @@ pub struct ClaimedJob {
     pub created_at: DateTime<Utc>,
     /// Encrypted payload (decrypt with [`Store::decrypt_job`]).
     pub payload: Vec<u8>,
+    /// An earlier attempt (of this or an earlier run of the row) may have changed something at
+    /// ABDM and its answer was not recorded: this attempt must look before it acts.
+    pub effect_may_have_happened: bool,
+}
+
+/// What the fence found right before a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The lease is ours and now runs `lease_secs` from now: the call may go.
+    Held,
+    /// Another worker took the job over (or it was cancelled): make no call.
+    Lost,
 }
 
 /// Result of trying to claim a job.
@@ -80,6 +92,16 @@ pub enum Outcome {
         /// Last message.
         message: String,
     },
+    /// A systemic failure (ABDM unreachable, gateway login refused, an outage): try again at
+    /// `due_at` without spending one of the job's attempts, since the answer was not about it.
+    Postpone {
+        /// When.
+        due_at: DateTime<Utc>,
+        /// Code of the failure.
+        code: String,
+        /// Message.
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -88,7 +110,7 @@ impl Outcome {
         match self {
             Self::Succeeded { .. } => "succeeded",
             Self::Failed { .. } => "failed",
-            Self::Retry { .. } => "retrying",
+            Self::Retry { .. } | Self::Postpone { .. } => "retrying",
             Self::Dead { .. } => "dead",
         }
     }
@@ -148,7 +170,8 @@ impl Store {
              WHERE id = $1 AND (
                 (state IN ('queued', 'retrying') AND (next_due_at IS NULL OR next_due_at <= now() + interval '2 seconds'))
                 OR (state = 'running' AND lease_until < now()))
-             RETURNING id, batch_id, kind, benefit, attempts, created_at, payload",
+             RETURNING id, batch_id, kind, benefit, attempts, created_at, payload,
+                       effect_started_at IS NOT NULL AS effect",
         )
         .bind(job_id)
         .bind(owner)
@@ -170,6 +193,7 @@ impl Store {
                 attempt: r.get("attempts"),
                 created_at: r.get("created_at"),
                 payload: r.get("payload"),
+                effect_may_have_happened: r.get("effect"),
             }));
         }
         let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
@@ -182,6 +206,39 @@ impl Store {
             Some("running") => Claim::Busy,
             Some("queued" | "retrying") => Claim::NotDue,
             Some(other) => Claim::Finished(other.to_string()),
+        })
+    }
+
+    /// The fence, right before a call to ABDM: checks that `owner` still holds the job's lease
+    /// and extends it to `lease_secs` from now, in one statement, so the call (which lasts at
+    /// most the request timeout, shorter than the lease) finishes before anyone may take the
+    /// job over. With `changes_state` it also records, committed before the call is sent, that
+    /// the side effect may have started (the durable intent that makes every later attempt look
+    /// first).
+    pub async fn fence(
+        &self,
+        job_id: i64,
+        owner: &str,
+        lease_secs: u64,
+        changes_state: bool,
+    ) -> Result<Fence, StoreError> {
+        let held = sqlx::query(
+            "UPDATE jobs SET lease_until = now() + make_interval(secs => $3),
+                    effect_started_at = CASE WHEN $4 THEN COALESCE(effect_started_at, now())
+                                             ELSE effect_started_at END
+             WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+        )
+        .bind(job_id)
+        .bind(owner)
+        .bind(lease_secs as f64)
+        .bind(changes_state)
+        .execute(&self.pool)
+        .await
+        .ctx("checking and extending a job's lease")?;
+        Ok(if held.rows_affected() == 1 {
+            Fence::Held
+        } else {
+            Fence::Lost
         })
     }
 
@@ -222,6 +279,11 @@ impl Store {
                 due_at,
                 code,
                 message,
+            }
+            | Outcome::Postpone {
+                due_at,
+                code,
+                message,
             } => (
                 Some(code.clone()),
                 Some(message.clone()),
@@ -231,12 +293,14 @@ impl Store {
                 None,
             ),
         };
-        let finished = !matches!(outcome, Outcome::Retry { .. });
+        let finished = !matches!(outcome, Outcome::Retry { .. } | Outcome::Postpone { .. });
+        let refund = i32::from(matches!(outcome, Outcome::Postpone { .. }));
         let updated = sqlx::query(
             "UPDATE jobs SET state = $3, outcome = COALESCE($4, outcome), last_code = $5, last_message = $6,
                     result = COALESCE($7, result), result_masked = COALESCE($8, result_masked),
                     next_due_at = $9, lease_owner = NULL, lease_until = NULL, updated_at = now(),
-                    finished_at = CASE WHEN $10 THEN now() END
+                    finished_at = CASE WHEN $10 THEN now() END,
+                    attempts = GREATEST(attempts - $11, 0)
              WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
         )
         .bind(job.id)
@@ -249,6 +313,7 @@ impl Store {
         .bind(result_masked)
         .bind(due)
         .bind(finished)
+        .bind(refund)
         .execute(&mut *tx)
         .await
         .ctx("recording a job's outcome")?;
@@ -395,7 +460,8 @@ impl Store {
     }
 
     /// Puts failed and dead jobs of a batch (only those with `code`, if given) back in the
-    /// queue with a fresh attempt budget. Returns how many.
+    /// queue with a fresh attempt budget. The durable intent (`effect_started_at`) stays, so
+    /// a row whose side effect may have happened still looks before it acts. Returns how many.
     pub async fn retry_failed(&self, batch: Uuid, code: Option<&str>) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await.ctx("starting retry-failed")?;
         let n: i64 = sqlx::query_scalar(

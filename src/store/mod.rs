@@ -5,6 +5,7 @@
 
 pub mod batches;
 pub mod budget;
+pub mod circuit;
 pub mod jobs;
 pub mod outbox;
 pub mod reconcile;
@@ -103,10 +104,23 @@ impl Store {
         acquire_timeout: Duration,
         vault: Arc<Vault>,
     ) -> Result<Self, StoreError> {
+        use std::str::FromStr;
+        // Nothing may hold a transaction (and its row locks) across an unbounded wait: an idle
+        // transaction is ended after a minute, a statement after five (the longest legitimate
+        // one activates a multi-million-row batch).
+        let options = sqlx::postgres::PgConnectOptions::from_str(url)
+            .map_err(|source| StoreError::Connect {
+                what: "reading database.url",
+                source,
+            })?
+            .options([
+                ("idle_in_transaction_session_timeout", "60s"),
+                ("statement_timeout", "300s"),
+            ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(|source| StoreError::Connect {
                 what: "opening the pool",

@@ -254,13 +254,13 @@ impl TestEnv {
             grace: o.grace,
             kinds: JobKind::ALL.to_vec(),
         };
-        let worker = Arc::new(Worker {
-            store: store.clone(),
-            client: self.client.clone(),
-            limiter: limiter.clone(),
-            topology: self.topology.clone(),
-            cfg: cfg.clone(),
-        });
+        let worker = Worker::new(
+            store.clone(),
+            self.client.clone(),
+            limiter.clone(),
+            self.topology.clone(),
+            cfg.clone(),
+        );
         let relay = tokio::spawn(abha_bulk::relay::run(
             store.clone(),
             amqp_url.to_string(),
@@ -269,6 +269,7 @@ impl TestEnv {
                 batch: 500,
                 idle: Duration::from_millis(50),
                 housekeeping: Duration::from_millis(300),
+                ..Default::default()
             },
             stop.clone(),
         ));
