@@ -204,7 +204,8 @@ pub struct GlobalBudget {
     store: Store,
     client: String,
     capacity: f64,
-    local: tokio::sync::Mutex<f64>,
+    /// Tokens leased and not yet spent, and the shared rate last seen (`None`: not yet).
+    local: tokio::sync::Mutex<(f64, Option<f64>)>,
 }
 
 impl GlobalBudget {
@@ -215,25 +216,25 @@ impl GlobalBudget {
             store,
             client: client.to_string(),
             capacity: capacity.max(1.0),
-            local: tokio::sync::Mutex::new(0.0),
+            local: tokio::sync::Mutex::new((0.0, None)),
         }
     }
 
     /// Drops the tokens leased but not spent (after throttling: they were leased at the old
     /// rate).
     async fn drain(&self) {
-        *self.local.lock().await = 0.0;
+        self.local.lock().await.0 = 0.0;
     }
 
     /// Takes one token; returns the shared rate seen. Blocks of a tenth of a second's worth
     /// are leased at a time (at least one), so Postgres sees ~10 requests/s per replica.
     async fn take_one(&self, configured: f64) -> f64 {
         let mut local = self.local.lock().await;
-        let mut rate = configured;
         let mut warned = false;
         loop {
-            if *local >= 1.0 {
-                *local -= 1.0;
+            let rate = local.1.unwrap_or(configured);
+            if local.0 >= 1.0 {
+                local.0 -= 1.0;
                 return rate;
             }
             let block = (rate * 0.1).floor().clamp(1.0, self.capacity);
@@ -242,13 +243,13 @@ impl GlobalBudget {
                 .take_tokens(&self.client, block, configured, self.capacity)
                 .await
             {
-                Ok(t) if t.taken => {
-                    rate = t.rate;
-                    *local += block;
-                }
                 Ok(t) => {
-                    rate = t.rate;
-                    tokio::time::sleep(t.wait.max(Duration::from_millis(2))).await
+                    local.1 = Some(t.rate);
+                    if t.taken {
+                        local.0 += block;
+                    } else {
+                        tokio::time::sleep(t.wait.max(Duration::from_millis(2))).await
+                    }
                 }
                 Err(e) => {
                     // Fail closed: without the shared budget no call may start.

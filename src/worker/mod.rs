@@ -428,9 +428,9 @@ impl Worker {
         true
     }
 
-    /// What to record for a job's result. `breaker_open`: the circuit breaker is open now, so a
-    /// transient failure was ABDM's, not the row's, and costs the job no attempt. Throttling
-    /// and calls the gate stopped cost none either.
+    /// What to record for a job's result. Attempts count only answers about the row: a refused
+    /// login, a refused connection, throttling, a call the gate stopped, and any transient
+    /// failure while the circuit breaker is open (`breaker_open`) cost the job no attempt.
     fn classify(
         &self,
         job: &ClaimedJob,
@@ -453,8 +453,12 @@ impl Worker {
             .abdm()
             .map_or_else(|| e.to_string(), |a| a.message.clone());
         let disposition = e.disposition();
-        let systemic = matches!(e, ClientError::NotSent(_))
-            || disposition == Disposition::Throttled
+        // Never about the row: the call was not sent, ABDM throttled us, no session could be
+        // had, or ABDM could not be reached at all.
+        let systemic = matches!(
+            e,
+            ClientError::NotSent(_) | ClientError::Session(_) | ClientError::Connect(_)
+        ) || disposition == Disposition::Throttled
             || (breaker_open && matches!(disposition, Disposition::Transient | Disposition::Auth));
         match disposition {
             Disposition::Success | Disposition::IdempotentSuccess => Outcome::Succeeded {

@@ -67,6 +67,10 @@ pub struct PipelineOpts {
     pub max_attempts: u32,
     /// Graceful-shutdown grace period.
     pub grace: Duration,
+    /// Another ABDM client (a wrong secret, an unreachable URL) instead of the env's.
+    pub client: Option<Arc<AbdmClient>>,
+    /// Circuit breaker tuning (the shipped defaults when `None`).
+    pub breaker: Option<abha_bulk::breaker::BreakerConfig>,
 }
 
 impl Default for PipelineOpts {
@@ -79,6 +83,8 @@ impl Default for PipelineOpts {
             lease_secs: 15,
             max_attempts: 10,
             grace: Duration::from_secs(10),
+            client: None,
+            breaker: None,
         }
     }
 }
@@ -254,12 +260,13 @@ impl TestEnv {
             grace: o.grace,
             kinds: JobKind::ALL.to_vec(),
         };
-        let worker = Worker::new(
+        let worker = Worker::with_breaker(
             store.clone(),
-            self.client.clone(),
+            o.client.clone().unwrap_or_else(|| self.client.clone()),
             limiter.clone(),
             self.topology.clone(),
             cfg.clone(),
+            o.breaker.clone().unwrap_or_default(),
         );
         let relay = tokio::spawn(abha_bulk::relay::run(
             store.clone(),
