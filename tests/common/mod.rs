@@ -71,6 +71,8 @@ pub struct PipelineOpts {
     pub client: Option<Arc<AbdmClient>>,
     /// Circuit breaker tuning (the shipped defaults when `None`).
     pub breaker: Option<abha_bulk::breaker::BreakerConfig>,
+    /// Another topology (a delivery limit of its own) instead of the env's.
+    pub topology: Option<Topology>,
 }
 
 impl Default for PipelineOpts {
@@ -85,6 +87,7 @@ impl Default for PipelineOpts {
             grace: Duration::from_secs(10),
             client: None,
             breaker: None,
+            topology: None,
         }
     }
 }
@@ -264,14 +267,14 @@ impl TestEnv {
             store.clone(),
             o.client.clone().unwrap_or_else(|| self.client.clone()),
             limiter.clone(),
-            self.topology.clone(),
+            o.topology.clone().unwrap_or_else(|| self.topology.clone()),
             cfg.clone(),
             o.breaker.clone().unwrap_or_default(),
         );
         let relay = tokio::spawn(abha_bulk::relay::run(
             store.clone(),
             amqp_url.to_string(),
-            self.topology.clone(),
+            o.topology.clone().unwrap_or_else(|| self.topology.clone()),
             RelayConfig {
                 batch: 500,
                 idle: Duration::from_millis(50),
