@@ -93,6 +93,10 @@ pub struct WorkerArgs {
     /// Do not run the outbox relay in this process (run `abha-bulk relay` separately).
     #[arg(long)]
     pub no_relay: bool,
+    /// Consume only these kinds (comma-separated; default: all). RabbitMQ gives each queue's
+    /// consumer `worker.in_flight` prefetch, so a worker of fewer kinds holds fewer messages.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub kinds: Vec<JobKind>,
 }
 
 /// `status` options.
@@ -368,7 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Submit(args) => commands::submit(&settings, args).await,
         Command::Reconcile(args) => commands::reconcile(&settings, args).await,
-        Command::Worker(args) => commands::worker(&settings, args.no_relay).await,
+        Command::Worker(args) => commands::worker(&settings, args).await,
         Command::Relay => commands::relay(&settings).await,
         Command::Status(args) => commands::status(&settings, args).await,
         Command::Report(args) => commands::report(&settings, args).await,

@@ -247,7 +247,13 @@ async fn a_postgres_outage_dead_letters_nothing_and_strands_no_job() {
         .find(|(q, _)| *q == topology.dead_letter_queue)
         .map_or(0, |(_, n)| *n);
     assert_eq!(dead, 0, "dead-lettered during the outage: {depths:?}");
-    assert!(env.sandbox.state().call_log().duplicate_side_effects.is_empty());
+    assert!(
+        env.sandbox
+            .state()
+            .call_log()
+            .duplicate_side_effects
+            .is_empty()
+    );
     topology.delete(&ch).await.unwrap();
     let _ = conn.close(200, "done".into()).await;
     proxy.task.abort();

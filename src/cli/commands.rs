@@ -8,9 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::{ReconcileArgs, ReportArgs, StatusArgs, SubmitArgs, spawn_signal_handler};
+use super::{ReconcileArgs, ReportArgs, StatusArgs, SubmitArgs, WorkerArgs, spawn_signal_handler};
 use crate::abdm::AbdmClient;
 use crate::config::Settings;
+use crate::jobs::kind::JobKind;
 use crate::queue::Topology;
 use crate::ratelimit::{GlobalBudget, RateLimiter};
 use crate::store::Store;
@@ -102,7 +103,8 @@ pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn worker(settings: &Settings, no_relay: bool) -> anyhow::Result<ExitCode> {
+pub(super) async fn worker(settings: &Settings, args: &WorkerArgs) -> anyhow::Result<ExitCode> {
+    let no_relay = args.no_relay;
     let store = Store::connect(settings).await?;
     let client = Arc::new(AbdmClient::new(&settings.abdm)?);
     let amqp = settings.rabbitmq_url()?.expose().to_string();
@@ -149,7 +151,14 @@ pub(super) async fn worker(settings: &Settings, no_relay: bool) -> anyhow::Resul
         client,
         limiter,
         topology,
-        WorkerConfig::from_settings(w),
+        WorkerConfig {
+            kinds: if args.kinds.is_empty() {
+                JobKind::ALL.to_vec()
+            } else {
+                args.kinds.clone()
+            },
+            ..WorkerConfig::from_settings(w)
+        },
         w.breaker(),
     );
     worker.run(amqp, stop).await;
