@@ -26,6 +26,7 @@ async fn reconcile(
             apply,
             out: env.dir.path().join(name),
             concurrency: 4,
+            sweep_unexpected: true,
         },
     )
     .await
