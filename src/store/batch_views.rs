@@ -63,7 +63,7 @@ impl Store {
         let row = sqlx::query(
             "WITH b AS (SELECT COALESCE(submitted_at, created_at) AS since FROM batches WHERE id = $1),
                   open AS (SELECT EXISTS (SELECT 1 FROM jobs WHERE batch_id = $1
-                                          AND state IN ('queued', 'running', 'retrying')) AS any),
+                                          AND state IN ('queued', 'running', 'retrying')) AS has_open),
                   w AS (SELECT GREATEST(now() - interval '60 seconds', b.since) AS start FROM b)
              SELECT
                (SELECT count(*) FROM jobs j, w WHERE j.batch_id = $1 AND j.state <> 'cancelled'
@@ -73,7 +73,7 @@ impl Store {
                   AND j.finished_at IS NOT NULL) AS total,
                EXTRACT(EPOCH FROM (SELECT max(finished_at) FROM jobs j WHERE j.batch_id = $1
                   AND j.state <> 'cancelled') - (SELECT since FROM b))::float8 AS run_secs,
-               (SELECT any FROM open) AS open",
+               (SELECT has_open FROM open) AS open",
         )
         .bind(id)
         .fetch_one(&self.pool)
