@@ -104,6 +104,10 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
     /// The embedded ABDM simulator.
     pub sandbox: SandboxSettings,
+    /// Benefit names this deployment serves (`submit`/`reconcile --benefit` must be one of
+    /// them); empty: any well-formed name. See `jobs::benefit`.
+    #[serde(default)]
+    pub benefits: Vec<String>,
 }
 
 /// How to reach ABDM.

@@ -455,7 +455,11 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
     let mut kinds = Vec::new();
     for (kind, s) in &batches {
         let report = opts.out_dir.join(format!("report-{}.csv", kind.as_str()));
-        crate::report::write_report(&store, s.batch, &report, None).await?;
+        let target = crate::report::ReportTarget::File {
+            path: report.clone(),
+            force: true,
+        };
+        crate::report::write_report(&store, s.batch, &target, None).await?;
         kinds.push(KindSummary {
             kind: *kind,
             batch: s.batch,

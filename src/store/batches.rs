@@ -117,7 +117,7 @@ impl StateCounts {
     }
 }
 
-fn batch_from_row(r: &sqlx::postgres::PgRow) -> BatchInfo {
+pub(crate) fn batch_from_row(r: &sqlx::postgres::PgRow) -> BatchInfo {
     BatchInfo {
         id: r.get("id"),
         kind: r.get("kind"),
@@ -134,7 +134,7 @@ fn batch_from_row(r: &sqlx::postgres::PgRow) -> BatchInfo {
     }
 }
 
-const BATCH_COLUMNS: &str = "id, kind, benefit, source, file_name, state, total_rows, accepted_rows, rejected_rows, duplicate_rows, created_at, finished_at";
+pub(crate) const BATCH_COLUMNS: &str = "id, kind, benefit, source, file_name, state, total_rows, accepted_rows, rejected_rows, duplicate_rows, created_at, finished_at";
 
 impl Store {
     /// Encrypts and hashes a validated job for insertion.
@@ -455,29 +455,53 @@ impl Store {
         Ok(row.as_ref().map(batch_from_row))
     }
 
-    /// Finds a batch by full id or a unique prefix of it (as printed by `status`).
+    /// Finds a batch by full id or a unique prefix of it (as printed by `status`). A prefix
+    /// is hex digits and dashes only; an ambiguous one is refused with its candidates.
     pub async fn find_batch(&self, id_or_prefix: &str) -> Result<BatchInfo, StoreError> {
-        if let Ok(id) = Uuid::parse_str(id_or_prefix) {
+        let given = id_or_prefix.trim();
+        if let Ok(id) = Uuid::parse_str(given) {
             return self
                 .batch(id)
                 .await?
                 .ok_or_else(|| StoreError::Refused(format!("no batch {id}")));
         }
-        let sql =
-            format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id::text LIKE $1 || '%' LIMIT 2");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id_or_prefix.to_ascii_lowercase())
-            .fetch_all(&self.pool)
-            .await
-            .ctx("finding a batch")?;
+        if given.is_empty() || !given.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(StoreError::Refused(
+                "a batch id (or its prefix) is hex digits and dashes, e.g. 3f2a9c1e".into(),
+            ));
+        }
+        let prefix = given.to_ascii_lowercase();
+        let shown = 10;
+        let rows = self.batches_with_prefix(&prefix, shown + 1).await?;
         match rows.as_slice() {
-            [one] => Ok(batch_from_row(one)),
+            [one] => Ok(one.clone()),
             [] => Err(StoreError::Refused(format!(
-                "no batch starts with {id_or_prefix:?}"
+                "no batch starts with {prefix}"
             ))),
-            _ => Err(StoreError::Refused(format!(
-                "more than one batch starts with {id_or_prefix:?}: give more characters"
-            ))),
+            many => {
+                let list: Vec<String> = many
+                    .iter()
+                    .take(shown as usize)
+                    .map(|b| {
+                        format!(
+                            "  {}  {}  {}  {}",
+                            b.id,
+                            b.kind,
+                            b.benefit,
+                            b.created_at.format("%Y-%m-%d %H:%M")
+                        )
+                    })
+                    .collect();
+                let more = if many.len() > shown as usize {
+                    "\n  ... and more"
+                } else {
+                    ""
+                };
+                Err(StoreError::Refused(format!(
+                    "more than one batch starts with {prefix}: give more characters\n{}{more}",
+                    list.join("\n")
+                )))
+            }
         }
     }
 

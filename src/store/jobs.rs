@@ -142,8 +142,10 @@ pub struct ReportRow {
     pub state: String,
     /// What happened.
     pub outcome: Option<String>,
-    /// ABDM code (or the rejected column).
+    /// ABDM code.
     pub code: Option<String>,
+    /// The invalid column of a rejected row (`*` for the whole row).
+    pub rejected_column: Option<String>,
     /// ABDM message (or the rejection reason).
     pub message: Option<String>,
     /// Attempts.
@@ -497,12 +499,12 @@ impl Store {
         use futures::TryStreamExt;
         sqlx::query(
             "SELECT row_number, external_ref, subject_masked AS identifier, state, outcome,
-                    last_code AS code, last_message AS message, attempts, finished_at,
-                    result_masked AS result, result AS result_ciphertext, id AS ord
+                    last_code AS code, NULL AS rejected_column, last_message AS message, attempts,
+                    finished_at, result_masked AS result, result AS result_ciphertext, id AS ord
              FROM jobs WHERE batch_id = $1
              UNION ALL
              SELECT row_number, external_ref, NULL, CASE WHEN duplicate_of IS NULL THEN 'rejected' ELSE 'duplicate' END,
-                    NULL, CASE WHEN duplicate_of IS NULL THEN column_name END, reason, 0, NULL, NULL, NULL, 0
+                    NULL, NULL, CASE WHEN duplicate_of IS NULL THEN column_name END, reason, 0, NULL, NULL, NULL, 0
              FROM rejected_rows WHERE batch_id = $1
              ORDER BY row_number NULLS LAST, ord",
         )
@@ -515,6 +517,7 @@ impl Store {
             state: r.get("state"),
             outcome: r.get("outcome"),
             code: r.get("code"),
+            rejected_column: r.get("rejected_column"),
             message: r.get("message"),
             attempts: r.get("attempts"),
             finished_at: r.get("finished_at"),
@@ -527,22 +530,30 @@ impl Store {
         })
     }
 
-    /// Records a `--reveal` export in the audit table.
+    /// Records a `--reveal` export in the audit table before anything is written: the row
+    /// counts the identifiers the export will hold, `os_user` is the account the command
+    /// runs as, `operator` the person named with `--operator`. Returns that count. The export
+    /// must be written only once this has returned (the audit row is committed).
     pub async fn audit_reveal(
         &self,
         batch: Uuid,
-        who: &str,
-        reason: Option<&str>,
-        rows: u64,
-    ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO reveal_audit (batch_id, revealed_by, reason, rows) VALUES ($1, $2, $3, $4)")
-            .bind(batch)
-            .bind(who)
-            .bind(reason)
-            .bind(rows as i64)
-            .execute(&self.pool)
-            .await
-            .ctx("recording the reveal in the audit table")?;
-        Ok(())
+        os_user: &str,
+        operator: Option<&str>,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let rows: i64 = sqlx::query_scalar(
+            "INSERT INTO reveal_audit (batch_id, revealed_by, os_user, operator, reason, rows)
+             SELECT $1, COALESCE($3, $2), $2, $3, $4, count(*) FROM jobs
+             WHERE batch_id = $1 AND result IS NOT NULL
+             RETURNING rows",
+        )
+        .bind(batch)
+        .bind(os_user)
+        .bind(operator)
+        .bind(reason)
+        .fetch_one(&self.pool)
+        .await
+        .ctx("recording the reveal in the audit table")?;
+        Ok(rows as u64)
     }
 }

@@ -117,26 +117,33 @@ impl Store {
     }
 
     /// For each ABHA this service linked or de-linked for `benefit`, the latest successful job:
-    /// `(job id, kind, encrypted payload, encrypted result)`, links only.
-    pub async fn service_links(
+    /// `(job id, encrypted payload, encrypted result)`, links only. Streamed: the history of a
+    /// benefit can be millions of jobs.
+    pub fn service_links(
         &self,
         benefit: &str,
-    ) -> Result<Vec<(i64, Vec<u8>, Option<Vec<u8>>)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, kind, payload, result FROM (
-                SELECT DISTINCT ON (subject_hash) id, kind, payload, result FROM jobs
-                WHERE benefit = $1 AND kind IN ('benefit-link', 'benefit-delink') AND state = 'succeeded'
-                ORDER BY subject_hash, finished_at DESC) latest
-             WHERE kind = 'benefit-link'",
-        )
+    ) -> impl futures::Stream<Item = Result<ServiceLink, StoreError>> + '_ {
+        use futures::TryStreamExt;
+        sqlx::query(SERVICE_LINKS)
+            .bind(benefit.to_string())
+            .fetch(&self.pool)
+            .map_ok(|r| (r.get(0), r.get(2), r.get(3)))
+            .map_err(|source| StoreError::Query {
+                what: "reading the ABHAs this service linked",
+                source,
+            })
+    }
+
+    /// How many rows [`Self::service_links`] yields (for the progress of the sweep).
+    pub async fn service_links_count(&self, benefit: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM ({SERVICE_LINKS}) l"
+        )))
         .bind(benefit)
-        .fetch_all(&self.pool)
+        .fetch_one(&self.pool)
         .await
-        .ctx("reading the ABHAs this service linked")?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(2), r.get(3)))
-            .collect())
+        .ctx("counting the ABHAs this service linked")?;
+        Ok(n as u64)
     }
 
     /// Subject hashes with an open (queued, running, retrying) job of `kind` for `benefit`:
@@ -201,3 +208,13 @@ impl Store {
         Ok(fixed + self.finish_batches().await?)
     }
 }
+
+/// A link made by this service: `(job id, encrypted payload, encrypted result)`.
+pub type ServiceLink = (i64, Vec<u8>, Option<Vec<u8>>);
+
+/// The latest successful link or de-link per subject of a benefit, keeping the links.
+const SERVICE_LINKS: &str = "SELECT id, kind, payload, result FROM (
+        SELECT DISTINCT ON (subject_hash) id, kind, payload, result FROM jobs
+        WHERE benefit = $1 AND kind IN ('benefit-link', 'benefit-delink') AND state = 'succeeded'
+        ORDER BY subject_hash, finished_at DESC) latest
+     WHERE kind = 'benefit-link'";

@@ -408,13 +408,17 @@ impl TestEnv {
     pub async fn report(
         &self,
         batch: Uuid,
-        reveal: Option<(&str, Option<&str>)>,
+        reveal: Option<abha_bulk::report::Reveal<'_>>,
     ) -> (String, Vec<HashMap<String, String>>) {
         let path = self
             .dir
             .path()
             .join(format!("report-{batch}-{}.csv", Uuid::new_v4()));
-        abha_bulk::report::write_report(&self.store, batch, &path, reveal)
+        let target = abha_bulk::report::ReportTarget::File {
+            path: path.clone(),
+            force: false,
+        };
+        abha_bulk::report::write_report(&self.store, batch, &target, reveal)
             .await
             .expect("report");
         let text = std::fs::read_to_string(&path).expect("report file");
