@@ -199,6 +199,19 @@ impl RateLimiter {
     }
 }
 
+/// A limiter is the simplest call gate: a token per request, no fence (reconcile only reads).
+impl crate::abdm::CallGate for RateLimiter {
+    fn before_send(
+        &self,
+        _op: crate::abdm::Operation,
+    ) -> futures::future::BoxFuture<'_, Result<(), crate::abdm::ClientError>> {
+        Box::pin(async move {
+            self.acquire().await;
+            Ok(())
+        })
+    }
+}
+
 /// The share of the global rate that replicas lease from Postgres in blocks.
 pub struct GlobalBudget {
     store: Store,

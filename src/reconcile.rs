@@ -212,12 +212,12 @@ pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) 
 
 async fn check(
     client: &AbdmClient,
-    limiter: &RateLimiter,
+    limiter: &Arc<RateLimiter>,
     benefit: &str,
     abha: &AbhaNumber,
 ) -> (bool, Result<(), (Class, String, String)>) {
-    limiter.acquire().await;
-    let mut trace = CallTrace::default();
+    // Every request (a session refresh or certificate fetch included) takes a token.
+    let mut trace = CallTrace::gated(limiter.clone());
     match client.benefit_lookup(&mut trace, benefit, abha).await {
         Ok(p) => (p.has(benefit), Ok(())),
         Err(e) if e.code() == "ABDM-1114" => (

@@ -133,3 +133,29 @@ pub struct ChildUpdate {
     /// Gender.
     pub gender: Gender,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pii::{Gender, PersonName};
+
+    #[test]
+    fn a_listed_child_matches_whatever_its_case_and_spacing() {
+        let asked = ChildDetails {
+            name: PersonName::parse("Meera Devi").unwrap(),
+            birth_date: NaiveDate::from_ymd_opt(2021, 3, 4).unwrap(),
+            gender: Gender::F,
+        };
+        let listed = |name: &str, dob: &str, gender: &str| ChildSummary {
+            date_of_birth: Sensitive::new(dob),
+            name: Sensitive::new(name),
+            gender: Some(gender.into()),
+            abha_number: Sensitive::new("91-0000-0000-0000"),
+        };
+        assert!(listed("MEERA  devi", "04-03-2021", "f").matches(&asked));
+        assert!(listed(" Meera Devi ", "4-3-2021", "F").matches(&asked));
+        assert!(!listed("Meera", "04-03-2021", "F").matches(&asked));
+        assert!(!listed("Meera Devi", "05-03-2021", "F").matches(&asked));
+        assert!(!listed("Meera Devi", "04-03-2021", "M").matches(&asked));
+    }
+}
