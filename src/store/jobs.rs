@@ -6,7 +6,6 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::{QueryContext, Store, StoreError};
-use crate::abdm::AttemptRecord;
 use crate::jobs::kind::{Job, JobKind};
 
 /// A job this worker now holds the lease on.
@@ -242,118 +241,6 @@ impl Store {
         } else {
             Fence::Lost
         })
-    }
-
-    /// Records the attempts, the outcome and (for a retry) the next outbox row, in one
-    /// transaction, if this worker still holds the lease. Returns false when the lease was lost
-    /// (another worker took over; nothing is written).
-    pub async fn record_outcome(
-        &self,
-        job: &ClaimedJob,
-        owner: &str,
-        outcome: &Outcome,
-        attempts: &[AttemptRecord],
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.ctx("starting an outcome")?;
-        let (code, message, result, result_masked, due, label) = match outcome {
-            Outcome::Succeeded {
-                outcome,
-                code,
-                result,
-                result_masked,
-            } => (
-                code.clone(),
-                None,
-                result.as_ref().map(|r| self.vault.encrypt(r.as_bytes())),
-                result_masked.clone(),
-                None,
-                Some(outcome.clone()),
-            ),
-            Outcome::Failed { code, message } | Outcome::Dead { code, message } => (
-                Some(code.clone()),
-                Some(message.clone()),
-                None,
-                None,
-                None,
-                None,
-            ),
-            Outcome::Retry {
-                due_at,
-                code,
-                message,
-            }
-            | Outcome::Postpone {
-                due_at,
-                code,
-                message,
-            } => (
-                Some(code.clone()),
-                Some(message.clone()),
-                None,
-                None,
-                Some(*due_at),
-                None,
-            ),
-        };
-        let finished = !matches!(outcome, Outcome::Retry { .. } | Outcome::Postpone { .. });
-        let refund = i32::from(matches!(outcome, Outcome::Postpone { .. }));
-        let updated = sqlx::query(
-            "UPDATE jobs SET state = $3, outcome = COALESCE($4, outcome), last_code = $5, last_message = $6,
-                    result = COALESCE($7, result), result_masked = COALESCE($8, result_masked),
-                    next_due_at = $9, lease_owner = NULL, lease_until = NULL, updated_at = now(),
-                    finished_at = CASE WHEN $10 THEN now() END,
-                    attempts = GREATEST(attempts - $11, 0)
-             WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-        )
-        .bind(job.id)
-        .bind(owner)
-        .bind(outcome.state())
-        .bind(label)
-        .bind(code)
-        .bind(message)
-        .bind(result)
-        .bind(result_masked)
-        .bind(due)
-        .bind(finished)
-        .bind(refund)
-        .execute(&mut *tx)
-        .await
-        .ctx("recording a job's outcome")?;
-        if updated.rows_affected() == 0 {
-            tx.rollback().await.ctx("abandoning an outcome")?;
-            return Ok(false);
-        }
-        if !attempts.is_empty() {
-            sqlx::query(
-                "INSERT INTO attempts (job_id, job_attempt, operation, request_id, http_status, code, message, disposition, duration_ms)
-                 SELECT $1, $2, a.operation, a.request_id, a.http_status, a.code, a.message, a.disposition, a.duration_ms
-                 FROM UNNEST($3::text[], $4::uuid[], $5::int[], $6::text[], $7::text[], $8::text[], $9::int[])
-                      AS a(operation, request_id, http_status, code, message, disposition, duration_ms)",
-            )
-            .bind(job.id)
-            .bind(job.attempt)
-            .bind(attempts.iter().map(|a| a.operation.as_str().to_string()).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.request_id).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.http_status.map(i32::from)).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.code.clone()).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.message.clone()).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.disposition.as_str().to_string()).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.duration.as_millis().min(i32::MAX as u128) as i32).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .ctx("recording attempts")?;
-        }
-        if let Some(due) = due {
-            sqlx::query("INSERT INTO outbox (job_id, kind, due_at) VALUES ($1, $2, $3)")
-                .bind(job.id)
-                .bind(job.kind.as_str())
-                .bind(due)
-                .execute(&mut *tx)
-                .await
-                .ctx("scheduling a retry")?;
-        }
-        tx.commit().await.ctx("committing an outcome")?;
-        Ok(true)
     }
 
     /// Records a job from an external producer on first sight; returns its id (the existing

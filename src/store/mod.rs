@@ -9,6 +9,7 @@ pub mod budget;
 pub mod circuit;
 pub mod jobs;
 pub mod outbox;
+pub mod outcomes;
 pub mod reconcile;
 pub mod vault;
 

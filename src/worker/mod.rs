@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 mod gate;
+mod outcomes;
 
 use std::sync::atomic::AtomicBool;
 
@@ -36,6 +37,7 @@ use crate::store::jobs::{Claim, ClaimedJob, ExternalJob, Outcome};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics;
 pub use gate::JobGate;
+use outcomes::OutcomeWriter;
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -206,6 +208,7 @@ impl Worker {
         }
         let mut deliveries = futures::stream::select_all(consumers);
         let permits = Arc::new(Semaphore::new(self.cfg.in_flight as usize));
+        let writer = OutcomeWriter::start(self.store.clone(), self.cfg.id.clone());
         let mut tasks = tokio::task::JoinSet::new();
         tracing::info!(worker = %self.cfg.id, in_flight = self.cfg.in_flight, "worker consuming");
         let result = loop {
@@ -220,8 +223,9 @@ impl Worker {
                         let me = self.clone();
                         let publisher = publisher.clone();
                         let stop = stop.clone();
+                        let writer = writer.clone();
                         tasks.spawn(async move {
-                            me.handle(delivery, &publisher, &stop).await;
+                            me.handle(delivery, &publisher, &writer, &stop).await;
                             drop(permit);
                         });
                     }
@@ -262,7 +266,13 @@ impl Worker {
     /// requeued: a requeue counts towards the queue's delivery limit, after which RabbitMQ would
     /// dead-letter a job whose outbox row is gone); the in-flight bound stops this worker from
     /// taking more meanwhile. While the ABDM circuit breaker is open, likewise.
-    async fn handle(&self, delivery: Delivery, publisher: &Publisher, stop: &CancellationToken) {
+    async fn handle(
+        &self,
+        delivery: Delivery,
+        publisher: &Publisher,
+        writer: &OutcomeWriter,
+        stop: &CancellationToken,
+    ) {
         let envelope = match Envelope::decode(&delivery.data) {
             Ok(e) => e,
             Err(reason) => {
@@ -335,7 +345,10 @@ impl Worker {
         match claim {
             None => {}
             Some(Claim::Run(job)) => {
-                let recorded = self.run_job(&job, stop).instrument(job_span(&job)).await;
+                let recorded = self
+                    .run_job(&job, writer, stop)
+                    .instrument(job_span(&job))
+                    .await;
                 if recorded {
                     ack(&delivery).await
                 }
@@ -355,7 +368,12 @@ impl Worker {
     /// Runs a claimed job and commits its outcome; returns whether the message may be acked
     /// (false only when stopping before the outcome could be written: the lease then makes
     /// the job run again).
-    async fn run_job(&self, job: &ClaimedJob, stop: &CancellationToken) -> bool {
+    async fn run_job(
+        &self,
+        job: &ClaimedJob,
+        writer: &OutcomeWriter,
+        stop: &CancellationToken,
+    ) -> bool {
         let kind = job.kind.as_str();
         let gate = Arc::new(JobGate {
             limiter: self.limiter.clone(),
@@ -402,8 +420,7 @@ impl Worker {
             }
         };
         let Some(recorded) = persist("recording a job's outcome", stop, || {
-            self.store
-                .record_outcome(job, &self.cfg.id, &outcome, &trace.attempts)
+            writer.record(job, &outcome, &trace.attempts)
         })
         .await
         else {
