@@ -153,6 +153,8 @@ fn gate(env: &TestEnv, job_id: i64, owner: &str) -> JobGate {
         owner: owner.into(),
         lease_secs: 30,
         prepaid: AtomicBool::new(true),
+        // Long after the claim: the gate runs its own fence.
+        claimed_at: std::time::Instant::now() - Duration::from_secs(3600),
     }
 }
 
@@ -170,7 +172,8 @@ async fn a_worker_that_lost_its_lease_makes_no_call_and_the_fence_records_intent
     let Claim::Run(b) = env.store.claim(id, "B", 30).await.unwrap() else {
         panic!("B claims")
     };
-    assert!(!b.effect_may_have_happened);
+    // A's claim recorded the intent (A may have sent its link): B must look first.
+    assert!(b.effect_may_have_happened);
     // A's gate refuses the side effect; reads would still pass (they are harmless).
     let stale = gate(&env, id, "A");
     assert!(stale.before_send(Operation::Link).await.is_err());

@@ -51,6 +51,15 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    /// True for kinds whose ABDM call changes something (a link, a profile, a new ABHA): a
+    /// lost answer of theirs must never lead to acting twice.
+    pub fn changes_state(self) -> bool {
+        !matches!(
+            self,
+            Self::BenefitSearch | Self::BenefitLookup | Self::AbhaFind
+        )
+    }
+
     /// Every kind, in documentation order.
     pub const ALL: [JobKind; 9] = [
         JobKind::BenefitSearch,

@@ -158,58 +158,6 @@ pub struct ReportRow {
 }
 
 impl Store {
-    /// Takes the lease on a job if it may run now.
-    pub async fn claim(
-        &self,
-        job_id: i64,
-        owner: &str,
-        lease_secs: u64,
-    ) -> Result<Claim, StoreError> {
-        let row = sqlx::query(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $2,
-                    lease_until = now() + make_interval(secs => $3), updated_at = now()
-             WHERE id = $1 AND (
-                (state IN ('queued', 'retrying') AND (next_due_at IS NULL OR next_due_at <= now() + interval '2 seconds'))
-                OR (state = 'running' AND lease_until < now()))
-             RETURNING id, batch_id, kind, benefit, attempts, created_at, payload,
-                       effect_started_at IS NOT NULL AS effect",
-        )
-        .bind(job_id)
-        .bind(owner)
-        .bind(lease_secs as f64)
-        .fetch_optional(&self.pool)
-        .await
-        .ctx("claiming a job")?;
-        if let Some(r) = row {
-            let kind: String = r.get("kind");
-            let kind = JobKind::parse(&kind).ok_or_else(|| StoreError::Corrupt {
-                job_id,
-                reason: format!("unknown kind {kind:?}"),
-            })?;
-            return Ok(Claim::Run(ClaimedJob {
-                id: r.get("id"),
-                batch_id: r.get("batch_id"),
-                kind,
-                benefit: r.get("benefit"),
-                attempt: r.get("attempts"),
-                created_at: r.get("created_at"),
-                payload: r.get("payload"),
-                effect_may_have_happened: r.get("effect"),
-            }));
-        }
-        let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
-            .bind(job_id)
-            .fetch_optional(&self.pool)
-            .await
-            .ctx("reading a job's state")?;
-        Ok(match state.as_deref() {
-            None => Claim::Missing,
-            Some("running") => Claim::Busy,
-            Some("queued" | "retrying") => Claim::NotDue,
-            Some(other) => Claim::Finished(other.to_string()),
-        })
-    }
-
     /// The fence, right before a call to ABDM: checks that `owner` still holds the job's lease
     /// and extends it to `lease_secs` from now, in one statement, so the call (which lasts at
     /// most the request timeout, shorter than the lease) finishes before anyone may take the

@@ -7,6 +7,7 @@ pub mod batch_views;
 pub mod batches;
 pub mod budget;
 pub mod circuit;
+pub mod claims;
 pub mod jobs;
 pub mod outbox;
 pub mod outcomes;

@@ -63,7 +63,8 @@ impl Store {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        let (mut results, mut masked, mut dues, mut finished, mut refunds) = (
+        let (mut results, mut masked, mut dues, mut finished, mut refunds, mut clears) = (
+            Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -130,6 +131,10 @@ impl Store {
                 Outcome::Retry { .. } | Outcome::Postpone { .. }
             ));
             refunds.push(i32::from(matches!(r.outcome, Outcome::Postpone { .. })));
+            // The intent recorded by this attempt's claim stays only while an answer to a call
+            // that changes something may have been lost; a refused, throttled or unsent call
+            // (or a clear answer) leaves nothing to look for.
+            clears.push(!r.job.effect_may_have_happened && !r.attempts.iter().any(answer_lost));
             for a in r.attempts {
                 a_job.push(r.job.id);
                 a_attempt.push(r.job.attempt);
@@ -146,15 +151,16 @@ impl Store {
             "WITH i AS (
                 SELECT * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
                                      $7::text[], $8::bytea[], $9::text[], $10::timestamptz[],
-                                     $11::bool[], $12::int[])
-                    AS i(id, kind, state, label, code, message, result, masked, due, finished, refund)),
+                                     $11::bool[], $12::int[], $22::bool[])
+                    AS i(id, kind, state, label, code, message, result, masked, due, finished, refund, clear)),
              upd AS (
                 UPDATE jobs j SET state = i.state, outcome = COALESCE(i.label, j.outcome),
                        last_code = i.code, last_message = i.message,
                        result = COALESCE(i.result, j.result), result_masked = COALESCE(i.masked, j.result_masked),
                        next_due_at = i.due, lease_owner = NULL, lease_until = NULL, updated_at = now(),
                        finished_at = CASE WHEN i.finished THEN now() END,
-                       attempts = GREATEST(j.attempts - i.refund, 0)
+                       attempts = GREATEST(j.attempts - i.refund, 0),
+                       effect_started_at = CASE WHEN i.clear THEN NULL ELSE j.effect_started_at END
                 FROM i WHERE j.id = i.id AND j.lease_owner = $1 AND j.state = 'running'
                 RETURNING j.id, i.kind, i.due),
              att AS (
@@ -188,6 +194,7 @@ impl Store {
         .bind(&a_msg)
         .bind(&a_disp)
         .bind(&a_ms)
+        .bind(&clears)
         .fetch_all(&self.pool)
         .await
         .ctx("recording outcomes")?
@@ -197,4 +204,12 @@ impl Store {
         let written: std::collections::HashSet<i64> = written.into_iter().collect();
         Ok(ids.iter().map(|id| written.contains(id)).collect())
     }
+}
+
+/// An attempt that changes something at ABDM and whose answer did not say whether it did:
+/// no answer (timeout, broken connection), an unreadable 2xx, or a 5xx.
+fn answer_lost(a: &AttemptRecord) -> bool {
+    a.operation.changes_state()
+        && (matches!(a.code.as_deref(), Some("timeout" | "transport" | "decode"))
+            || a.http_status.is_some_and(|s| s >= 500))
 }

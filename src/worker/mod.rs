@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod claims;
 mod gate;
 mod outcomes;
 
@@ -36,6 +37,7 @@ use crate::relay::{reconnect_backoff, sleep_or_stop};
 use crate::store::jobs::{Claim, ClaimedJob, ExternalJob, Outcome};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics;
+use claims::Claimer;
 pub use gate::JobGate;
 use outcomes::OutcomeWriter;
 
@@ -209,6 +211,7 @@ impl Worker {
         let mut deliveries = futures::stream::select_all(consumers);
         let permits = Arc::new(Semaphore::new(self.cfg.in_flight as usize));
         let writer = OutcomeWriter::start(self.store.clone(), self.cfg.id.clone());
+        let claimer = Claimer::start(self.store.clone(), self.cfg.id.clone(), self.cfg.lease_secs);
         let mut tasks = tokio::task::JoinSet::new();
         tracing::info!(worker = %self.cfg.id, in_flight = self.cfg.in_flight, "worker consuming");
         let result = loop {
@@ -223,9 +226,9 @@ impl Worker {
                         let me = self.clone();
                         let publisher = publisher.clone();
                         let stop = stop.clone();
-                        let writer = writer.clone();
+                        let (writer, claimer) = (writer.clone(), claimer.clone());
                         tasks.spawn(async move {
-                            me.handle(delivery, &publisher, &writer, &stop).await;
+                            me.handle(delivery, &publisher, &claimer, &writer, &stop).await;
                             drop(permit);
                         });
                     }
@@ -270,6 +273,7 @@ impl Worker {
         &self,
         delivery: Delivery,
         publisher: &Publisher,
+        claimer: &Claimer,
         writer: &OutcomeWriter,
         stop: &CancellationToken,
     ) {
@@ -338,10 +342,7 @@ impl Worker {
             return;
         }
         self.limiter.acquire().await;
-        let claim = persist("claiming a job", stop, || {
-            self.store.claim(job_id, &self.cfg.id, self.cfg.lease_secs)
-        })
-        .await;
+        let claim = persist("claiming a job", stop, || claimer.claim(job_id)).await;
         match claim {
             None => {}
             Some(Claim::Run(job)) => {
@@ -382,6 +383,7 @@ impl Worker {
             owner: self.cfg.id.clone(),
             lease_secs: self.cfg.lease_secs,
             prepaid: AtomicBool::new(true),
+            claimed_at: std::time::Instant::now(),
         });
         let mut trace = CallTrace::gated(gate);
         let outcome = if job.attempt as u32 > self.cfg.max_attempts {
