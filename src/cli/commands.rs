@@ -209,7 +209,7 @@ async fn warn_overlaps(
     }
     let started = std::time::Instant::now();
     let overlaps = match store
-        .overlapping_batches(s.batch, kind.as_str(), benefit.as_str())
+        .overlapping_batches(s.batch, kind.as_str(), benefit.as_str(), s.accepted)
         .await
     {
         Ok(o) => o,
@@ -226,7 +226,7 @@ async fn warn_overlaps(
     for o in &overlaps {
         eprintln!(
             "warning: {}{} of the {} accepted row(s) were already submitted in batch {} ({}{}, {kind} / {benefit}); they will run again. To stop this batch: abha-bulk cancel {}",
-            if o.exact { "" } else { "at least " },
+            if o.exact { "" } else { "about " },
             o.rows,
             s.accepted,
             o.batch,

@@ -42,8 +42,8 @@ pub struct Overlap {
     /// Rows of the new batch that are also jobs of the earlier one (same kind, benefit and
     /// values after normalisation).
     pub rows: i64,
-    /// True when `rows` was counted over every row; false when it is a lower bound taken from
-    /// a sample (only when the exact count was skipped, see [`Store::overlapping_batches`]).
+    /// True when `rows` was counted over every row; false when it is estimated from a sample
+    /// (a large new batch, see [`Store::overlapping_batches`]).
     pub exact: bool,
 }
 
@@ -52,6 +52,9 @@ pub struct Overlap {
 pub const OVERLAP_SAMPLE: i64 = 2000;
 /// Earlier batches (same kind and benefit, newest first) that are probed.
 pub const OVERLAP_CANDIDATES: i64 = 50;
+/// Largest new batch whose overlap with a batch the sample hit is counted exactly (one
+/// index probe per row, about 7 µs each: at most ~0.15 s per earlier batch).
+pub const OVERLAP_EXACT_ROWS: u64 = 20_000;
 /// Earlier batches whose overlap is counted exactly once the sample found one.
 const OVERLAP_EXACT: usize = 3;
 
@@ -119,14 +122,18 @@ impl Store {
     /// Cost is bounded and needs no index beyond the `(batch_id, dedup_hash)` unique index
     /// every insert already maintains: the [`OVERLAP_SAMPLE`] smallest dedup hashes of the new
     /// batch (a uniform sample: they are HMACs) are probed in each of the
-    /// [`OVERLAP_CANDIDATES`] newest earlier batches; the few batches the sample hits are then
-    /// counted exactly by a merge of the two batches' index entries. A batch no larger than
-    /// the sample is always counted exactly.
+    /// [`OVERLAP_CANDIDATES`] newest earlier batches. A batch no larger than the sample is
+    /// thereby counted exactly; one of up to [`OVERLAP_EXACT_ROWS`] accepted rows is counted
+    /// exactly against the (at most 3) batches the sample hit; a larger one gets an estimate
+    /// (`hits / sample × accepted`). Measured on 1 M + 1 M rows fully overlapping (2 cores,
+    /// shared): sample 45 ms, probe of 50 candidates 166 ms; an exact count of 1 M rows would
+    /// take 3.5 s (hash join) to 6 s (index nested loop), so it is not done.
     pub async fn overlapping_batches(
         &self,
         batch: Uuid,
         kind: &str,
         benefit: &str,
+        accepted: u64,
     ) -> Result<Vec<Overlap>, StoreError> {
         let sample: Vec<Vec<u8>> = sqlx::query_scalar(
             "SELECT dedup_hash FROM jobs WHERE batch_id = $1 ORDER BY dedup_hash LIMIT $2",
@@ -160,9 +167,12 @@ impl Store {
         let mut out = Vec::with_capacity(hits.len());
         for (i, r) in hits.iter().enumerate() {
             let earlier: Uuid = r.get("id");
-            let mut rows: i64 = r.get("rows");
-            let exact = complete || i < OVERLAP_EXACT;
-            if !complete && exact {
+            let hits: i64 = r.get("rows");
+            let mut rows = hits;
+            let exact = complete || (i < OVERLAP_EXACT && accepted <= OVERLAP_EXACT_ROWS);
+            if !complete && !exact {
+                rows = ((hits as f64 / sample.len() as f64) * accepted as f64).round() as i64;
+            } else if !complete {
                 rows = sqlx::query_scalar(
                     "SELECT count(*) FROM jobs n JOIN jobs o
                        ON o.batch_id = $2 AND o.dedup_hash = n.dedup_hash
