@@ -83,7 +83,7 @@ pub struct SubmitArgs {
     #[arg(long, value_enum)]
     pub kind: JobKind,
     /// Benefit (programme) name as registered with ABDM (letters, digits, spaces and
-    /// - _ . / ( ) &; one of the `benefits` setting when that is set).
+    /// - _ . / ( ) &; one of `benefits.served` when that is set).
     #[arg(long)]
     pub benefit: String,
     /// Submit even if these exact bytes were already submitted for this kind and benefit.

@@ -83,7 +83,7 @@ async fn benefit_names_are_checked_where_they_enter() {
         assert!(!o.status.success(), "reconcile {benefit:?} accepted");
     }
     // With the deployment's list: unknown names and a wrong case are refused.
-    let served = [("ABHA_BULK__BENEFITS", "[\"DEMO-BENEFIT\"]")];
+    let served = [("ABHA_BULK__BENEFITS__SERVED", "[\"DEMO-BENEFIT\"]")];
     for (benefit, says) in [
         ("demo-benefit", "did you mean"),
         ("PMJAY", "does not serve"),

@@ -44,7 +44,7 @@ impl Progress for SubmitProgress {
 }
 
 pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Result<ExitCode> {
-    let benefit = BenefitName::parse_served(&args.benefit, &settings.benefits)?;
+    let benefit = BenefitName::parse_served(&args.benefit, &settings.benefits.served)?;
     let store = Store::connect(settings).await?;
     let size = std::fs::metadata(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?
@@ -272,7 +272,7 @@ pub(super) async fn reconcile(
     settings: &Settings,
     args: &ReconcileArgs,
 ) -> anyhow::Result<ExitCode> {
-    let benefit = BenefitName::parse_served(&args.benefit, &settings.benefits)?;
+    let benefit = BenefitName::parse_served(&args.benefit, &settings.benefits.served)?;
     let store = Store::connect(settings).await?;
     let client = Arc::new(AbdmClient::new(&settings.abdm)?);
     let global = settings.worker.global_rate_limit.then(|| {
