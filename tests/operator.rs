@@ -417,7 +417,12 @@ async fn rate_eta_cancel_and_prefixes() {
     assert!(text(&o.stdout).contains(&done.to_string()[..8]));
 
     // A closed pipe ends the command quietly.
-    for args in [&["status", "--all"][..], &["status", &id], &["config"]] {
+    for args in [
+        &["status", "--all"][..],
+        &["status", &id],
+        &["report", &id, "--out", "-"],
+        &["config"],
+    ] {
         let mut child = cli(&env, args, &[])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

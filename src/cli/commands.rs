@@ -250,7 +250,16 @@ pub(super) async fn report(settings: &Settings, args: &ReportArgs) -> anyhow::Re
         reason: args.reason.as_deref().unwrap_or(""),
     });
     let target = crate::report::ReportTarget::from_arg(&args.out, args.force);
-    let counts = crate::report::write_report(&store, batch.id, &target, reveal).await?;
+    let counts = match crate::report::write_report(&store, batch.id, &target, reveal).await {
+        Ok(c) => c,
+        Err(crate::report::ReportError::Io(_, e))
+            if target == crate::report::ReportTarget::Stdout
+                && e.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            return Err(super::output::stdout_error(e));
+        }
+        Err(e) => return Err(e.into()),
+    };
     eprintln!(
         "{}: {} row(s) of batch {}{}",
         target.display(),
