@@ -416,6 +416,25 @@ async fn rate_eta_cancel_and_prefixes() {
     let o = run(&env, &["status", "--all"]);
     assert!(text(&o.stdout).contains(&done.to_string()[..8]));
 
+    // --watch without an id follows every active batch until none is left.
+    exec(
+        &env,
+        "UPDATE jobs SET state = 'succeeded', finished_at = now() WHERE batch_id = $1",
+        active,
+    )
+    .await;
+    let o = run(&env, &["status", "--watch"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let watched = text(&o.stdout);
+    assert!(watched.contains(&format!("batch {active}")), "{watched}");
+    assert!(!watched.contains(&done.to_string()), "{watched}");
+    sqlx::query("UPDATE batches SET state = 'finished'")
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
+    let o = run(&env, &["status", "--watch"]);
+    assert!(text(&o.stdout).contains("no active batches"));
+
     // A closed pipe ends the command quietly.
     for args in [
         &["status", "--all"][..],
