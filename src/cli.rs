@@ -260,9 +260,9 @@ impl SandboxArgs {
 /// Options of the tour.
 #[derive(Debug, Clone, Args)]
 pub struct TourArgs {
-    /// Benefit name to call with.
+    /// Benefit name to call with (checked like `submit --benefit`).
     #[arg(long, default_value = "DEMO-BENEFIT")]
-    pub benefit: String,
+    pub benefit: crate::jobs::benefit::BenefitName,
     /// Use identifiers of the sandbox population (seed and size from `[sandbox]`).
     #[arg(long)]
     pub sandbox_population: bool,
@@ -352,7 +352,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut abdm = crate::abdm::client::settings_for_sandbox(&sandbox.url());
             abdm.benefit_header = settings.abdm.benefit_header.clone();
             let client = AbdmClient::new(&abdm)?;
-            let inputs = TourInputs::from_population(sandbox.state().population(), &args.benefit);
+            let inputs =
+                TourInputs::from_population(sandbox.state().population(), args.benefit.as_str());
             println!(
                 "ABDM sandbox on {}; calling every operation once:\n",
                 sandbox.url()

@@ -23,7 +23,7 @@ pub(super) async fn print_tour(client: &AbdmClient, inputs: &TourInputs) -> bool
 pub(super) fn tour_inputs(args: &TourArgs, settings: &Settings) -> anyhow::Result<TourInputs> {
     if args.sandbox_population {
         let p = crate::sandbox::Population::new(settings.sandbox.population, settings.sandbox.seed);
-        return Ok(TourInputs::from_population(&p, &args.benefit));
+        return Ok(TourInputs::from_population(&p, args.benefit.as_str()));
     }
     let abha = args
         .abha
@@ -54,7 +54,7 @@ pub(super) fn tour_inputs(args: &TourArgs, settings: &Settings) -> anyhow::Resul
         None => None,
     };
     Ok(TourInputs {
-        benefit: args.benefit.clone(),
+        benefit: args.benefit.to_string(),
         abha,
         aadhaar,
         patch_abha: None,
