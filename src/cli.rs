@@ -9,15 +9,16 @@ use clap::{Args, Parser, Subcommand};
 use crate::abdm::AbdmClient;
 use crate::config::{ConfigSource, Settings};
 use crate::jobs::kind::JobKind;
-use crate::pii::{Aadhaar, AbhaNumber, Mobile, XToken};
 use crate::sandbox::{KeySource, Sandbox, SandboxConfig};
 use crate::store::Store;
-use crate::tour::{self, TourInputs};
+use crate::tour::TourInputs;
 
 #[macro_use]
 mod output;
 mod commands;
 mod status;
+mod tour_cmd;
+use tour_cmd::{print_tour, tour_inputs};
 
 /// Runs ABDM ABHA V3 Benefit API operations in bulk.
 #[derive(Debug, Parser)]
@@ -83,7 +84,7 @@ pub struct SubmitArgs {
     #[arg(long, value_enum)]
     pub kind: JobKind,
     /// Benefit (programme) name as registered with ABDM (letters, digits, spaces and
-    /// - _ . / ( ) &; one of the `benefits` setting when that is set).
+    /// - _ . / ( ) &; one of `benefits.served` when that is set).
     #[arg(long)]
     pub benefit: String,
     /// Submit even if these exact bytes were already submitted for this kind and benefit.
@@ -263,9 +264,9 @@ impl SandboxArgs {
 /// Options of the tour.
 #[derive(Debug, Clone, Args)]
 pub struct TourArgs {
-    /// Benefit name to call with.
+    /// Benefit name to call with (checked like `submit --benefit`).
     #[arg(long, default_value = "DEMO-BENEFIT")]
-    pub benefit: String,
+    pub benefit: crate::jobs::benefit::BenefitName,
     /// Use identifiers of the sandbox population (seed and size from `[sandbox]`).
     #[arg(long)]
     pub sandbox_population: bool,
@@ -355,7 +356,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut abdm = crate::abdm::client::settings_for_sandbox(&sandbox.url());
             abdm.benefit_header = settings.abdm.benefit_header.clone();
             let client = AbdmClient::new(&abdm)?;
-            let inputs = TourInputs::from_population(sandbox.state().population(), &args.benefit);
+            let inputs =
+                TourInputs::from_population(sandbox.state().population(), args.benefit.as_str());
             println!(
                 "ABDM sandbox on {}; calling every operation once:\n",
                 sandbox.url()
@@ -441,63 +443,6 @@ fn exit(ok: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-/// Prints the tour; true when a step failed in a way the tour did not expect (anything but
-/// success and ABDM's idempotent answers).
-async fn print_tour(client: &AbdmClient, inputs: &TourInputs) -> bool {
-    let steps = tour::run(client, inputs).await;
-    let mut failed = false;
-    for s in &steps {
-        println!("{s}");
-        failed |= !matches!(s.outcome.as_str(), "ok" | "idempotent_success");
-    }
-    failed
-}
-
-fn tour_inputs(args: &TourArgs, settings: &Settings) -> anyhow::Result<TourInputs> {
-    if args.sandbox_population {
-        let p = crate::sandbox::Population::new(settings.sandbox.population, settings.sandbox.seed);
-        return Ok(TourInputs::from_population(&p, &args.benefit));
-    }
-    let abha = args
-        .abha
-        .as_deref()
-        .map(AbhaNumber::parse)
-        .transpose()
-        .context("--abha")?;
-    let aadhaar = args
-        .aadhaar
-        .as_deref()
-        .map(Aadhaar::parse)
-        .transpose()
-        .context("--aadhaar")?;
-    let find_mobile = args
-        .find_mobile
-        .as_deref()
-        .map(Mobile::parse)
-        .transpose()
-        .context("--find-mobile")?;
-    let parent_x_token = match &args.parent_x_token_file {
-        Some(p) => Some(
-            XToken::parse(
-                &std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read {}", p.display()))?,
-            )
-            .context("--parent-x-token-file")?,
-        ),
-        None => None,
-    };
-    Ok(TourInputs {
-        benefit: args.benefit.clone(),
-        abha,
-        aadhaar,
-        patch_abha: None,
-        new_mobile: None,
-        find_mobile,
-        parent_x_token,
-        demo: None,
-    })
 }
 
 /// Cancels `stop` on Ctrl-C or SIGTERM.
