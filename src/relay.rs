@@ -21,8 +21,9 @@ pub struct RelayConfig {
     pub idle: Duration,
     /// How often to run the housekeeping (lease expiry, batch closing, gauges).
     pub housekeeping: Duration,
-    /// How long a round may wait for RabbitMQ's confirms before it gives up and reconnects;
-    /// also the lease on the round's outbox rows (published again after it if the relay dies).
+    /// How long a round may wait for RabbitMQ's confirms before it gives up and reconnects.
+    /// The round's outbox rows are leased for this plus 5 s: if the relay dies mid-round they
+    /// are published again that much later (confirms normally take milliseconds).
     pub publish_timeout: Duration,
 }
 
@@ -32,7 +33,7 @@ impl Default for RelayConfig {
             batch: 500,
             idle: Duration::from_millis(100),
             housekeeping: Duration::from_secs(2),
-            publish_timeout: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -75,7 +76,7 @@ pub async fn run(
                 last_gauges = Instant::now();
             }
             let round = store
-                .publish_due(cfg.batch, cfg.publish_timeout * 2, |rows| {
+                .publish_due(cfg.batch, cfg.publish_timeout + Duration::from_secs(5), |rows| {
                     let publisher = &publisher;
                     let timeout = cfg.publish_timeout;
                     async move {
