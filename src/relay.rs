@@ -49,6 +49,8 @@ pub async fn run(
     let mut backoff = reconnect_backoff();
     let mut last_housekeeping = Instant::now() - cfg.housekeeping;
     let mut last_gauges = Instant::now() - GAUGE_INTERVAL;
+    // Webhooks of the programme API go out from here (docs/api.md).
+    let webhooks = reqwest::Client::new();
     while !stop.is_cancelled() {
         let publisher = match connect(&amqp_url, &topology).await {
             Ok(p) => {
@@ -69,6 +71,7 @@ pub async fn run(
             }
             if last_housekeeping.elapsed() >= cfg.housekeeping {
                 housekeeping(&store).await;
+                crate::api::webhooks::round(&store, &webhooks).await;
                 last_housekeeping = Instant::now();
             }
             if last_gauges.elapsed() >= GAUGE_INTERVAL {
@@ -76,19 +79,23 @@ pub async fn run(
                 last_gauges = Instant::now();
             }
             let round = store
-                .publish_due(cfg.batch, cfg.publish_timeout + Duration::from_secs(5), |rows| {
-                    let publisher = &publisher;
-                    let timeout = cfg.publish_timeout;
-                    async move {
-                        let count = rows.len();
-                        tokio::time::timeout(timeout, publisher.publish_jobs(&rows))
-                            .await
-                            .unwrap_or(Err(queue::QueueError::NotConfirmed {
-                                count,
-                                reason: "no confirm within the publish timeout",
-                            }))
-                    }
-                })
+                .publish_due(
+                    cfg.batch,
+                    cfg.publish_timeout + Duration::from_secs(5),
+                    |rows| {
+                        let publisher = &publisher;
+                        let timeout = cfg.publish_timeout;
+                        async move {
+                            let count = rows.len();
+                            tokio::time::timeout(timeout, publisher.publish_jobs(&rows))
+                                .await
+                                .unwrap_or(Err(queue::QueueError::NotConfirmed {
+                                    count,
+                                    reason: "no confirm within the publish timeout",
+                                }))
+                        }
+                    },
+                )
                 .await;
             match round {
                 Ok(Ok(0)) => sleep_or_stop(cfg.idle, &stop).await,

@@ -360,3 +360,111 @@ async fn bad_requests_get_problem_documents_and_store_nothing() {
     api.task.abort();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_batch_is_told_to_the_keys_webhook_signed_and_without_identifiers() {
+    use axum::routing::post;
+    use base64::Engine;
+    let env = TestEnv::new().await;
+    let api = start(&env, 1 << 20).await;
+    // The programme's receiver: answers 500 once (the delivery is retried), then 200.
+    let got: std::sync::Arc<tokio::sync::Mutex<Vec<(axum::http::HeaderMap, String)>>> =
+        Default::default();
+    let got2 = got.clone();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let got = got2.clone();
+            async move {
+                let mut g = got.lock().await;
+                g.push((headers, body));
+                if g.len() == 1 {
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+    let (k, secret) = env
+        .store
+        .create_api_key(
+            None,
+            &[BENEFIT.into()],
+            &["submit".into(), "read".into()],
+            None,
+        )
+        .await
+        .unwrap();
+    let signing = env.store.set_webhook(k.id, &hook).await.unwrap();
+    let r: Value = api
+        .http
+        .post(format!(
+            "{}/v1/batches?kind=benefit-link&benefit={BENEFIT}",
+            api.base
+        ))
+        .bearer_auth(&secret)
+        .header("content-type", "text/csv")
+        .body(links_csv(&env, 500..505))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let batch = r["batch"].as_str().unwrap().to_string();
+    let pipeline = env.start(PipelineOpts::default());
+    env.wait_until_done(&[batch.parse().unwrap()]).await;
+    // Housekeeping closes the batch and sends; the first answer is 500, so it is sent again
+    // after the backoff; speed that up for the test.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.lock().await.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhook not delivered twice"
+        );
+        sqlx::query("UPDATE webhook_deliveries SET next_at = now() WHERE delivered_at IS NULL")
+            .execute(&env.store.pool)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    pipeline.stop().await;
+    let (headers, body) = got.lock().await[1].clone();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["type"], "batch.finished");
+    assert_eq!(v["batch"], batch.as_str());
+    assert_eq!(v["counts"]["succeeded"], 5);
+    assert!(!body.contains(env.pop().abha(500).expose()));
+    let id = headers["webhook-id"].to_str().unwrap();
+    let ts: i64 = headers["webhook-timestamp"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(signing.trim_start_matches("whsec_"))
+        .unwrap();
+    assert_eq!(
+        headers["webhook-signature"].to_str().unwrap(),
+        abha_bulk::api::webhooks::sign(&key, id, ts, &body)
+    );
+    let status: Value = api
+        .http
+        .get(format!("{}/v1/batches/{batch}", api.base))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["webhook"]["delivered"], true);
+    assert_eq!(status["webhook"]["attempts"], 2);
+    server.abort();
+    api.task.abort();
+    env.cleanup().await;
+}

@@ -206,6 +206,11 @@ pub async fn upload(
         }
     }
     let answer = run_upload(&st, kind, &benefit, q.file_name.as_deref(), body).await;
+    if let Ok((_, Json(v))) = &answer
+        && let Some(batch) = v["batch"].as_str().and_then(|b| Uuid::parse_str(b).ok())
+    {
+        st.store.set_batch_key(batch, caller.0.id).await?;
+    }
     if let Some(k) = &idem {
         match &answer {
             Ok((status, Json(body))) => {
@@ -339,6 +344,7 @@ pub async fn show(
     v["counts"] = json!(s.counts.0);
     v["rate_per_second"] = json!(s.rate);
     v["eta_seconds"] = json!(s.eta_secs());
+    v["webhook"] = json!(st.store.webhook_status(b.id).await?);
     Ok(Json(v))
 }
 

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod batches;
 pub mod problem;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -39,6 +39,21 @@ pub struct CreateKeyArgs {
     /// Who the key is for (shown by `list`).
     #[arg(long)]
     pub name: Option<String>,
+    /// HTTPS URL told (signed, Standard Webhooks) when a batch uploaded with this key finishes
+    /// or is cancelled.
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+}
+
+/// An HTTPS URL, or plain HTTP to this host only (tests, a local relay).
+fn check_webhook_url(url: &str) -> anyhow::Result<()> {
+    let u = reqwest::Url::parse(url).with_context(|| format!("--webhook-url {url:?}"))?;
+    let local = matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    anyhow::ensure!(
+        u.scheme() == "https" || (u.scheme() == "http" && local),
+        "--webhook-url must be https:// (plain http only to this host)"
+    );
+    Ok(())
 }
 
 pub(super) async fn api_key(settings: &Settings, cmd: &ApiKeyCommand) -> anyhow::Result<ExitCode> {
@@ -58,6 +73,9 @@ pub(super) async fn api_key(settings: &Settings, cmd: &ApiKeyCommand) -> anyhow:
                     SCOPES.join(", ")
                 );
             }
+            if let Some(url) = &a.webhook_url {
+                check_webhook_url(url)?;
+            }
             let expires = a
                 .expires_days
                 .map(|d| chrono::Utc::now() + chrono::Duration::days(i64::from(d)));
@@ -75,6 +93,11 @@ pub(super) async fn api_key(settings: &Settings, cmd: &ApiKeyCommand) -> anyhow:
                 ))
             );
             println!("{secret}");
+            if let Some(url) = &a.webhook_url {
+                let signing = store.set_webhook(key.id, url).await?;
+                eprintln!("webhook signing secret (shown once; verify webhook-signature with it):");
+                println!("{signing}");
+            }
         }
         ApiKeyCommand::List => {
             println!(

@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod outcomes;
 pub mod reconcile;
 pub mod vault;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,174 @@
+//! Webhook deliveries of the programme API: queued when a batch uploaded with a key that has
+//! a webhook finishes or is cancelled, leased by the relay's housekeeping, retried with
+//! backoff. The body carries the batch id and counts, never an identifier.
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{QueryContext, Store, StoreError};
+
+/// A delivery to attempt now.
+#[derive(Debug, Clone)]
+pub struct DueWebhook {
+    /// Delivery id (the `webhook-id` header; the receiver's idempotency key).
+    pub id: Uuid,
+    /// Where to.
+    pub url: String,
+    /// The signing secret (decrypted).
+    pub secret: Vec<u8>,
+    /// The JSON body.
+    pub body: serde_json::Value,
+    /// Attempts before this one.
+    pub attempts: i32,
+}
+
+/// A batch's webhook delivery, for `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WebhookStatus {
+    /// `batch.finished` or `batch.cancelled`.
+    pub event: String,
+    /// Delivered (a 2xx answer).
+    pub delivered: bool,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// HTTP status of the last attempt.
+    pub last_status: Option<i32>,
+    /// Error of the last attempt without an answer.
+    pub last_error: Option<String>,
+}
+
+/// Attempts before a delivery is given up.
+pub const MAX_ATTEMPTS: i32 = 12;
+
+impl Store {
+    /// Gives a key a webhook; returns the signing secret (`whsec_…`, shown once).
+    pub async fn set_webhook(&self, key: Uuid, url: &str) -> Result<String, StoreError> {
+        let raw: Vec<u8> = (0..24).map(|_| rand::random::<u8>()).collect();
+        use base64::Engine;
+        let secret = base64::engine::general_purpose::STANDARD.encode(&raw);
+        sqlx::query("UPDATE api_keys SET webhook_url = $2, webhook_secret = $3 WHERE id = $1")
+            .bind(key)
+            .bind(url)
+            .bind(self.vault.encrypt(&raw))
+            .execute(&self.pool)
+            .await
+            .ctx("setting a webhook")?;
+        Ok(format!("whsec_{secret}"))
+    }
+
+    /// Records which key uploaded a batch (its webhook is told when the batch ends).
+    pub async fn set_batch_key(&self, batch: Uuid, key: Uuid) -> Result<(), StoreError> {
+        sqlx::query("UPDATE batches SET api_key_id = $2 WHERE id = $1")
+            .bind(batch)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .ctx("recording the batch's API key")?;
+        Ok(())
+    }
+
+    /// Queues a delivery for every ended batch of a key with a webhook that has none yet.
+    pub async fn enqueue_webhooks(&self) -> Result<u64, StoreError> {
+        let n = sqlx::query(
+            "INSERT INTO webhook_deliveries (id, key_id, batch_id, event, body)
+             SELECT gen_random_uuid(), k.id, b.id, 'batch.' || b.state,
+                    jsonb_build_object(
+                        'type', 'batch.' || b.state, 'batch', b.id, 'kind', b.kind, 'benefit', b.benefit,
+                        'total_rows', b.total_rows, 'accepted_rows', b.accepted_rows,
+                        'rejected_rows', b.rejected_rows, 'duplicate_rows', b.duplicate_rows,
+                        'finished_at', b.finished_at,
+                        'counts', (SELECT COALESCE(jsonb_object_agg(state, n), '{}'::jsonb)
+                                   FROM (SELECT state, count(*) AS n FROM jobs WHERE batch_id = b.id GROUP BY state) c))
+             FROM batches b JOIN api_keys k ON k.id = b.api_key_id
+             WHERE k.webhook_url IS NOT NULL AND b.state IN ('finished', 'cancelled')
+               AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.batch_id = b.id)
+             ON CONFLICT DO NOTHING",
+        )
+        .execute(&self.pool)
+        .await
+        .ctx("queueing webhooks")?
+        .rows_affected();
+        Ok(n)
+    }
+
+    /// Leases up to `limit` due deliveries for `lease_secs` (a sender that dies leaves them to
+    /// be sent again after it).
+    pub async fn due_webhooks(
+        &self,
+        limit: i64,
+        lease_secs: f64,
+    ) -> Result<Vec<DueWebhook>, StoreError> {
+        let rows = sqlx::query(
+            "UPDATE webhook_deliveries d SET next_at = now() + make_interval(secs => $2)
+             FROM api_keys k
+             WHERE d.id IN (SELECT id FROM webhook_deliveries
+                            WHERE delivered_at IS NULL AND next_at <= now() AND attempts < $3
+                            ORDER BY next_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+               AND k.id = d.key_id AND k.webhook_url IS NOT NULL
+             RETURNING d.id, k.webhook_url, k.webhook_secret, d.body, d.attempts",
+        )
+        .bind(limit)
+        .bind(lease_secs)
+        .bind(MAX_ATTEMPTS)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("leasing webhook deliveries")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let secret: Option<Vec<u8>> = r.get(2);
+            out.push(DueWebhook {
+                id: r.get(0),
+                url: r.get(1),
+                secret: self.vault.decrypt(&secret.unwrap_or_default())?,
+                body: r.get(3),
+                attempts: r.get(4),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records an attempt: delivered, or due again after `retry_in_secs`.
+    pub async fn webhook_attempted(
+        &self,
+        id: Uuid,
+        status: Option<u16>,
+        error: Option<&str>,
+        retry_in_secs: f64,
+    ) -> Result<(), StoreError> {
+        let delivered = status.is_some_and(|s| (200..300).contains(&s));
+        sqlx::query(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, last_status = $2, last_error = $3,
+                    delivered_at = CASE WHEN $4 THEN now() END,
+                    next_at = now() + make_interval(secs => $5)
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(status.map(i32::from))
+        .bind(error)
+        .bind(delivered)
+        .bind(retry_in_secs)
+        .execute(&self.pool)
+        .await
+        .ctx("recording a webhook attempt")?;
+        Ok(())
+    }
+
+    /// A batch's webhook delivery, if one was queued.
+    pub async fn webhook_status(&self, batch: Uuid) -> Result<Option<WebhookStatus>, StoreError> {
+        let row = sqlx::query(
+            "SELECT event, delivered_at IS NOT NULL, attempts, last_status, last_error
+             FROM webhook_deliveries WHERE batch_id = $1 ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(batch)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("reading a webhook delivery")?;
+        Ok(row.map(|r| WebhookStatus {
+            event: r.get(0),
+            delivered: r.get(1),
+            attempts: r.get(2),
+            last_status: r.get(3),
+            last_error: r.get(4),
+        }))
+    }
+}
