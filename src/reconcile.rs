@@ -362,10 +362,11 @@ pub async fn run(
 
     // ABHAs this service linked before that the roster no longer has.
     let mut to_delink = Vec::new();
-    for (job_id, payload, result) in store.service_links(&req.benefit).await? {
-        let abha = match result.and_then(|r| store.vault.decrypt(&r).ok()) {
+    for (job_id, dedup, payload, result) in store.service_links(&req.benefit).await? {
+        let aad = crate::store::vault::Aad::JobResult(job_id);
+        let abha = match result.and_then(|r| store.vault.decrypt(&r, aad).ok()) {
             Some(raw) => AbhaNumber::parse(&String::from_utf8_lossy(&raw)).ok(),
-            None => match store.decrypt_job(job_id, JobKind::BenefitLink, &payload) {
+            None => match store.decrypt_job(job_id, JobKind::BenefitLink, &dedup, &payload) {
                 Ok(Job::BenefitLink(Beneficiary::Abha(a))) => Some(a),
                 _ => None,
             },

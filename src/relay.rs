@@ -111,9 +111,9 @@ async fn connect(url: &str, topology: &Topology) -> Result<Publisher, queue::Que
     let ch = conn
         .create_channel()
         .await
-        .map_err(|source| queue::QueueError::Amqp {
+        .map_err(|cause| queue::QueueError::Amqp {
             what: "opening a channel",
-            source,
+            cause,
         })?;
     topology.declare(&ch).await?;
     Publisher::open(&conn, topology.clone()).await
@@ -134,6 +134,9 @@ pub async fn housekeeping(store: &Store) {
                 .inc_by(n);
         }
         Err(e) => tracing::warn!(error = %e, "lease expiry check failed"),
+    }
+    if let Err(e) = store.delete_final_tokens(1000).await {
+        tracing::warn!(error = %e, "deleting finished jobs' X-tokens failed");
     }
     if let Err(e) = store.finish_batches().await {
         tracing::warn!(error = %e, "closing finished batches failed");

@@ -144,7 +144,12 @@ pub async fn write_report(
         let revealed = match (&reveal, &r.result_ciphertext) {
             (Some(_), Some(ct)) => {
                 counts.revealed += 1;
-                String::from_utf8_lossy(&store.vault.decrypt(ct)?).to_string()
+                String::from_utf8_lossy(
+                    &store
+                        .vault
+                        .decrypt(ct, crate::store::vault::Aad::JobResult(r.job_id))?,
+                )
+                .to_string()
             }
             _ => String::new(),
         };

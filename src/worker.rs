@@ -175,7 +175,7 @@ impl Worker {
                             drop(permit);
                         });
                     }
-                    Some(Err(e)) => break Err(queue::QueueError::Amqp { what: "receiving", source: e }),
+                    Some(Err(e)) => break Err(queue::QueueError::Amqp { what: "receiving", cause: e }),
                     None => break Err(queue::QueueError::NotConfirmed { count: 0, reason: "consumer cancelled by the broker" }),
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -301,7 +301,10 @@ impl Worker {
                 ),
             }
         } else {
-            match self.store.decrypt_job(job.id, job.kind, &job.payload) {
+            match self
+                .store
+                .decrypt_job(job.id, job.kind, &job.dedup_hash, &job.payload)
+            {
                 Err(e) => Outcome::Failed {
                     code: "invalid_stored_job".into(),
                     message: e.to_string(),

@@ -275,7 +275,13 @@ pub enum ClientError {
     Session(Box<ClientError>),
     /// The public key could not be used.
     #[error("encryption failed: {0}")]
-    Crypto(#[from] CryptoError),
+    Crypto(CryptoError),
+}
+
+impl From<CryptoError> for ClientError {
+    fn from(e: CryptoError) -> Self {
+        Self::Crypto(e)
+    }
 }
 
 impl ClientError {

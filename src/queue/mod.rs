@@ -15,12 +15,12 @@ pub use topology::Topology;
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// Connecting, declaring or publishing failed.
-    #[error("RabbitMQ: {what}: {source}")]
+    #[error("RabbitMQ: {what}: {cause}")]
     Amqp {
         /// What was attempted.
         what: &'static str,
-        /// Cause.
-        source: lapin::Error,
+        /// Cause (in the message, so not also a `source`).
+        cause: lapin::Error,
     },
     /// The broker did not confirm a message.
     #[error("RabbitMQ did not confirm {count} message(s) ({reason})")]
@@ -38,7 +38,7 @@ pub(crate) trait AmqpContext<T> {
 
 impl<T> AmqpContext<T> for Result<T, lapin::Error> {
     fn ctx(self, what: &'static str) -> Result<T, QueueError> {
-        self.map_err(|source| QueueError::Amqp { what, source })
+        self.map_err(|cause| QueueError::Amqp { what, cause })
     }
 }
 

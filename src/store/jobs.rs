@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::vault::Aad;
 use super::{QueryContext, Store, StoreError};
 use crate::abdm::AttemptRecord;
 use crate::jobs::kind::{Job, JobKind};
@@ -26,6 +27,8 @@ pub struct ClaimedJob {
     pub created_at: DateTime<Utc>,
     /// Encrypted payload (decrypt with [`Store::decrypt_job`]).
     pub payload: Vec<u8>,
+    /// The row's `dedup_hash` (the payload's associated data).
+    pub dedup_hash: Vec<u8>,
 }
 
 /// Result of trying to claim a job.
@@ -132,6 +135,8 @@ pub struct ReportRow {
     pub result: Option<String>,
     /// Encrypted result, for `--reveal`.
     pub result_ciphertext: Option<Vec<u8>>,
+    /// Job id (0 for rejected rows): the result's associated data.
+    pub job_id: i64,
 }
 
 impl Store {
@@ -148,7 +153,7 @@ impl Store {
              WHERE id = $1 AND (
                 (state IN ('queued', 'retrying') AND (next_due_at IS NULL OR next_due_at <= now() + interval '2 seconds'))
                 OR (state = 'running' AND lease_until < now()))
-             RETURNING id, batch_id, kind, benefit, attempts, created_at, payload",
+             RETURNING id, batch_id, kind, benefit, attempts, created_at, payload, dedup_hash",
         )
         .bind(job_id)
         .bind(owner)
@@ -170,6 +175,7 @@ impl Store {
                 attempt: r.get("attempts"),
                 created_at: r.get("created_at"),
                 payload: r.get("payload"),
+                dedup_hash: r.get("dedup_hash"),
             }));
         }
         let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
@@ -205,7 +211,9 @@ impl Store {
             } => (
                 code.clone(),
                 None,
-                result.as_ref().map(|r| self.vault.encrypt(r.as_bytes())),
+                result
+                    .as_ref()
+                    .map(|r| self.vault.encrypt(r.as_bytes(), Aad::JobResult(job.id))),
                 result_masked.clone(),
                 None,
                 Some(outcome.clone()),
@@ -326,7 +334,7 @@ impl Store {
         .bind(self.vault.hash(&j.job.subject()))
         .bind(j.job.subject_masked())
         .bind(&dedup)
-        .bind(self.encrypt_job(j.job))
+        .bind(self.encrypt_job(j.job, &dedup))
         .fetch_optional(&self.pool)
         .await
         .ctx("recording a queue job")?;
@@ -454,10 +462,11 @@ impl Store {
             finished_at: r.get("finished_at"),
             result: r.get("result"),
             result_ciphertext: r.get("result_ciphertext"),
+            job_id: r.get("ord"),
         })
-        .map_err(|source| StoreError::Query {
+        .map_err(|cause| StoreError::Query {
             what: "reading the report",
-            source,
+            cause,
         })
     }
 

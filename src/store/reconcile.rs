@@ -10,6 +10,9 @@ use uuid::Uuid;
 use super::{QueryContext, Store, StoreError};
 use crate::jobs::kind::JobKind;
 
+/// `(job id, dedup hash, encrypted payload, encrypted result)` of a link this service made.
+pub type ServiceLink = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
 /// Counts of one reconciliation run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunCounts {
@@ -117,14 +120,11 @@ impl Store {
     }
 
     /// For each ABHA this service linked or de-linked for `benefit`, the latest successful job:
-    /// `(job id, kind, encrypted payload, encrypted result)`, links only.
-    pub async fn service_links(
-        &self,
-        benefit: &str,
-    ) -> Result<Vec<(i64, Vec<u8>, Option<Vec<u8>>)>, StoreError> {
+    /// `(job id, dedup hash, encrypted payload, encrypted result)`, links only.
+    pub async fn service_links(&self, benefit: &str) -> Result<Vec<ServiceLink>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, kind, payload, result FROM (
-                SELECT DISTINCT ON (subject_hash) id, kind, payload, result FROM jobs
+            "SELECT id, kind, payload, result, dedup_hash FROM (
+                SELECT DISTINCT ON (subject_hash) id, kind, payload, result, dedup_hash FROM jobs
                 WHERE benefit = $1 AND kind IN ('benefit-link', 'benefit-delink') AND state = 'succeeded'
                 ORDER BY subject_hash, finished_at DESC) latest
              WHERE kind = 'benefit-link'",
@@ -135,7 +135,7 @@ impl Store {
         .ctx("reading the ABHAs this service linked")?;
         Ok(rows
             .into_iter()
-            .map(|r| (r.get(0), r.get(2), r.get(3)))
+            .map(|r| (r.get(0), r.get(4), r.get(2), r.get(3)))
             .collect())
     }
 

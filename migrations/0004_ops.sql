@@ -1,0 +1,15 @@
+-- The key check value of pii.key: every command refuses to start with a key that does not
+-- match (abha-bulk rekey replaces it once every value is re-encrypted under the new key).
+CREATE TABLE pii_key_check (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    key_id      text NOT NULL,
+    check_value bytea NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Parents' X-tokens are bearer credentials: the relay's housekeeping rewrites the payload of
+-- every finished child-create job without its token and sets this flag.
+ALTER TABLE jobs ADD COLUMN token_deleted boolean NOT NULL DEFAULT false;
+CREATE INDEX jobs_tokens_to_delete ON jobs (id)
+    WHERE kind = 'child-create' AND NOT token_deleted
+      AND state IN ('succeeded', 'failed', 'dead', 'cancelled');
