@@ -9,12 +9,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::abdm::AbdmClient;
 use crate::config::{ConfigSource, Settings};
 use crate::jobs::kind::JobKind;
-use crate::pii::{Aadhaar, AbhaNumber, Mobile, XToken};
 use crate::sandbox::{KeySource, Sandbox, SandboxConfig};
 use crate::store::Store;
 use crate::tour::{self, TourInputs};
 
 mod commands;
+mod ops;
 
 /// Runs ABDM ABHA V3 Benefit API operations in bulk.
 #[derive(Debug, Parser)]
@@ -69,6 +69,17 @@ pub enum Command {
     Demo(DemoArgs),
     /// Load, validate and print the effective settings (secrets masked).
     Config,
+    /// Re-encrypt every stored identifier under `pii.key` while `pii.previous_keys` still
+    /// decrypt (online, in chunks), then record the new key's check value.
+    Rekey(RekeyArgs),
+}
+
+/// `rekey` options.
+#[derive(Debug, Clone, Args)]
+pub struct RekeyArgs {
+    /// Jobs read and rewritten per round.
+    #[arg(long, default_value_t = 1000)]
+    pub chunk: i64,
 }
 
 /// `submit` options.
@@ -247,15 +258,12 @@ pub struct TourArgs {
     /// Start a sandbox in this process and tour it (ignores `[abdm]`).
     #[arg(long)]
     pub embedded: bool,
-    /// ABHA number to search, link and de-link.
+    /// File of `key=value` lines naming the identifiers to call with (`-` reads stdin):
+    /// `abha` (search, link, de-link), `aadhaar` (search), `find_mobile` (find ABHAs). Unset
+    /// keys are read from ABHA_BULK_TOUR_ABHA, ABHA_BULK_TOUR_AADHAAR and
+    /// ABHA_BULK_TOUR_FIND_MOBILE. Never arguments: those are visible in `ps`.
     #[arg(long)]
-    pub abha: Option<String>,
-    /// Aadhaar number to search by.
-    #[arg(long)]
-    pub aadhaar: Option<String>,
-    /// Mobile to find ABHAs by.
-    #[arg(long)]
-    pub find_mobile: Option<String>,
+    pub inputs: Option<PathBuf>,
     /// File holding a parent's X-token (child creation and listing).
     #[arg(long)]
     pub parent_x_token_file: Option<PathBuf>,
@@ -297,6 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(&settings.telemetry);
     match &cli.command {
         Command::Config => {
+            crate::store::Vault::from_secrets(&settings.pii.key, &settings.pii.previous_keys)?;
             println!("{settings:#?}");
             Ok(ExitCode::SUCCESS)
         }
@@ -338,7 +347,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tour(args) => {
             let client = AbdmClient::new(&settings.abdm)?;
-            let inputs = tour_inputs(args, &settings)?;
+            let inputs = ops::tour_inputs(args, &settings)?;
             let failed = print_tour(&client, &inputs).await;
             Ok(exit(!failed))
         }
@@ -366,6 +375,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("database migrated");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Rekey(args) => ops::rekey(&settings, args).await,
         Command::Submit(args) => commands::submit(&settings, args).await,
         Command::Reconcile(args) => commands::reconcile(&settings, args).await,
         Command::Worker(args) => commands::worker(&settings, args.no_relay).await,
@@ -418,51 +428,6 @@ async fn print_tour(client: &AbdmClient, inputs: &TourInputs) -> bool {
         failed |= !matches!(s.outcome.as_str(), "ok" | "idempotent_success");
     }
     failed
-}
-
-fn tour_inputs(args: &TourArgs, settings: &Settings) -> anyhow::Result<TourInputs> {
-    if args.sandbox_population {
-        let p = crate::sandbox::Population::new(settings.sandbox.population, settings.sandbox.seed);
-        return Ok(TourInputs::from_population(&p, &args.benefit));
-    }
-    let abha = args
-        .abha
-        .as_deref()
-        .map(AbhaNumber::parse)
-        .transpose()
-        .context("--abha")?;
-    let aadhaar = args
-        .aadhaar
-        .as_deref()
-        .map(Aadhaar::parse)
-        .transpose()
-        .context("--aadhaar")?;
-    let find_mobile = args
-        .find_mobile
-        .as_deref()
-        .map(Mobile::parse)
-        .transpose()
-        .context("--find-mobile")?;
-    let parent_x_token = match &args.parent_x_token_file {
-        Some(p) => Some(
-            XToken::parse(
-                &std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read {}", p.display()))?,
-            )
-            .context("--parent-x-token-file")?,
-        ),
-        None => None,
-    };
-    Ok(TourInputs {
-        benefit: args.benefit.clone(),
-        abha,
-        aadhaar,
-        patch_abha: None,
-        new_mobile: None,
-        find_mobile,
-        parent_x_token,
-        demo: None,
-    })
 }
 
 /// Cancels `stop` on Ctrl-C or SIGTERM.
