@@ -13,3 +13,9 @@ ALTER TABLE jobs ADD COLUMN token_deleted boolean NOT NULL DEFAULT false;
 CREATE INDEX jobs_tokens_to_delete ON jobs (id)
     WHERE kind = 'child-create' AND NOT token_deleted
       AND state IN ('succeeded', 'failed', 'dead', 'cancelled');
+
+-- ABDM's message text can echo names, and non-JSON bodies were kept as excerpts: only fixed
+-- descriptions per code or HTTP status are stored from now on; drop what was kept before
+-- (the codes stay).
+UPDATE attempts SET message = NULL WHERE message IS NOT NULL;
+UPDATE jobs SET last_message = NULL WHERE last_message IS NOT NULL;

@@ -362,9 +362,7 @@ impl Worker {
             },
             Err(e) => {
                 let code = e.code();
-                let message = e
-                    .abdm()
-                    .map_or_else(|| e.to_string(), |a| a.message.clone());
+                let message = e.stored_message();
                 let disposition = e.disposition();
                 match disposition {
                     Disposition::Success | Disposition::IdempotentSuccess => Outcome::Succeeded {
