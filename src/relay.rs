@@ -52,7 +52,7 @@ pub async fn run(
             }
             Err(e) => {
                 let wait = backoff.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "relay cannot reach RabbitMQ");
+                queue::link::down("relay", &amqp_url, &e, wait);
                 sleep_or_stop(wait, &stop).await;
                 continue;
             }

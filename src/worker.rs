@@ -120,7 +120,7 @@ impl Worker {
                 Ok(()) => break,
                 Err(e) => {
                     let wait = backoff.next().unwrap_or(Duration::from_secs(30));
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "worker lost RabbitMQ; reconnecting");
+                    queue::link::down("worker", &amqp_url, &e, wait);
                     sleep_or_stop(wait, &stop).await;
                 }
             }
