@@ -210,3 +210,61 @@ async fn finished_child_create_jobs_lose_the_parents_x_token() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn readyz_reuses_its_last_check_and_opens_no_connection_per_probe() {
+    let env = TestEnv::new().await;
+    // A client whose session request always fails: every uncached probe would ask again.
+    let mut abdm = abha_bulk::abdm::client::settings_for_sandbox(&env.sandbox.url());
+    abdm.client_secret = abha_bulk::config::Secret::new("wrong");
+    let client = Arc::new(abha_bulk::abdm::AbdmClient::new(&abdm).unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let addr = abha_bulk::http::serve(
+        "127.0.0.1:0",
+        abha_bulk::http::Readiness {
+            store: env.store.clone(),
+            client,
+            amqp_url: env.amqp_url.clone(),
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let before = env
+        .sandbox
+        .state()
+        .call_log()
+        .requests
+        .get("session")
+        .copied();
+    let started = Instant::now();
+    for _ in 0..5 {
+        let r = http
+            .get(format!("http://{addr}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let body = r.text().await.unwrap();
+        assert!(
+            body.contains("abdm_session down") && body.contains("postgres ok"),
+            "{body}"
+        );
+    }
+    assert!(started.elapsed() < abha_bulk::http::READY_CACHE);
+    let after = env
+        .sandbox
+        .state()
+        .call_log()
+        .requests
+        .get("session")
+        .copied();
+    assert_eq!(
+        after.unwrap_or(0) - before.unwrap_or(0),
+        1,
+        "five probes within the cache time: one session request"
+    );
+    stop.cancel();
+    env.cleanup().await;
+}
