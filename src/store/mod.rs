@@ -161,12 +161,25 @@ impl Store {
 
     /// Creates the database named in `url` when it does not exist, then runs the migrations.
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
-        let exists = sqlx::Postgres::database_exists(url)
-            .await
-            .map_err(|cause| StoreError::Connect {
-                what: "checking that the database exists",
-                cause,
-            })?;
+        let opts = startup::options(url)?;
+        let target = startup::target(&opts);
+        let unreachable = |e: sqlx::Error| StoreError::Unreachable {
+            target: target.clone(),
+            cause: e.to_string(),
+        };
+        let exists = tokio::time::timeout(
+            startup::FIRST_CONNECT_TIMEOUT,
+            sqlx::Postgres::database_exists(url),
+        )
+        .await
+        .map_err(|_| StoreError::Unreachable {
+            target: target.clone(),
+            cause: format!(
+                "no answer within {} s",
+                startup::FIRST_CONNECT_TIMEOUT.as_secs()
+            ),
+        })?
+        .map_err(unreachable)?;
         if !exists {
             sqlx::Postgres::create_database(url)
                 .await
@@ -174,18 +187,11 @@ impl Store {
                     what: "creating the database",
                     cause,
                 })?;
-            tracing::info!("database created");
+            tracing::info!(database = %target, "database created");
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(url)
-            .await
-            .map_err(|cause| StoreError::Connect {
-                what: "migrating",
-                cause,
-            })?;
-        MIGRATOR.run(&pool).await?;
-        pool.close().await;
+        let mut conn = startup::probe(&opts, &target).await?;
+        MIGRATOR.run(&mut conn).await?;
+        let _ = sqlx::Connection::close(conn).await;
         Ok(())
     }
 
