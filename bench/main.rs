@@ -259,13 +259,13 @@ async fn e2e(
     cfg.in_flight = in_flight;
     cfg.backoff_base = Duration::from_millis(200);
     cfg.backoff_cap = Duration::from_secs(2);
-    let worker = Arc::new(Worker {
-        store: store.clone(),
+    let worker = Worker::new(
+        store.clone(),
         client,
-        limiter: limiter.clone(),
-        topology: topology.clone(),
+        limiter.clone(),
+        topology.clone(),
         cfg,
-    });
+    );
     let stop = CancellationToken::new();
     let started = Instant::now();
     let relay = tokio::spawn(abha_bulk::relay::run(
@@ -276,6 +276,7 @@ async fn e2e(
             batch: 1000,
             idle: Duration::from_millis(20),
             housekeeping: Duration::from_secs(1),
+            ..Default::default()
         },
         stop.clone(),
     ));

@@ -13,8 +13,11 @@ use crate::sandbox::{KeySource, Sandbox, SandboxConfig};
 use crate::store::Store;
 use crate::tour::{self, TourInputs};
 
+#[macro_use]
+mod output;
 mod commands;
 mod ops;
+mod status;
 
 /// Runs ABDM ABHA V3 Benefit API operations in bulk.
 #[derive(Debug, Parser)]
@@ -90,10 +93,13 @@ pub struct SubmitArgs {
     /// Job kind of every row.
     #[arg(long, value_enum)]
     pub kind: JobKind,
-    /// Benefit (programme) name as registered with ABDM.
+    /// Benefit (programme) name as registered with ABDM (letters, digits, spaces and
+    /// - _ . / ( ) &; one of the `benefits` setting when that is set).
     #[arg(long)]
     pub benefit: String,
-    /// Submit even if this file was already submitted for this kind and benefit.
+    /// Submit even if these exact bytes were already submitted for this kind and benefit.
+    /// (Rows that an earlier batch already holds, in another file, are warned about after
+    /// the submission either way.)
     #[arg(long)]
     pub force: bool,
 }
@@ -104,6 +110,10 @@ pub struct WorkerArgs {
     /// Do not run the outbox relay in this process (run `abha-bulk relay` separately).
     #[arg(long)]
     pub no_relay: bool,
+    /// Consume only these kinds (comma-separated; default: all). RabbitMQ gives each queue's
+    /// consumer `worker.in_flight` prefetch, so a worker of fewer kinds holds fewer messages.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub kinds: Vec<JobKind>,
 }
 
 /// `status` options.
@@ -111,9 +121,12 @@ pub struct WorkerArgs {
 pub struct StatusArgs {
     /// Batch id (or a unique prefix); without it, the active batches.
     pub batch: Option<String>,
-    /// Refresh until the batch is finished.
+    /// Refresh until the batch (without BATCH: every active batch) is finished.
     #[arg(long)]
     pub watch: bool,
+    /// Without BATCH: list finished and cancelled batches too.
+    #[arg(long, conflicts_with = "batch")]
+    pub all: bool,
 }
 
 /// `report` options.
@@ -121,16 +134,23 @@ pub struct StatusArgs {
 pub struct ReportArgs {
     /// Batch id (or a unique prefix).
     pub batch: String,
-    /// Output CSV file.
+    /// Output CSV file (`-`: standard output). An existing file is not replaced without
+    /// --force, and the input file of a batch never is; the folder must exist.
     #[arg(long)]
     pub out: PathBuf,
-    /// Put the identifiers found or created (ABHA numbers) in clear in `result_revealed`;
-    /// recorded in the audit table.
+    /// Replace an existing --out file.
     #[arg(long)]
+    pub force: bool,
+    /// Put the identifiers found or created (ABHA numbers) in clear in `result_revealed`;
+    /// recorded in the audit table first, the file is created with mode 0600.
+    #[arg(long, requires = "reason")]
     pub reveal: bool,
-    /// Why the identifiers are revealed (stored in the audit table).
+    /// Why the identifiers are revealed (required with --reveal, stored in the audit table).
     #[arg(long, requires = "reveal")]
     pub reason: Option<String>,
+    /// Who is responsible for the reveal (stored in the audit table beside the OS account).
+    #[arg(long, requires = "reveal")]
+    pub operator: Option<String>,
 }
 
 /// `retry-failed` options.
@@ -153,9 +173,14 @@ pub struct ReconcileArgs {
     /// programme believes is linked.
     #[arg(long)]
     pub roster: PathBuf,
-    /// Queue link jobs for missing links and de-link jobs for unexpected links.
+    /// Queue link jobs for missing links (and, with --sweep-unexpected, de-link jobs for
+    /// unexpected links).
     #[arg(long)]
     pub apply: bool,
+    /// Also look up every ABHA this service linked for the benefit that is not in the
+    /// roster (one ABDM call each at `reconcile.rate_per_second`: slow on a large history).
+    #[arg(long)]
+    pub sweep_unexpected: bool,
     /// Report file (default reports/reconcile-<benefit>-<time>.csv).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -271,6 +296,7 @@ pub struct TourArgs {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    output::quiet_on_broken_pipe();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -284,6 +310,8 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        // The reader of our output went away (`abha-bulk status | head -1`): stop quietly.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -306,7 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Config => {
             crate::store::Vault::from_secrets(&settings.pii.key, &settings.pii.previous_keys)?;
-            println!("{settings:#?}");
+            out!("{settings:#?}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Sandbox(args) => {
@@ -372,15 +400,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => {
             let url = settings.database_url()?;
             Store::migrate(url.expose()).await?;
-            println!("database migrated");
+            out!("database migrated");
             Ok(ExitCode::SUCCESS)
         }
         Command::Rekey(args) => ops::rekey(&settings, args).await,
         Command::Submit(args) => commands::submit(&settings, args).await,
         Command::Reconcile(args) => commands::reconcile(&settings, args).await,
-        Command::Worker(args) => commands::worker(&settings, args.no_relay).await,
+        Command::Worker(args) => commands::worker(&settings, args).await,
         Command::Relay => commands::relay(&settings).await,
-        Command::Status(args) => commands::status(&settings, args).await,
+        Command::Status(args) => status::status(&settings, args).await,
         Command::Report(args) => commands::report(&settings, args).await,
         Command::RetryFailed(args) => {
             let store = Store::connect(&settings).await?;
@@ -391,7 +419,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .as_ref()
                 .map(|c| format!(" (last code {c})"))
                 .unwrap_or_default();
-            println!(
+            out!(
                 "{n} failed/dead row(s){only} of batch {} queued again",
                 batch.id
             );
@@ -400,8 +428,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel(args) => {
             let store = Store::connect(&settings).await?;
             let batch = store.find_batch(&args.batch).await?;
+            if matches!(batch.state.as_str(), "finished" | "cancelled") {
+                eprintln!(
+                    "error: batch {} is already {}: there is nothing left to cancel",
+                    batch.id, batch.state
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             let n = store.cancel_batch(batch.id).await?;
-            println!(
+            out!(
                 "batch {} cancelled: {n} row(s) that had not run will not run",
                 batch.id
             );

@@ -105,6 +105,10 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
     /// The embedded ABDM simulator.
     pub sandbox: SandboxSettings,
+    /// Benefit names this deployment serves (`submit`/`reconcile --benefit` must be one of
+    /// them); empty: any well-formed name. See `jobs::benefit`.
+    #[serde(default)]
+    pub benefits: Vec<String>,
 }
 
 /// How to reach ABDM.
@@ -197,12 +201,52 @@ pub struct WorkerSettings {
     pub backoff_base_ms: u64,
     /// Longest retry delay, milliseconds.
     pub backoff_cap_ms: u64,
-    /// Seconds a running job is leased to one worker.
+    /// Seconds a running job is leased to one worker. The fence re-checks and extends the
+    /// lease right before every call that changes something at ABDM; it must outlast one HTTP
+    /// attempt with room to spare (validated: at least twice `abdm.request_timeout_ms`), so
+    /// no other worker can take a job over while its call is in flight.
     pub lease_secs: u64,
     /// Seconds to finish in-flight work on shutdown.
     pub grace_period_secs: u64,
     /// Address of the metrics and health endpoints.
     pub http_listen: String,
+    /// Refused gateway logins or connections in a row that open the circuit breaker.
+    pub circuit_systemic_threshold: u32,
+    /// 5xx answers, timeouts or broken connections in a row (across jobs) that open it.
+    pub circuit_suspect_threshold: u32,
+    /// Longest interval between probes while it is open, seconds.
+    pub circuit_probe_max_secs: u64,
+    /// AIMD: the shared rate is multiplied by this on a throttling answer (0 < f < 1).
+    pub aimd_decrease_factor: f64,
+    /// AIMD: each recovery step adds this fraction of `rate_per_second`.
+    pub aimd_increase_fraction: f64,
+    /// AIMD: recovery steps come at most this often, milliseconds.
+    pub aimd_increase_every_ms: u64,
+    /// AIMD: ... and only after this long without a throttling answer, milliseconds.
+    pub aimd_quiet_ms: u64,
+}
+
+impl WorkerSettings {
+    /// The AIMD tuning.
+    pub fn aimd(&self) -> crate::ratelimit::Aimd {
+        crate::ratelimit::Aimd {
+            decrease_factor: self.aimd_decrease_factor,
+            increase_fraction: self.aimd_increase_fraction,
+            increase_every: Duration::from_millis(self.aimd_increase_every_ms),
+            quiet: Duration::from_millis(self.aimd_quiet_ms),
+            ..Default::default()
+        }
+    }
+
+    /// The circuit breaker tuning.
+    pub fn breaker(&self) -> crate::breaker::BreakerConfig {
+        crate::breaker::BreakerConfig {
+            systemic_threshold: self.circuit_systemic_threshold.max(1),
+            suspect_threshold: self.circuit_suspect_threshold.max(1),
+            probe_max: Duration::from_secs(self.circuit_probe_max_secs.max(1)),
+            ..Default::default()
+        }
+    }
 }
 
 /// Encryption of identifiers at rest.
@@ -444,6 +488,26 @@ impl Settings {
             ));
         }
         check_addr("worker.http_listen", &w.http_listen)?;
+        let attempt_ms = self
+            .abdm
+            .request_timeout_ms
+            .max(self.abdm.connect_timeout_ms);
+        if w.lease_secs.saturating_mul(1000) < attempt_ms.saturating_mul(2) {
+            return Err(ConfigError::invalid(
+                "worker.lease_secs",
+                format!(
+                    "must be at least twice abdm.request_timeout_ms ({attempt_ms} ms), so a job's \
+                     lease outlasts any call in flight; got {} s",
+                    w.lease_secs
+                ),
+            ));
+        }
+        if !(w.aimd_decrease_factor > 0.0 && w.aimd_decrease_factor < 1.0) {
+            return Err(ConfigError::invalid(
+                "worker.aimd_decrease_factor",
+                format!("must be between 0 and 1, got {}", w.aimd_decrease_factor),
+            ));
+        }
         if !matches!(
             self.telemetry.log_format.as_str(),
             "auto" | "human" | "json"

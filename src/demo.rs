@@ -353,13 +353,13 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
     wcfg.backoff_cap = Duration::from_secs(2);
     wcfg.lease_secs = 30;
     wcfg.max_attempts = 6;
-    let worker = Arc::new(Worker {
-        store: store.clone(),
+    let worker = Worker::new(
+        store.clone(),
         client,
-        limiter: RateLimiter::new(opts.rate, (opts.rate / 10.0).ceil() as u32, None),
-        topology: topology.clone(),
-        cfg: wcfg,
-    });
+        RateLimiter::new(opts.rate, (opts.rate / 10.0).ceil() as u32, None),
+        topology.clone(),
+        wcfg,
+    );
     let relay = tokio::spawn(crate::relay::run(
         store.clone(),
         amqp.clone(),
@@ -455,7 +455,11 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
     let mut kinds = Vec::new();
     for (kind, s) in &batches {
         let report = opts.out_dir.join(format!("report-{}.csv", kind.as_str()));
-        crate::report::write_report(&store, s.batch, &report, None).await?;
+        let target = crate::report::ReportTarget::File {
+            path: report.clone(),
+            force: true,
+        };
+        crate::report::write_report(&store, s.batch, &target, None).await?;
         kinds.push(KindSummary {
             kind: *kind,
             batch: s.batch,

@@ -17,7 +17,8 @@
 //! | [`ingest`] | streaming CSV → validated rows and rejections |
 //! | [`store`] | Postgres: vault, batches, jobs, attempts, outbox, rate budget, reconcile runs |
 //! | [`queue`] | RabbitMQ topology, job envelope v1, confirmed publishing |
-//! | [`ratelimit`] | governor + global Postgres token bucket + AIMD |
+//! | [`ratelimit`] | governor + global Postgres token bucket + AIMD on the shared rate |
+//! | [`breaker`] | the ABDM circuit breaker shared by every replica (outages, refused secrets) |
 //! | [`submit`] | CSV file → batch of jobs with outbox rows, in constant memory |
 //! | [`relay`] | outbox → RabbitMQ, lease expiry, batch closing, gauges |
 //! | [`worker`] | consume → claim → rate limit → ABDM → record → ack; graceful shutdown |
@@ -29,6 +30,7 @@
 //! | [`telemetry`] | tracing subscriber (human/JSON) and the Prometheus registry |
 
 pub mod abdm;
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod demo;

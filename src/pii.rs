@@ -9,6 +9,7 @@ use std::fmt;
 
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 
 /// Why an identifier or field value was rejected. Never contains the value itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +26,14 @@ pub enum IdError {
     /// ABHA number: not 14 digits.
     #[error("ABHA number must be 14 digits, written 91-XXXX-XXXX-XXXX or 91XXXXXXXXXXXX")]
     AbhaNumber,
+    /// ABHA number: 14 digits that do not start with 91.
+    #[error("ABHA number must start with 91 (91-XXXX-XXXX-XXXX)")]
+    AbhaPrefix,
+    /// An ABHA address (`name@abdm`) where the 14-digit number is needed.
+    #[error(
+        "ABHA addresses (name@abdm, name@sbx) are not accepted: give the 14-digit ABHA number (91-XXXX-XXXX-XXXX)"
+    )]
+    AbhaAddress,
     /// Mobile: not 10 digits starting 6 to 9.
     #[error("mobile must be 10 digits starting with 6, 7, 8 or 9")]
     Mobile,
@@ -34,6 +43,9 @@ pub enum IdError {
     /// Date: in the future.
     #[error("date cannot be in the future")]
     FutureDate,
+    /// Date: a real date, but before 1900.
+    #[error("date cannot be before 01-01-1900")]
+    DateBefore1900,
     /// Gender: not M, F or O.
     #[error("gender must be M, F or O")]
     Gender,
@@ -41,8 +53,15 @@ pub enum IdError {
     #[error("value is required")]
     Empty,
     /// Name with characters ABDM does not accept, or too long.
-    #[error("name must be 1 to 100 letters, spaces, dots, apostrophes or hyphens")]
+    #[error(
+        "name must be 1 to 100 letters (any script, with its vowel signs and marks), spaces, dots, apostrophes or hyphens"
+    )]
     Name,
+    /// X-token with characters a header value cannot carry (a line break, a space, ...).
+    #[error(
+        "X-token must be one token of letters, digits and - . _ ~ + / = (no spaces or line breaks), at most 8192 characters"
+    )]
+    XToken,
 }
 
 /// Masks all but the last `keep` characters of `s`, keeping separators.
@@ -122,14 +141,21 @@ masked_debug!(Aadhaar);
 pub struct AbhaNumber(String);
 
 impl AbhaNumber {
-    /// Validates and normalises (dashes and spaces optional).
+    /// Validates and normalises (dashes and spaces optional). Every ABHA number ABDM issues
+    /// starts with `91`; an ABHA address (`name@sbx`) is refused with its own reason.
     pub fn parse(input: &str) -> Result<Self, IdError> {
         let digits: String = input.chars().filter(|c| !matches!(c, ' ' | '-')).collect();
         if digits.is_empty() {
             return Err(IdError::Empty);
         }
+        if digits.contains('@') {
+            return Err(IdError::AbhaAddress);
+        }
         if digits.len() != 14 || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(IdError::AbhaNumber);
+        }
+        if !digits.starts_with("91") {
+            return Err(IdError::AbhaPrefix);
         }
         Ok(Self(format!(
             "{}-{}-{}-{}",
@@ -191,22 +217,51 @@ impl Mobile {
 }
 masked_debug!(Mobile);
 
+/// Zero width joiner and non-joiner: choose conjunct, half or chillu forms in Indic scripts.
+const ZWJ: char = '\u{200D}';
+const ZWNJ: char = '\u{200C}';
+
+/// Letters, and marks or joiners that follow a letter (never at the start of a word).
+fn valid_name_chars(name: &str) -> bool {
+    let mut prev_in_word = false;
+    for c in name.chars() {
+        let in_word = if c.is_alphabetic() {
+            true
+        } else if unicode_normalization::char::is_combining_mark(c) || matches!(c, ZWJ | ZWNJ) {
+            if !prev_in_word {
+                return false;
+            }
+            true
+        } else if matches!(c, ' ' | '.' | '\'' | '-') {
+            false
+        } else {
+            return false;
+        };
+        prev_in_word = in_word;
+    }
+    true
+}
+
 /// A person's name as ABDM accepts it.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PersonName(String);
 
 impl PersonName {
-    /// Trims and validates.
+    /// Trims, collapses inner whitespace, normalises to Unicode NFC (so the same name typed
+    /// in two encodings is one name) and validates: letters of any script with their
+    /// combining marks (matras, virama, nukta, anusvara, Latin accents), ZWJ/ZWNJ inside a
+    /// word, spaces, dots, apostrophes and hyphens; at most 100 characters. Digits (of any
+    /// script), control characters and other punctuation are refused.
     pub fn parse(input: &str) -> Result<Self, IdError> {
         let name = input.split_whitespace().collect::<Vec<_>>().join(" ");
         if name.is_empty() {
             return Err(IdError::Empty);
         }
-        if name.chars().count() > 100
-            || !name
-                .chars()
-                .all(|c| c.is_alphabetic() || matches!(c, ' ' | '.' | '\'' | '-'))
-        {
+        let name = match unicode_normalization::is_nfc_quick(name.chars()) {
+            unicode_normalization::IsNormalized::Yes => name,
+            _ => name.nfc().collect(),
+        };
+        if name.chars().count() > 100 || !valid_name_chars(&name) {
             return Err(IdError::Name);
         }
         Ok(Self(name))
@@ -227,12 +282,18 @@ masked_debug!(PersonName);
 pub struct XToken(String);
 
 impl XToken {
-    /// Accepts a token with or without its `Bearer ` prefix.
+    /// Accepts a token with or without its `Bearer ` prefix; refuses anything a header value
+    /// cannot carry (line breaks, spaces, control characters).
     pub fn parse(input: &str) -> Result<Self, IdError> {
         let t = input.trim();
         let t = t.strip_prefix("Bearer ").unwrap_or(t).trim();
         if t.is_empty() {
             return Err(IdError::Empty);
+        }
+        // RFC 7235 token68: what a JWT (and the sandbox's tokens) consist of, and header-safe.
+        let token68 = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+        if t.len() > 8192 || !t.bytes().all(token68) {
+            return Err(IdError::XToken);
         }
         Ok(Self(t.to_string()))
     }
@@ -328,7 +389,7 @@ pub fn parse_past_date(input: &str, today: NaiveDate) -> Result<NaiveDate, IdErr
         return Err(IdError::FutureDate);
     }
     if date.year() < 1900 {
-        return Err(IdError::Date);
+        return Err(IdError::DateBefore1900);
     }
     Ok(date)
 }
@@ -506,6 +567,140 @@ mod tests {
             "ABHA XX-XXXX-XXXX-9012 not found, code 1114"
         );
         assert_eq!(scrub_digits("mobile 9876543210"), "mobile XXXXXX3210");
+    }
+
+    /// Names in every major script of India (and Latin with accents) are accepted; the
+    /// combining marks (matras, virama, nukta) and joiners they need are letters here.
+    #[test]
+    fn names_in_indian_scripts_are_accepted() {
+        let corpus = [
+            // Devanagari (Hindi, Marathi, ...): virama, nukta, matras.
+            "प्रिया शर्मा",
+            "कृष्ण",
+            "गुरप्रीत सिंह ज़ैल",
+            "रवि कुमार",
+            "क्\u{200C}ष",
+            "र्\u{200D}य",
+            // Bengali / Assamese.
+            "সুব্রত মুখোপাধ্যায়",
+            "ৰূপজ্যোতি",
+            // Gurmukhi.
+            "ਗੁਰਪ੍ਰੀਤ",
+            "ਹਰਜੀਤ ਸਿੰਘ",
+            // Gujarati.
+            "કૃષ્ણ પટેલ",
+            // Odia.
+            "ପ୍ରିୟଙ୍କା ମହାନ୍ତି",
+            // Tamil.
+            "ஸ்ரீ",
+            "முருகன் செல்வம்",
+            // Telugu.
+            "శ్రీనివాస్ రెడ్డి",
+            // Kannada.
+            "ಕನ್ನಡ",
+            "ಲಕ್ಷ್ಮೀ",
+            // Malayalam, atomic chillu and the older virama + ZWJ spelling.
+            "ലക്ഷ്മി നായർ",
+            "നായര്\u{200D}",
+            // Urdu (Perso-Arabic), Ol Chiki (Santali), Meetei Mayek (Manipuri).
+            "محمد عارف",
+            "ᱥᱟᱱᱛᱟᱲᱤ",
+            "ꯃꯩꯇꯩ",
+            // Latin with diacritics, apostrophes, hyphens, dots.
+            "Rénu Nuñez",
+            "Zoë O'Brien-Smith",
+            "A. P. J. Abdul Kalam",
+        ];
+        for name in corpus {
+            let parsed = PersonName::parse(name)
+                .unwrap_or_else(|e| panic!("{} rejected: {e}", name.escape_unicode()));
+            assert!(!format!("{parsed:?}").contains(name));
+        }
+    }
+
+    #[test]
+    fn names_are_nfc_so_two_encodings_are_one_name() {
+        // é precomposed vs e + combining acute.
+        let a = PersonName::parse("Rénu").unwrap();
+        let b = PersonName::parse("Re\u{301}nu").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.expose(), "R\u{e9}nu");
+        // Devanagari ज़ as one code point (U+095B) vs ज + nukta (NFC keeps the pair).
+        let c = PersonName::parse("\u{95B}ैल").unwrap();
+        let d = PersonName::parse("\u{91C}\u{93C}ैल").unwrap();
+        assert_eq!(c, d);
+        // Tamil ொ as one code point vs its two parts.
+        let e = PersonName::parse("\u{B95}\u{BCA}").unwrap();
+        let f = PersonName::parse("\u{B95}\u{BC6}\u{BBE}").unwrap();
+        assert_eq!(e, f);
+    }
+
+    #[test]
+    fn names_still_refuse_digits_controls_and_junk() {
+        for bad in [
+            "R2D2",
+            "रवि१",
+            "=SUM(A1)",
+            "Ravi\u{7}",
+            "Ravi\u{202E}Kumar",
+            "@Ravi",
+            "\u{94D}रवि",
+            "रवि \u{93C}",
+            "\u{200D}कृष्ण",
+            "Ravi_Kumar",
+        ] {
+            assert_eq!(
+                PersonName::parse(bad),
+                Err(IdError::Name),
+                "{}",
+                bad.escape_unicode()
+            );
+        }
+        assert_eq!(PersonName::parse(&"अ".repeat(101)), Err(IdError::Name));
+        assert!(PersonName::parse(&"अ".repeat(100)).is_ok());
+    }
+
+    #[test]
+    fn abha_numbers_start_with_91_and_addresses_are_named() {
+        assert_eq!(
+            AbhaNumber::parse("12345678901234"),
+            Err(IdError::AbhaPrefix)
+        );
+        assert_eq!(
+            AbhaNumber::parse("ravi.kumar@sbx"),
+            Err(IdError::AbhaAddress)
+        );
+        assert_eq!(
+            AbhaNumber::parse("91216855772770@sbx"),
+            Err(IdError::AbhaAddress)
+        );
+        assert!(IdError::AbhaAddress.to_string().contains("14-digit"));
+    }
+
+    #[test]
+    fn dates_before_1900_say_so() {
+        let today = NaiveDate::from_ymd_opt(2026, 1, 10).unwrap();
+        assert_eq!(
+            parse_past_date("31-12-1899", today),
+            Err(IdError::DateBefore1900)
+        );
+        assert!(parse_past_date("01-01-1900", today).is_ok());
+        assert!(IdError::DateBefore1900.to_string().contains("1900"));
+    }
+
+    #[test]
+    fn x_tokens_refuse_what_a_header_cannot_carry() {
+        for bad in [
+            "abc.def\nX-Evil: 1",
+            "abc.def\r\nX-Evil: 1",
+            "abc def",
+            "abc\u{0}def",
+            "abc.déf",
+        ] {
+            assert_eq!(XToken::parse(bad), Err(IdError::XToken), "{bad:?}");
+        }
+        assert!(XToken::parse("Bearer eyJhbGciOi.eyJzdWIi.sig-_~+/=").is_ok());
+        assert!(XToken::parse(&"a".repeat(8193)).is_err());
     }
 
     #[test]

@@ -1,7 +1,14 @@
-//! The rate contract with ABDM: a `governor` GCRA limiter per worker, a global token bucket
-//! in Postgres shared by every replica, and AIMD: the effective rate halves on a throttling
-//! answer (at most once a second), `Retry-After` pauses every call, and the rate recovers by a
-//! tenth of the configured rate every 5 s without throttling.
+//! The rate contract with ABDM: every HTTP request to ABDM (session, certificate, look-first
+//! lists and the client's own retries included) takes one token here first.
+//!
+//! - A `governor` GCRA limiter per process smooths calls at the effective rate.
+//! - With `worker.global_rate_limit`, a token bucket row in Postgres (`rate_budget`) is shared
+//!   by every replica, and so is AIMD: a throttling answer multiplies the **shared** rate by
+//!   `decrease_factor` (at most once a second, counted from the last decrease, not the last
+//!   throttled answer, so a steady storm still converges), empties the bucket and starts a
+//!   shared `Retry-After` pause; the rate climbs back by `increase_fraction` of the configured
+//!   rate every `increase_every` once no throttling came for `quiet`.
+//! - Without it (one worker only), the same AIMD runs on a local copy.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -10,14 +17,13 @@ use std::time::{Duration, Instant};
 use governor::{DefaultDirectRateLimiter, Quota};
 
 use crate::store::Store;
+pub use crate::store::budget::Aimd;
 use crate::telemetry::metrics;
-
-/// Lowest effective rate as a fraction of the configured one.
-const MIN_FRACTION: f64 = 0.05;
 
 struct State {
     current: f64,
     limiter: Arc<DefaultDirectRateLimiter>,
+    last_decrease: Option<Instant>,
     last_throttle: Option<Instant>,
     last_change: Instant,
     paused_until: Option<Instant>,
@@ -35,21 +41,29 @@ fn build(rate: f64, burst: u32) -> Arc<DefaultDirectRateLimiter> {
 pub struct RateLimiter {
     configured: f64,
     burst: u32,
+    aimd: Aimd,
     state: Mutex<State>,
     global: Option<GlobalBudget>,
 }
 
 impl RateLimiter {
-    /// `rate` calls/s with `burst`; `global` shares the rate with other replicas.
+    /// `rate` calls/s with `burst`; `global` shares the rate (and its AIMD) with other replicas.
     pub fn new(rate: f64, burst: u32, global: Option<GlobalBudget>) -> Arc<Self> {
+        Self::with_aimd(rate, burst, global, Aimd::default())
+    }
+
+    /// As [`Self::new`] with explicit AIMD tuning.
+    pub fn with_aimd(rate: f64, burst: u32, global: Option<GlobalBudget>, aimd: Aimd) -> Arc<Self> {
         metrics::RATELIMIT_CONFIGURED.set(rate);
         metrics::RATELIMIT_RATE.set(rate);
         Arc::new(Self {
             configured: rate,
             burst,
+            aimd,
             state: Mutex::new(State {
                 current: rate,
                 limiter: build(rate, burst),
+                last_decrease: None,
                 last_throttle: None,
                 last_change: Instant::now(),
                 paused_until: None,
@@ -72,26 +86,66 @@ impl RateLimiter {
         }
         limiter.until_ready().await;
         if let Some(g) = &self.global {
-            g.take_one().await;
+            let rate = g.take_one(self.configured).await;
+            self.adopt(rate);
         }
         let waited = started.elapsed();
         metrics::RATELIMIT_WAIT.observe(waited.as_secs_f64());
         waited
     }
 
-    /// ABDM said "too many requests": halve the rate (once per second at most) and pause
-    /// every call for `retry_after`.
-    pub fn on_throttled(&self, retry_after: Option<Duration>) {
+    /// Takes the shared rate as this process's effective rate.
+    fn adopt(&self, rate: f64) {
+        let mut s = self.state.lock().expect("rate state");
+        if (s.current - rate).abs() > 1e-9 {
+            s.current = rate;
+            s.limiter = build(rate, self.burst.min(rate.ceil() as u32));
+            s.last_change = Instant::now();
+            metrics::RATELIMIT_RATE.set(rate);
+        }
+    }
+
+    /// ABDM said "too many requests": lower the (shared) rate and pause for `retry_after`.
+    pub async fn on_throttled(&self, retry_after: Option<Duration>) {
+        if let Some(g) = &self.global {
+            match g
+                .store
+                .throttled(&g.client, self.configured, &self.aimd, retry_after)
+                .await
+            {
+                Ok((rate, lowered)) => {
+                    if lowered {
+                        tracing::warn!(rate, "ABDM throttled us: shared rate lowered");
+                    }
+                    g.drain().await;
+                    self.adopt(rate);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot lower the shared rate; lowering locally");
+                    self.throttled_locally(retry_after);
+                }
+            }
+            return;
+        }
+        self.throttled_locally(retry_after);
+    }
+
+    fn throttled_locally(&self, retry_after: Option<Duration>) {
         let mut s = self.state.lock().expect("rate state");
         let now = Instant::now();
-        if s.last_throttle
+        if s.last_decrease
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
-            s.current = (s.current / 2.0).max(self.configured * MIN_FRACTION);
+            s.current = (s.current * self.aimd.decrease_factor)
+                .max(self.configured * self.aimd.min_fraction);
             s.limiter = build(s.current, self.burst.min(s.current.ceil() as u32));
+            s.last_decrease = Some(now);
             s.last_change = now;
             metrics::RATELIMIT_RATE.set(s.current);
-            tracing::warn!(rate = s.current, "ABDM throttled us: effective rate halved");
+            tracing::warn!(
+                rate = s.current,
+                "ABDM throttled us: effective rate lowered"
+            );
         }
         s.last_throttle = Some(now);
         if let Some(ra) = retry_after {
@@ -100,15 +154,33 @@ impl RateLimiter {
         }
     }
 
-    /// Additive recovery; call every few seconds.
-    pub fn recover(&self) {
+    /// Additive recovery; call every second or so (cheap when nothing is due).
+    pub async fn recover(&self) {
+        if let Some(g) = &self.global {
+            match g
+                .store
+                .recover_rate(&g.client, self.configured, &self.aimd)
+                .await
+            {
+                Ok(Some(rate)) => {
+                    tracing::info!(rate, "shared rate recovering");
+                    self.adopt(rate);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "cannot raise the shared rate now"),
+            }
+            return;
+        }
         let mut s = self.state.lock().expect("rate state");
         let quiet = s
             .last_throttle
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
-        if s.current < self.configured && quiet && s.last_change.elapsed() >= Duration::from_secs(5)
+            .is_none_or(|t| t.elapsed() >= self.aimd.quiet);
+        if s.current < self.configured
+            && quiet
+            && s.last_change.elapsed() >= self.aimd.increase_every
         {
-            s.current = (s.current + self.configured * 0.1).min(self.configured);
+            s.current =
+                (s.current + self.configured * self.aimd.increase_fraction).min(self.configured);
             s.limiter = build(s.current, self.burst.min(s.current.ceil() as u32));
             s.last_change = Instant::now();
             metrics::RATELIMIT_RATE.set(s.current);
@@ -127,50 +199,77 @@ impl RateLimiter {
     }
 }
 
+/// A limiter is the simplest call gate: a token per request, no fence (reconcile only reads).
+impl crate::abdm::CallGate for RateLimiter {
+    fn before_send(
+        &self,
+        _op: crate::abdm::Operation,
+    ) -> futures::future::BoxFuture<'_, Result<(), crate::abdm::ClientError>> {
+        Box::pin(async move {
+            self.acquire().await;
+            Ok(())
+        })
+    }
+}
+
 /// The share of the global rate that replicas lease from Postgres in blocks.
 pub struct GlobalBudget {
     store: Store,
     client: String,
-    rate: f64,
     capacity: f64,
-    block: f64,
-    local: tokio::sync::Mutex<f64>,
+    /// Tokens leased and not yet spent, and the shared rate last seen (`None`: not yet).
+    local: tokio::sync::Mutex<(f64, Option<f64>)>,
 }
 
 impl GlobalBudget {
-    /// A bucket named `client` refilled at `rate`/s, holding at most `capacity` tokens; leased
-    /// in blocks of a tenth of a second's worth.
-    pub fn new(store: Store, client: &str, rate: f64, capacity: f64) -> Self {
-        let block = (rate * 0.1).floor().max(1.0);
+    /// The bucket named `client` (the ABDM client id), holding at most `capacity` tokens. The
+    /// refill rate is the shared effective rate, at most the configured one.
+    pub fn new(store: Store, client: &str, _rate: f64, capacity: f64) -> Self {
         Self {
             store,
             client: client.to_string(),
-            rate,
-            capacity: capacity.max(block),
-            block,
-            local: tokio::sync::Mutex::new(0.0),
+            capacity: capacity.max(1.0),
+            local: tokio::sync::Mutex::new((0.0, None)),
         }
     }
 
-    async fn take_one(&self) {
+    /// Drops the tokens leased but not spent (after throttling: they were leased at the old
+    /// rate).
+    async fn drain(&self) {
+        self.local.lock().await.0 = 0.0;
+    }
+
+    /// Takes one token; returns the shared rate seen. Blocks of a tenth of a second's worth
+    /// are leased at a time (at least one), so Postgres sees ~10 requests/s per replica.
+    async fn take_one(&self, configured: f64) -> f64 {
         let mut local = self.local.lock().await;
+        let mut warned = false;
         loop {
-            if *local >= 1.0 {
-                *local -= 1.0;
-                return;
+            let rate = local.1.unwrap_or(configured);
+            if local.0 >= 1.0 {
+                local.0 -= 1.0;
+                return rate;
             }
+            let block = (rate * 0.1).floor().clamp(1.0, self.capacity);
             match self
                 .store
-                .take_tokens(&self.client, self.block, self.rate, self.capacity)
+                .take_tokens(&self.client, block, configured, self.capacity)
                 .await
             {
-                Ok(true) => *local += self.block,
-                Ok(false) => {
-                    tokio::time::sleep(Duration::from_secs_f64(self.block / self.rate)).await
+                Ok(t) => {
+                    local.1 = Some(t.rate);
+                    if t.taken {
+                        local.0 += block;
+                    } else {
+                        tokio::time::sleep(t.wait.max(Duration::from_millis(2))).await
+                    }
                 }
                 Err(e) => {
                     // Fail closed: without the shared budget no call may start.
-                    tracing::warn!(error = %e, "global rate budget unavailable; waiting");
+                    if !warned {
+                        tracing::warn!(error = %e, "global rate budget unavailable; waiting");
+                        warned = true;
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
@@ -183,27 +282,34 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn throttling_halves_and_recovery_is_gradual() {
+    async fn throttling_lowers_once_a_second_and_recovery_is_gradual() {
         let r = RateLimiter::new(100.0, 10, None);
-        r.on_throttled(None);
-        assert_eq!(r.current_rate(), 50.0);
-        r.on_throttled(None); // within a second: no second halving
-        assert_eq!(r.current_rate(), 50.0);
-        r.recover(); // not quiet yet
-        assert_eq!(r.current_rate(), 50.0);
+        r.on_throttled(None).await;
+        assert_eq!(r.current_rate(), 70.0);
+        r.on_throttled(None).await; // within a second of the decrease: counted once
+        assert_eq!(r.current_rate(), 70.0);
+        {
+            // A steady storm: throttled answers keep coming, yet a second later it lowers again.
+            let mut s = r.state.lock().unwrap();
+            s.last_decrease = Some(Instant::now() - Duration::from_millis(1100));
+        }
+        r.on_throttled(None).await;
+        assert!((r.current_rate() - 49.0).abs() < 1e-9);
+        r.recover().await; // not quiet yet
+        assert!((r.current_rate() - 49.0).abs() < 1e-9);
         {
             let mut s = r.state.lock().unwrap();
-            s.last_throttle = Some(Instant::now() - Duration::from_secs(11));
-            s.last_change = Instant::now() - Duration::from_secs(6);
+            s.last_throttle = Some(Instant::now() - Duration::from_secs(5));
+            s.last_change = Instant::now() - Duration::from_secs(3);
         }
-        r.recover();
-        assert_eq!(r.current_rate(), 60.0);
+        r.recover().await;
+        assert!((r.current_rate() - 54.0).abs() < 1e-9);
     }
 
     #[tokio::test]
     async fn retry_after_pauses_calls() {
         let r = RateLimiter::new(1000.0, 10, None);
-        r.on_throttled(Some(Duration::from_millis(300)));
+        r.on_throttled(Some(Duration::from_millis(300))).await;
         let waited = r.acquire().await;
         assert!(waited >= Duration::from_millis(250), "{waited:?}");
     }

@@ -3,15 +3,17 @@
 //!
 //! Every roster ABHA is looked up (`GET /v3/profile/benefit/abha/{n}`) at a low rate and
 //! classified: `linked` (as expected), `missing_link`, `unknown` (ABDM-1114), `error`, or
-//! `invalid` (the roster row itself). ABHAs this service linked before and that are absent from
-//! the roster are looked up too: still linked → `unexpected_link`. With `apply`, a batch of link
+//! `invalid` (the roster row itself). With `sweep_unexpected`, ABHAs this service linked
+//! before and that are absent from the roster are looked up too (streamed from Postgres, one
+//! ABDM call each): still linked → `unexpected_link`. Progress and an ETA are shown from the
+//! start (a bar on a terminal, a log line every 10 s otherwise). With `apply`, a batch of link
 //! jobs (missing links) and one of de-link jobs (unexpected links) go through the normal
 //! pipeline; fixes already queued are not queued again. Before that, the run re-queues jobs
 //! whose lease expired, jobs whose message was lost (only for kinds whose queue is empty), and
 //! recomputes batch counters. Safe to run twice, and while workers run.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -25,10 +27,12 @@ use crate::jobs::kind::{Job, JobKind};
 use crate::pii::AbhaNumber;
 use crate::queue::Topology;
 use crate::ratelimit::RateLimiter;
-use crate::report::spreadsheet_safe;
 use crate::store::Store;
 use crate::store::batches::{NewBatch, PreparedRow};
 use crate::store::reconcile::RunCounts;
+
+mod output;
+use output::{Progress, ReportWriter, count_records};
 
 /// What to reconcile.
 #[derive(Debug, Clone)]
@@ -44,6 +48,9 @@ pub struct ReconcileRequest {
     pub out: PathBuf,
     /// Lookups in flight at once.
     pub concurrency: usize,
+    /// Also look up the ABHAs this service linked that the roster lacks (slow: one call
+    /// each, over the whole history of the benefit).
+    pub sweep_unexpected: bool,
 }
 
 /// What a run found and did.
@@ -62,6 +69,8 @@ pub struct ReconcileSummary {
     /// Jobs whose lease had expired, jobs whose message was lost, batches whose counters or
     /// state were fixed.
     pub repairs: (u64, u64, u64),
+    /// Whether unexpected links were looked for.
+    pub swept: bool,
 }
 
 impl ReconcileSummary {
@@ -74,7 +83,11 @@ impl ReconcileSummary {
             c.roster_rows,
             c.linked_ok,
             c.missing_link,
-            c.unexpected_link,
+            if self.swept {
+                c.unexpected_link.to_string()
+            } else {
+                "not checked (--sweep-unexpected)".to_string()
+            },
             c.unknown,
             c.errors,
             self.report.display(),
@@ -159,7 +172,7 @@ pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) 
             // Everything due now, in rounds; bounded so a huge backlog is left to the relay.
             for _ in 0..200 {
                 let round = store
-                    .publish_due(500, |rows| {
+                    .publish_due(500, std::time::Duration::from_secs(60), |rows| {
                         let publisher = &publisher;
                         async move { publisher.publish_jobs(&rows).await }
                     })
@@ -199,12 +212,12 @@ pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) 
 
 async fn check(
     client: &AbdmClient,
-    limiter: &RateLimiter,
+    limiter: &Arc<RateLimiter>,
     benefit: &str,
     abha: &AbhaNumber,
 ) -> (bool, Result<(), (Class, String, String)>) {
-    limiter.acquire().await;
-    let mut trace = CallTrace::default();
+    // Every request (a session refresh or certificate fetch included) takes a token.
+    let mut trace = CallTrace::gated(limiter.clone());
     match client.benefit_lookup(&mut trace, benefit, abha).await {
         Ok(p) => (p.has(benefit), Ok(())),
         Err(e) if e.code() == "ABDM-1114" => (
@@ -217,7 +230,7 @@ async fn check(
         ),
         Err(e) => {
             if e.disposition() == crate::abdm::Disposition::Throttled {
-                limiter.on_throttled(e.retry_after());
+                limiter.on_throttled(e.retry_after()).await;
             }
             let msg = e
                 .abdm()
@@ -244,6 +257,14 @@ pub async fn run(
         path: req.roster.clone(),
         reason,
     };
+    let roster_rows = {
+        let path = req.roster.clone();
+        tokio::task::spawn_blocking(move || count_records(&path))
+            .await
+            .expect("roster count")
+            .map_err(|e| roster_err(e.to_string()))?
+    };
+    let progress = Progress::start("roster rows checked", roster_rows);
     let file = std::fs::File::open(&req.roster).map_err(|e| roster_err(e.to_string()))?;
     let ingest = CsvIngest::new(
         std::io::BufReader::new(file),
@@ -308,17 +329,6 @@ pub async fn run(
         .buffer_unordered(req.concurrency.max(1));
     let mut lines = std::pin::pin!(lines);
     let mut out = ReportWriter::create(&req.out)?;
-    // A spinner on a terminal, a log line every 10 000 rows otherwise.
-    let spinner = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-        let s = indicatif::ProgressBar::new_spinner();
-        s.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {elapsed_precise} {pos} roster rows checked ({per_sec}) {msg}",
-            )
-            .expect("valid template"),
-        );
-        s
-    });
     let mut counts = RunCounts::default();
     let mut roster_hashes: HashSet<Vec<u8>> = HashSet::new();
     let mut to_link = Vec::new();
@@ -340,29 +350,37 @@ pub async fn run(
             Class::Unexpected => {}
         }
         out.write(&line)?;
-        match &spinner {
-            Some(s) => {
-                s.set_position(counts.roster_rows as u64);
-                s.set_message(format!("{} missing", counts.missing_link));
-            }
-            None if counts.roster_rows % 10_000 == 0 => {
-                tracing::info!(
-                    rows = counts.roster_rows,
-                    missing = counts.missing_link,
-                    "reconciliation progress"
-                );
-            }
-            None => {}
-        }
+        progress.set(
+            counts.roster_rows as u64,
+            &format!("{} missing", counts.missing_link),
+        );
     }
-    if let Some(s) = spinner {
-        s.finish_and_clear();
-    }
+    progress.finish();
     reader.await.expect("roster reader").map_err(roster_err)?;
 
-    // ABHAs this service linked before that the roster no longer has.
+    // ABHAs this service linked before that the roster no longer has (opt-in: one ABDM call
+    // each over the benefit's whole history).
     let mut to_delink = Vec::new();
-    for (job_id, dedup, payload, result) in store.service_links(&req.benefit).await? {
+    let sweep = if req.sweep_unexpected {
+        let total = store.service_links_count(&req.benefit).await?;
+        Some(Progress::start("earlier links checked", total))
+    } else {
+        None
+    };
+    let mut links = std::pin::pin!(
+        futures::stream::iter(
+            req.sweep_unexpected
+                .then(|| store.service_links(&req.benefit))
+        )
+        .flatten()
+    );
+    let mut swept = 0u64;
+    while let Some(link) = links.next().await {
+        let (job_id, dedup, payload, result) = link?;
+        swept += 1;
+        if let Some(p) = &sweep {
+            p.set(swept, &format!("{} unexpected", counts.unexpected_link));
+        }
         let aad = crate::store::vault::Aad::JobResult(job_id);
         let abha = match result.and_then(|r| store.vault.decrypt(&r, aad).ok()) {
             Some(raw) => AbhaNumber::parse(&String::from_utf8_lossy(&raw)).ok(),
@@ -391,6 +409,9 @@ pub async fn run(
             })?;
             to_delink.push((None, None, abha));
         }
+    }
+    if let Some(p) = sweep {
+        p.finish();
     }
     out.finish()?;
 
@@ -424,6 +445,7 @@ pub async fn run(
         link_batch,
         delink_batch,
         repairs,
+        swept: req.sweep_unexpected,
     })
 }
 
@@ -483,53 +505,4 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-struct ReportWriter {
-    path: String,
-    w: csv::Writer<std::io::BufWriter<std::fs::File>>,
-}
-
-impl ReportWriter {
-    fn create(path: &Path) -> Result<Self, ReconcileError> {
-        let err = |e: String| ReconcileError::Report(path.display().to_string(), e);
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
-        }
-        let f = std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
-        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(f));
-        w.write_record([
-            "row",
-            "external_ref",
-            "identifier",
-            "class",
-            "abdm_code",
-            "detail",
-        ])
-        .map_err(|e| err(e.to_string()))?;
-        Ok(Self {
-            path: path.display().to_string(),
-            w,
-        })
-    }
-
-    fn write(&mut self, l: &Line) -> Result<(), ReconcileError> {
-        let cells = [
-            l.row.map(|r| r.to_string()).unwrap_or_default(),
-            l.external_ref.clone().unwrap_or_default(),
-            l.abha.as_ref().map(AbhaNumber::masked).unwrap_or_default(),
-            l.class.as_str().to_string(),
-            l.code.clone(),
-            l.detail.clone(),
-        ];
-        self.w
-            .write_record(cells.iter().map(|c| spreadsheet_safe(c)))
-            .map_err(|e| ReconcileError::Report(self.path.clone(), e.to_string()))
-    }
-
-    fn finish(mut self) -> Result<(), ReconcileError> {
-        self.w
-            .flush()
-            .map_err(|e| ReconcileError::Report(self.path.clone(), e.to_string()))
-    }
 }

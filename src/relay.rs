@@ -21,6 +21,9 @@ pub struct RelayConfig {
     pub idle: Duration,
     /// How often to run the housekeeping (lease expiry, batch closing, gauges).
     pub housekeeping: Duration,
+    /// How long a round may wait for RabbitMQ's confirms before it gives up and reconnects;
+    /// also the lease on the round's outbox rows (published again after it if the relay dies).
+    pub publish_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -29,6 +32,7 @@ impl Default for RelayConfig {
             batch: 500,
             idle: Duration::from_millis(100),
             housekeeping: Duration::from_secs(2),
+            publish_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -71,9 +75,18 @@ pub async fn run(
                 last_gauges = Instant::now();
             }
             let round = store
-                .publish_due(cfg.batch, |rows| {
+                .publish_due(cfg.batch, cfg.publish_timeout * 2, |rows| {
                     let publisher = &publisher;
-                    async move { publisher.publish_jobs(&rows).await }
+                    let timeout = cfg.publish_timeout;
+                    async move {
+                        let count = rows.len();
+                        tokio::time::timeout(timeout, publisher.publish_jobs(&rows))
+                            .await
+                            .unwrap_or(Err(queue::QueueError::NotConfirmed {
+                                count,
+                                reason: "no confirm within the publish timeout",
+                            }))
+                    }
                 })
                 .await;
             match round {
@@ -119,6 +132,11 @@ async fn connect(url: &str, topology: &Topology) -> Result<Publisher, queue::Que
     Publisher::open(&conn, topology.clone()).await
 }
 
+/// A `submitting` batch that wrote nothing for this long was abandoned (its submit was
+/// killed): housekeeping aborts it. Each chunk of a live submit refreshes the heartbeat within
+/// seconds, even on a loaded database.
+const ABANDONED_SUBMIT: Duration = Duration::from_secs(600);
+
 /// How often the gauges that count rows of active batches are refreshed (a scan of those
 /// batches' jobs: too heavy for every housekeeping round).
 const GAUGE_INTERVAL: Duration = Duration::from_secs(15);
@@ -137,6 +155,17 @@ pub async fn housekeeping(store: &Store) {
     }
     if let Err(e) = store.delete_final_tokens(1000).await {
         tracing::warn!(error = %e, "deleting finished jobs' X-tokens failed");
+    }
+    match store
+        .abort_abandoned_submits(ABANDONED_SUBMIT.as_secs())
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            batches = n,
+            "aborted submits that stopped writing (their rows never run; submit the files again)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "checking for abandoned submits failed"),
     }
     if let Err(e) = store.finish_batches().await {
         tracing::warn!(error = %e, "closing finished batches failed");

@@ -1,10 +1,6 @@
 //! Operator views: batch status (rate, ETA), the per-row CSV report, retry-failed, cancel.
 
-use std::path::Path;
-
-use futures::TryStreamExt;
-use uuid::Uuid;
-
+use crate::store::batch_views::RateWindow;
 use crate::store::batches::{BatchInfo, StateCounts};
 use crate::store::{Store, StoreError};
 
@@ -15,8 +11,10 @@ pub struct BatchStatus {
     pub batch: BatchInfo,
     /// Jobs by state.
     pub counts: StateCounts,
-    /// Jobs finished per second over the last minute.
+    /// Jobs finished per second, measured on this batch (see [`Store::batch_rate`]).
     pub rate: f64,
+    /// What `rate` was measured over.
+    pub window: RateWindow,
 }
 
 impl BatchStatus {
@@ -32,11 +30,28 @@ impl BatchStatus {
         let c = &self.counts;
         let eta = match self.eta_secs() {
             Some(s) => format_duration(s),
+            None if b.state == "cancelled" => "none (cancelled)".into(),
             None if c.open() == 0 => "done".into(),
             None => "unknown (no job finished in the last minute)".into(),
         };
+        let rate = if c.open() > 0 {
+            format!(
+                "rate {:.1} jobs/s over the last {}",
+                self.rate,
+                format_duration(self.window.secs.clamp(1.0, 60.0))
+            )
+        } else if self.window.finished > 0 {
+            format!(
+                "rate {:.1} jobs/s on average ({} jobs in {})",
+                self.rate,
+                self.window.finished,
+                format_duration(self.window.secs)
+            )
+        } else {
+            "rate -".to_string()
+        };
         format!(
-            "batch {} {} / {} ({}{}), {}\n  rows {}: accepted {}, rejected {}, duplicates {}\n  jobs: queued {}, running {}, retrying {}, succeeded {}, failed {}, dead {}, cancelled {}\n  rate {:.1} jobs/s over the last minute, ETA {}",
+            "batch {} {} / {} ({}{}), {}\n  rows {}: accepted {}, rejected {}, duplicates {}\n  jobs: queued {}, running {}, retrying {}, succeeded {}, failed {}, dead {}, cancelled {}\n  {}, ETA {}",
             b.id,
             b.kind,
             b.benefit,
@@ -57,7 +72,7 @@ impl BatchStatus {
             c.get("failed"),
             c.get("dead"),
             c.get("cancelled"),
-            self.rate,
+            rate,
             eta,
         )
     }
@@ -76,7 +91,7 @@ pub fn format_duration(secs: f64) -> String {
 /// Reads the status of a batch.
 pub async fn status(store: &Store, batch: &BatchInfo) -> Result<BatchStatus, StoreError> {
     let counts = store.batch_counts(batch.id).await?;
-    let recent = store.finished_recently(batch.id, 60).await?;
+    let window = store.batch_rate(batch.id).await?;
     let batch = store
         .batch(batch.id)
         .await?
@@ -84,18 +99,20 @@ pub async fn status(store: &Store, batch: &BatchInfo) -> Result<BatchStatus, Sto
     Ok(BatchStatus {
         batch,
         counts,
-        rate: recent as f64 / 60.0,
+        rate: window.per_sec(),
+        window,
     })
 }
 
 /// Header of the per-row report.
-pub const REPORT_HEADER: [&str; 11] = [
+pub const REPORT_HEADER: [&str; 12] = [
     "row",
     "external_ref",
     "identifier",
     "state",
     "outcome",
     "abdm_code",
+    "rejected_column",
     "message",
     "attempts",
     "finished_at",
@@ -120,84 +137,8 @@ pub struct ReportCounts {
     pub revealed: u64,
 }
 
-/// Writes the per-row report of a batch: one line per input row, accepted or rejected.
-/// With `reveal`, the `result_revealed` column holds the identifiers found or created, and the
-/// export is recorded in the audit table.
-pub async fn write_report(
-    store: &Store,
-    batch: Uuid,
-    out: &Path,
-    reveal: Option<(&str, Option<&str>)>,
-) -> Result<ReportCounts, ReportError> {
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| ReportError::Io(out.display().to_string(), e))?;
-    }
-    let file =
-        std::fs::File::create(out).map_err(|e| ReportError::Io(out.display().to_string(), e))?;
-    let mut w = csv::Writer::from_writer(std::io::BufWriter::new(file));
-    w.write_record(REPORT_HEADER)
-        .map_err(|e| ReportError::Csv(out.display().to_string(), e))?;
-    let mut counts = ReportCounts::default();
-    let mut rows = std::pin::pin!(store.report_rows(batch));
-    while let Some(r) = rows.try_next().await? {
-        let revealed = match (&reveal, &r.result_ciphertext) {
-            (Some(_), Some(ct)) => {
-                counts.revealed += 1;
-                String::from_utf8_lossy(
-                    &store
-                        .vault
-                        .decrypt(ct, crate::store::vault::Aad::JobResult(r.job_id))?,
-                )
-                .to_string()
-            }
-            _ => String::new(),
-        };
-        let cells = [
-            r.row_number.map(|n| n.to_string()).unwrap_or_default(),
-            r.external_ref.unwrap_or_default(),
-            r.identifier.unwrap_or_default(),
-            r.state,
-            r.outcome.unwrap_or_default(),
-            r.code.unwrap_or_default(),
-            r.message.unwrap_or_default(),
-            r.attempts.to_string(),
-            r.finished_at
-                .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-                .unwrap_or_default(),
-            r.result.unwrap_or_default(),
-            revealed,
-        ];
-        w.write_record(cells.iter().map(|c| spreadsheet_safe(c)))
-            .map_err(|e| ReportError::Csv(out.display().to_string(), e))?;
-        counts.rows += 1;
-    }
-    w.flush()
-        .map_err(|e| ReportError::Io(out.display().to_string(), e))?;
-    if let Some((who, reason)) = reveal {
-        store
-            .audit_reveal(batch, who, reason, counts.revealed)
-            .await?;
-    }
-    Ok(counts)
-}
-
-/// Writing a report failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ReportError {
-    /// The file could not be written.
-    #[error("cannot write {0}: {1}")]
-    Io(String, std::io::Error),
-    /// CSV encoding failed.
-    #[error("cannot write {0}: {1}")]
-    Csv(String, csv::Error),
-    /// Reading failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A stored result does not decrypt.
-    #[error(transparent)]
-    Vault(#[from] crate::store::VaultError),
-}
+mod output;
+pub use output::{ReportError, ReportTarget, Reveal, os_account, write_report};
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,12 @@
 //! and hands chunks over a bounded channel to the inserter, which writes each chunk (jobs +
 //! outbox, duplicates recorded as such) in one transaction. Every row counted as accepted is
 //! committed before the command returns. A file already submitted for the same kind and
-//! benefit is refused unless `force`.
+//! benefit (a completed batch) is refused unless `force`.
+//!
+//! Atomic: the jobs of a batch get their outbox rows only when the whole file is stored and
+//! the batch turns `active` (one transaction). A submit that fails (a database error, an
+//! unreadable file) or is interrupted (SIGTERM/Ctrl-C: `submit_until`'s `stop`) marks its
+//! batch `aborted`; none of its rows runs and the same file may be submitted again.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -13,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::ingest::csv::{CsvIngest, IngestError, RowResult};
@@ -93,6 +99,14 @@ pub enum SubmitError {
         /// When.
         when: String,
     },
+    /// Interrupted before the whole file was stored.
+    #[error(
+        "submit interrupted: batch {batch} was aborted and none of its rows will run; submit the file again"
+    )]
+    Interrupted {
+        /// The aborted batch.
+        batch: Uuid,
+    },
     /// Postgres failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -134,6 +148,16 @@ pub async fn submit(
     store: &Store,
     req: &SubmitRequest,
     progress: std::sync::Arc<dyn Progress>,
+) -> Result<SubmitSummary, SubmitError> {
+    submit_until(store, req, progress, &CancellationToken::new()).await
+}
+
+/// Submits a file unless `stop` fires first (the batch is then aborted).
+pub async fn submit_until(
+    store: &Store,
+    req: &SubmitRequest,
+    progress: std::sync::Arc<dyn Progress>,
+    stop: &CancellationToken,
 ) -> Result<SubmitSummary, SubmitError> {
     let started = Instant::now();
     let io_err = |source| SubmitError::Io {
@@ -183,6 +207,44 @@ pub async fn submit(
             parent: None,
         })
         .await?;
+    match store_rows(store, req, batch, ingest, progress, stop).await {
+        Ok((total, accepted, rejected, duplicates, warnings)) => Ok(SubmitSummary {
+            batch,
+            total,
+            accepted,
+            rejected,
+            duplicates,
+            warnings,
+            elapsed: started.elapsed(),
+        }),
+        Err(e) => {
+            let why = match &e {
+                SubmitError::Interrupted { .. } => "the submit was interrupted".to_string(),
+                other => format!("the submit failed: {other}"),
+            };
+            match store.abort_submit(batch, &why).await {
+                Ok(_) => {
+                    tracing::warn!(batch = %batch, "submit stopped; batch aborted, none of its rows will run")
+                }
+                Err(a) => tracing::warn!(batch = %batch, error = %a,
+                    "submit stopped and the batch could not be marked aborted; its rows cannot run (no outbox rows) and housekeeping will abort it"),
+            }
+            Err(e)
+        }
+    }
+}
+
+type Counts = (u64, u64, u64, u64, Vec<String>);
+
+/// Streams the rows into `batch` and activates it; the caller aborts the batch on `Err`.
+async fn store_rows(
+    store: &Store,
+    req: &SubmitRequest,
+    batch: Uuid,
+    ingest: CsvIngest<BufReader<File>>,
+    progress: std::sync::Arc<dyn Progress>,
+    stop: &CancellationToken,
+) -> Result<Counts, SubmitError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(4);
     let reader = {
         let store = store.clone();
@@ -197,7 +259,15 @@ pub async fn submit(
     let mut end = None;
     let mut writers = tokio::task::JoinSet::new();
     let mut failure = None;
-    while let Some(chunk) = rx.recv().await {
+    loop {
+        let chunk = tokio::select! {
+            c = rx.recv() => c,
+            _ = stop.cancelled() => {
+                failure = Some(SubmitError::Interrupted { batch });
+                break;
+            }
+        };
+        let Some(chunk) = chunk else { break };
         match chunk {
             Chunk::Rows(rows, rejections) => {
                 while writers.len() >= INSERTERS {
@@ -228,16 +298,6 @@ pub async fn submit(
         (accepted, rejected, duplicates) = (accepted + a, rejected + r, duplicates + d);
     }
     if let Some(e) = failure {
-        // Rows committed so far stay accepted; the batch records how far it got.
-        store
-            .finish_submit(
-                batch,
-                accepted + rejected + duplicates,
-                accepted,
-                rejected,
-                duplicates,
-            )
-            .await?;
         return Err(e);
     }
     reader.await.expect("reader task");
@@ -245,15 +305,7 @@ pub async fn submit(
     store
         .finish_submit(batch, total, accepted, rejected, duplicates)
         .await?;
-    Ok(SubmitSummary {
-        batch,
-        total,
-        accepted,
-        rejected,
-        duplicates,
-        warnings,
-        elapsed: started.elapsed(),
-    })
+    Ok((total, accepted, rejected, duplicates, warnings))
 }
 
 fn read_chunks<R: Read>(

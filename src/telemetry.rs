@@ -92,6 +92,8 @@ pub mod metrics {
         "abha_queue_messages",
         "abha_reconcile_last_run_timestamp_seconds",
         "abha_reconcile_drift",
+        "abha_abdm_circuit_open",
+        "abha_abdm_circuit_probes_total",
     ];
 
     /// The process-wide registry served at `/metrics`.
@@ -285,8 +287,31 @@ pub mod metrics {
         )
     });
 
+    /// `abha_abdm_circuit_open`: 1 while the ABDM circuit breaker holds every job back.
+    pub static CIRCUIT_OPEN: LazyLock<Gauge> = LazyLock::new(|| {
+        gauge(
+            "abha_abdm_circuit_open",
+            "1 while the ABDM circuit breaker is open (ABDM down or credentials refused): no job starts",
+        )
+    });
+
+    /// `abha_abdm_circuit_probes_total`.
+    pub static CIRCUIT_PROBES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+        let c = prometheus::IntCounter::new(
+            "abha_abdm_circuit_probes_total",
+            "Probes of ABDM sent by this replica while the circuit breaker was open",
+        )
+        .expect("valid metric");
+        REGISTRY
+            .register(Box::new(c.clone()))
+            .expect("metric registered once");
+        c
+    });
+
     /// Touches every metric so that `/metrics` lists them all from the start.
     pub fn register_all() {
+        LazyLock::force(&CIRCUIT_OPEN);
+        LazyLock::force(&CIRCUIT_PROBES);
         LazyLock::force(&ABDM_REQUESTS);
         LazyLock::force(&ABDM_DURATION);
         LazyLock::force(&SESSION_REFRESH);

@@ -811,11 +811,12 @@ async fn bad_csvs_get_the_documented_messages_and_the_valid_rows_still_run() {
         ]
     );
     let bad1 = by_ref(&rows, "BAD-1");
-    assert_eq!(bad1["abdm_code"], "abha_number", "{bad1:?}");
+    assert_eq!(bad1["rejected_column"], "abha_number", "{bad1:?}");
+    assert_eq!(bad1["abdm_code"], "", "{bad1:?}");
     assert!(bad1["message"].contains("must be 14 digits"), "{bad1:?}");
     assert!(!bad1["message"].contains("1234"), "{bad1:?}");
     let bad2 = by_ref(&rows, "BAD-2");
-    assert_eq!(bad2["abdm_code"], "*", "{bad2:?}");
+    assert_eq!(bad2["rejected_column"], "*", "{bad2:?}");
     assert!(
         bad2["message"].contains("row has 3 cells but the header has 2"),
         "{bad2:?}"
@@ -945,7 +946,14 @@ async fn report_and_retry_failed() {
 
     // --reveal: the results in clear, and an audit row.
     let (_, lines) = env
-        .report(sum.batch, Some(("tester", Some("audit test"))))
+        .report(
+            sum.batch,
+            Some(abha_bulk::report::Reveal {
+                os_user: "tester",
+                operator: None,
+                reason: "audit test",
+            }),
+        )
         .await;
     for (i, line) in lines.iter().take(6).enumerate() {
         assert_eq!(line["result_revealed"], pop.abha(i as u64).expose());

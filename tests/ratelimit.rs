@@ -60,3 +60,49 @@ async fn two_replicas_share_the_configured_rate() {
     );
     env.cleanup().await;
 }
+
+/// Throttling seen by one replica lowers the rate of every replica (AIMD acts on the shared
+/// budget row), and a steady storm keeps lowering it once a second: the limit is counted
+/// from the last decrease, not the last throttled answer, which never stops coming in a storm.
+#[tokio::test]
+async fn throttling_lowers_the_shared_rate_for_every_replica_and_a_storm_converges() {
+    let env = TestEnv::new().await;
+    let rate = 100.0;
+    let replica = |_| {
+        let global = GlobalBudget::new(env.store.clone(), "storm-client", rate, 10.0);
+        RateLimiter::new(rate, 10, Some(global))
+    };
+    let (a, b) = (replica(0), replica(1));
+    a.acquire().await;
+    b.acquire().await;
+    a.on_throttled(None).await;
+    assert!(
+        (a.current_rate() - 70.0).abs() < 1e-6,
+        "{}",
+        a.current_rate()
+    );
+    // B never saw a throttled answer, yet its next token comes at the shared, lowered rate.
+    for _ in 0..30 {
+        b.acquire().await;
+    }
+    assert!(
+        (b.current_rate() - 70.0).abs() < 1e-6,
+        "{}",
+        b.current_rate()
+    );
+    // A storm: both replicas get throttled answers every 100 ms for 2.5 s.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        a.on_throttled(None).await;
+        b.on_throttled(None).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.acquire().await;
+    let after = b.current_rate();
+    // 70 → 49 → 34.3 (one decrease per second for the whole fleet, not one per replica).
+    assert!(
+        (30.0..=50.0).contains(&after),
+        "after a 2.5 s storm the shared rate is {after}"
+    );
+    env.cleanup().await;
+}

@@ -14,6 +14,16 @@ async fn reconcile(
     apply: bool,
     name: &str,
 ) -> ReconcileSummary {
+    reconcile_with(env, roster, apply, name, true).await
+}
+
+async fn reconcile_with(
+    env: &TestEnv,
+    roster: &std::path::Path,
+    apply: bool,
+    name: &str,
+    sweep_unexpected: bool,
+) -> ReconcileSummary {
     abha_bulk::reconcile::run(
         &env.store,
         env.client.clone(),
@@ -26,6 +36,7 @@ async fn reconcile(
             apply,
             out: env.dir.path().join(name),
             concurrency: 4,
+            sweep_unexpected,
         },
     )
     .await
@@ -232,5 +243,75 @@ async fn seeded_drift_is_found_exactly_and_apply_fixes_it() {
             .sum::<u64>(),
         0
     );
+    env.cleanup().await;
+}
+
+/// Lookups the sandbox has answered so far.
+fn lookups(env: &TestEnv) -> u64 {
+    let log = env.sandbox.state().call_log();
+    log.requests.get("benefit_lookup").copied().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn earlier_links_are_swept_only_on_request() {
+    let env = TestEnv::new().await;
+    let pop = env.pop();
+    // The service's history: five succeeded links, none of them in the roster.
+    let batch = env
+        .store
+        .create_batch(abha_bulk::store::batches::NewBatch {
+            kind: JobKind::BenefitLink,
+            benefit: BENEFIT,
+            source: "csv",
+            file_name: None,
+            file_sha256: None,
+            parent: None,
+        })
+        .await
+        .unwrap();
+    let rows: Vec<_> = (300..305u64)
+        .map(|i| {
+            let job = abha_bulk::jobs::kind::Job::BenefitLink(
+                abha_bulk::abdm::benefit::Beneficiary::Abha(pop.abha(i)),
+            );
+            env.store.prepare(i as i64, None, &job)
+        })
+        .collect();
+    env.store
+        .insert_jobs(batch, JobKind::BenefitLink, BENEFIT, &rows)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = now()")
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM outbox")
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
+    let roster = env.write_file(
+        "roster3.csv",
+        &format!(
+            "abha_number\n{}\n{}\n{}\n",
+            pop.abha(1).expose(),
+            pop.abha(2).expose(),
+            pop.abha(3).expose()
+        ),
+    );
+    // By default only the three roster rows are looked up.
+    let before = lookups(&env);
+    let s = reconcile_with(&env, &roster, false, "plain.csv", false).await;
+    assert_eq!(lookups(&env) - before, 3);
+    assert_eq!(s.counts.roster_rows, 3);
+    assert!(
+        s.render().contains("not checked (--sweep-unexpected)"),
+        "{}",
+        s.render()
+    );
+    // With the sweep, the five earlier links too.
+    let before = lookups(&env);
+    let s = reconcile_with(&env, &roster, false, "swept.csv", true).await;
+    assert_eq!(lookups(&env) - before, 3 + 5);
+    assert!(!s.render().contains("not checked"));
     env.cleanup().await;
 }

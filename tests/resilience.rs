@@ -8,6 +8,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use abha_bulk::sandbox::Faults;
@@ -20,6 +21,8 @@ use tokio::sync::Notify;
 struct Proxy {
     port: u16,
     cut: Arc<Notify>,
+    /// While set, new connections are closed at once (the server is down).
+    down: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -29,11 +32,17 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(Notify::new());
         let cut2 = cut.clone();
+        let down = Arc::new(AtomicBool::new(false));
+        let down2 = down.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
+                if down2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
                 let upstream = upstream.clone();
                 let cut = cut2.clone();
                 tokio::spawn(async move {
@@ -47,7 +56,20 @@ impl Proxy {
                 });
             }
         });
-        Self { port, cut, task }
+        Self {
+            port,
+            cut,
+            down,
+            task,
+        }
+    }
+
+    /// Takes the upstream down (every connection cut, new ones refused) or back up.
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.cut_all();
+        }
     }
 
     fn cut_all(&self) {
@@ -167,6 +189,73 @@ async fn postgres_connections_cut_mid_batch_lose_nothing() {
         "{:?}",
         log.duplicate_side_effects
     );
+    proxy.task.abort();
+    env.cleanup().await;
+}
+
+/// Postgres is down for longer than RabbitMQ's delivery limit would tolerate if the worker
+/// requeued every message it could not claim (the limit is 2 here): the worker holds the
+/// messages instead, so none is dead-lettered and every job still ends once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_dead_letters_nothing_and_strands_no_job() {
+    let env = TestEnv::new().await;
+    let mut db = reqwest::Url::parse(&env.db_url).unwrap();
+    let upstream = format!("{}:{}", db.host_str().unwrap(), db.port().unwrap_or(5432));
+    let proxy = Proxy::start(upstream).await;
+    db.set_port(Some(proxy.port)).unwrap();
+    let proxied = abha_bulk::store::Store::connect_url(
+        db.as_str(),
+        5,
+        Duration::from_secs(2),
+        env.store.vault.clone(),
+    )
+    .await
+    .unwrap();
+    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let topology =
+        abha_bulk::queue::Topology::named(&format!("t-{tag}.jobs"), &format!("t-{tag}"), 2);
+
+    env.set_faults(Faults {
+        latency_ms: 100,
+        ..common::no_faults()
+    });
+    let batch = env.submit_links("o", 5000..5040).await;
+    let pipeline = env.start_with(
+        PipelineOpts {
+            in_flight: 4,
+            topology: Some(topology.clone()),
+            ..PipelineOpts::default()
+        },
+        &env.amqp_url,
+        proxied.clone(),
+    );
+    env.wait_for(&[batch], "some progress", |c| c.done() >= 4)
+        .await;
+    proxy.set_down(true);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    proxy.set_down(false);
+    env.wait_until_done(&[batch]).await;
+    pipeline.stop().await;
+    proxied.pool.close().await;
+
+    assert_eq!(env.counts(batch).await.get("succeeded"), 40);
+    let conn = abha_bulk::queue::connect(&env.amqp_url).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let depths = topology.depths(&ch).await.unwrap();
+    let dead = depths
+        .iter()
+        .find(|(q, _)| *q == topology.dead_letter_queue)
+        .map_or(0, |(_, n)| *n);
+    assert_eq!(dead, 0, "dead-lettered during the outage: {depths:?}");
+    assert!(
+        env.sandbox
+            .state()
+            .call_log()
+            .duplicate_side_effects
+            .is_empty()
+    );
+    topology.delete(&ch).await.unwrap();
+    let _ = conn.close(200, "done".into()).await;
     proxy.task.abort();
     env.cleanup().await;
 }

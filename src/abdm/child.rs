@@ -83,15 +83,18 @@ impl ChildSummary {
     /// True when this entry is the child described by `d` (same name, birth date and gender):
     /// how a creation whose answer was lost is recognised.
     pub fn matches(&self, d: &ChildDetails) -> bool {
-        let same_name = self
-            .name
-            .expose()
-            .split_whitespace()
-            .eq(d.name.expose().split_whitespace());
+        // ABDM may store "PRIYA  Sharma" for "Priya Sharma": compare words, ignoring case
+        // and spacing, so a lost creation is recognised and not made again.
+        let words = |s: &str| {
+            s.split_whitespace()
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>()
+        };
+        let same_name = words(self.name.expose()) == words(d.name.expose());
         let same_gender = self
             .gender
             .as_deref()
-            .is_none_or(|g| g == d.gender.as_str());
+            .is_none_or(|g| g.eq_ignore_ascii_case(d.gender.as_str()));
         let same_date = parse_loose_date(self.date_of_birth.expose()) == Some(d.birth_date);
         same_name && same_gender && same_date
     }
@@ -129,4 +132,30 @@ pub struct ChildUpdate {
     pub birth_date: NaiveDate,
     /// Gender.
     pub gender: Gender,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pii::{Gender, PersonName};
+
+    #[test]
+    fn a_listed_child_matches_whatever_its_case_and_spacing() {
+        let asked = ChildDetails {
+            name: PersonName::parse("Meera Devi").unwrap(),
+            birth_date: NaiveDate::from_ymd_opt(2021, 3, 4).unwrap(),
+            gender: Gender::F,
+        };
+        let listed = |name: &str, dob: &str, gender: &str| ChildSummary {
+            date_of_birth: Sensitive::new(dob),
+            name: Sensitive::new(name),
+            gender: Some(gender.into()),
+            abha_number: Sensitive::new("91-0000-0000-0000"),
+        };
+        assert!(listed("MEERA  devi", "04-03-2021", "f").matches(&asked));
+        assert!(listed(" Meera Devi ", "4-3-2021", "F").matches(&asked));
+        assert!(!listed("Meera", "04-03-2021", "F").matches(&asked));
+        assert!(!listed("Meera Devi", "05-03-2021", "F").matches(&asked));
+        assert!(!listed("Meera Devi", "04-03-2021", "M").matches(&asked));
+    }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use futures::future::BoxFuture;
 use reqwest::Method;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
@@ -69,6 +70,29 @@ impl Operation {
             Self::DemoAuthCreate => "demo_auth_create",
         }
     }
+
+    /// True for calls that change something at ABDM (a link, a profile, a new ABHA): before
+    /// one of these the worker checks that it still holds the job's lease and records that
+    /// the side effect may have started.
+    pub fn changes_state(self) -> bool {
+        matches!(
+            self,
+            Self::Link
+                | Self::Delink
+                | Self::ProfileUpdate
+                | Self::ChildCreate
+                | Self::ChildUpdate
+                | Self::DemoAuthCreate
+        )
+    }
+}
+
+/// Asked before every HTTP request the client sends on behalf of one job (session and
+/// certificate requests included), so that every request to ABDM passes the rate limiter and
+/// a worker that lost its job's lease makes no call. An `Err` stops the call unsent.
+pub trait CallGate: Send + Sync {
+    /// Waits until `op` may be sent.
+    fn before_send(&self, op: Operation) -> BoxFuture<'_, Result<(), ClientError>>;
 }
 
 /// One HTTP attempt, for the attempts table and metrics. No identifiers.
@@ -90,14 +114,42 @@ pub struct AttemptRecord {
     pub duration: Duration,
 }
 
-/// Collects the HTTP attempts of one logical call (session refreshes and retries included).
-#[derive(Debug, Default)]
+/// Collects the HTTP attempts of one logical call (session refreshes and retries included),
+/// and carries the gate every one of them passes first.
+#[derive(Default)]
 pub struct CallTrace {
     /// Attempts in order.
     pub attempts: Vec<AttemptRecord>,
+    /// Asked before each request (none: requests go out at once).
+    pub gate: Option<Arc<dyn CallGate>>,
+}
+
+impl std::fmt::Debug for CallTrace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallTrace")
+            .field("attempts", &self.attempts)
+            .field("gated", &self.gate.is_some())
+            .finish()
+    }
 }
 
 impl CallTrace {
+    /// A trace whose requests pass `gate` first.
+    pub fn gated(gate: Arc<dyn CallGate>) -> Self {
+        Self {
+            attempts: Vec::new(),
+            gate: Some(gate),
+        }
+    }
+
+    /// Passes the gate for `op` (at once when there is none).
+    pub(crate) async fn pass(&self, op: Operation) -> Result<(), ClientError> {
+        match &self.gate {
+            Some(g) => g.before_send(op).await,
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn record(
         &mut self,
         operation: Operation,
@@ -265,6 +317,11 @@ impl AbdmClient {
         })
     }
 
+    /// The gateway client id (names the shared rate budget and circuit breaker; not a secret).
+    pub fn client_id(&self) -> &str {
+        self.session.client_id()
+    }
+
     /// The session manager (readiness checks, metrics).
     pub fn session(&self) -> &SessionManager {
         &self.session
@@ -276,6 +333,14 @@ impl AbdmClient {
             .token(&mut CallTrace::default())
             .await
             .map(|_| ())
+    }
+
+    /// One probe while the circuit breaker is open: a fresh gateway session (proves the
+    /// credentials) and the public certificate (proves the ABHA API answers). Changes nothing.
+    pub async fn probe(&self, trace: &mut CallTrace) -> Result<(), ClientError> {
+        self.session.force_refresh(trace).await?;
+        let stale = self.key.read().await.as_ref().map(|k| k.encryptor.clone());
+        self.fetch_key(stale.as_ref(), trace).await.map(|_| ())
     }
 
     /// The cached public key, fetched on first use.
@@ -385,6 +450,7 @@ impl AbdmClient {
             if let Some(b) = &body {
                 builder = builder.json(b);
             }
+            trace.pass(req.op).await?;
             let started = Instant::now();
             let result = self.send(builder).await;
             let err = match result {

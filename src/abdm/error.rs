@@ -265,6 +265,10 @@ pub enum ClientError {
     /// The public key could not be used.
     #[error("encryption failed: {0}")]
     Crypto(CryptoError),
+    /// The call gate stopped the call before it was sent (the worker lost the job's lease,
+    /// or is shutting down): nothing reached ABDM.
+    #[error("call not sent: {0}")]
+    NotSent(&'static str),
 }
 
 impl From<CryptoError> for ClientError {
@@ -284,6 +288,7 @@ impl ClientError {
             // A 2xx we cannot read: the side effect may have happened; do not repeat it blindly.
             Self::Decode { .. } => Disposition::Permanent,
             Self::Crypto(_) => Disposition::Permanent,
+            Self::NotSent(_) => Disposition::Transient,
         }
     }
 
@@ -315,6 +320,7 @@ impl ClientError {
             Self::Decode { .. } => "decode".into(),
             Self::Session(inner) => format!("session:{}", inner.code()),
             Self::Crypto(_) => "crypto".into(),
+            Self::NotSent(_) => "not_sent".into(),
         }
     }
 

@@ -50,7 +50,21 @@ const KNOWN_FIELDS: &[&str] = &[
     "pinCode",
     "profilePhoto",
     "accountStatus",
+    "X-Token",
+    "TIMESTAMP",
+    "REQUEST-ID",
+    "Authorization",
 ];
+
+/// A request field or header ABDM may name in a validation answer (the benefit header's name
+/// is configurable: any name containing "benefit").
+fn known_field(f: &str) -> bool {
+    KNOWN_FIELDS.iter().any(|k| k.eq_ignore_ascii_case(f))
+        || (f.len() <= 40
+            && f.to_ascii_lowercase().contains("benefit")
+            && f.bytes()
+                .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_'))
+}
 
 /// `code` when it looks like an ABDM or gateway code (`ABDM-1114`, `900901`, `HIS-1000`),
 /// else `None`: a "code" that is free text is not kept.
@@ -85,7 +99,7 @@ fn invalid_fields(fields: &[String]) -> String {
     let known: Vec<&str> = fields
         .iter()
         .map(String::as_str)
-        .filter(|f| KNOWN_FIELDS.contains(f))
+        .filter(|f| known_field(f))
         .collect();
     if known.is_empty() {
         "ABDM rejected a request field".to_string()
@@ -115,6 +129,7 @@ impl ClientError {
             }
             Self::Session(inner) => format!("gateway session failed: {}", inner.stored_message()),
             Self::Crypto(_) => "encrypting an identifier for ABDM failed".into(),
+            Self::NotSent(_) => "call not sent (the job's lease was lost, or shutting down)".into(),
         }
     }
 }
@@ -151,6 +166,11 @@ mod tests {
                 400,
                 r#"{"Ravi Kumar":"x"}"#,
                 "ABDM rejected a request field",
+            ),
+            (
+                400,
+                r#"{"BENEFIT_NAME":"Benefit name header is required"}"#,
+                "ABDM rejected request field(s): BENEFIT_NAME",
             ),
             (
                 400,

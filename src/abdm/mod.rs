@@ -17,5 +17,5 @@ pub mod messages;
 pub mod profile;
 pub mod session;
 
-pub use client::{AbdmClient, AttemptRecord, CallTrace, Operation};
+pub use client::{AbdmClient, AttemptRecord, CallGate, CallTrace, Operation};
 pub use error::{AbdmError, ClientError, Disposition};

@@ -64,6 +64,11 @@ impl SessionManager {
         }
     }
 
+    /// The client id logged in with.
+    pub fn client_id(&self) -> &str {
+        &self.cfg.client_id
+    }
+
     /// How many session requests succeeded so far.
     pub fn refresh_count(&self) -> u64 {
         self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
@@ -88,6 +93,15 @@ impl SessionManager {
         self.refresh(Some(stale), trace).await
     }
 
+    /// Fetches a new token now whatever is cached (the circuit breaker's probe).
+    pub async fn force_refresh(&self, trace: &mut CallTrace) -> Result<Arc<Secret>, ClientError> {
+        let _single_flight = self.refresh.lock().await;
+        self.fetch(trace).await.map_err(|e| match e {
+            ClientError::NotSent(_) => e,
+            e => ClientError::Session(Box::new(e)),
+        })
+    }
+
     /// True when a token is cached and not yet due.
     pub async fn is_valid(&self) -> bool {
         self.cached
@@ -109,14 +123,16 @@ impl SessionManager {
                 return Ok(c.token.clone());
             }
         }
-        let token = self
-            .fetch(trace)
-            .await
-            .map_err(|e| ClientError::Session(Box::new(e)))?;
+        let token = self.fetch(trace).await.map_err(|e| match e {
+            // The gate stopped it: the gateway was not asked, so this says nothing about it.
+            ClientError::NotSent(_) => e,
+            e => ClientError::Session(Box::new(e)),
+        })?;
         Ok(token)
     }
 
     async fn fetch(&self, trace: &mut CallTrace) -> Result<Arc<Secret>, ClientError> {
+        trace.pass(Operation::Session).await?;
         let started = Instant::now();
         let (request_id, headers) = standard_headers();
         let body = serde_json::json!({

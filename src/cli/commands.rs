@@ -8,9 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::{ReconcileArgs, ReportArgs, StatusArgs, SubmitArgs, spawn_signal_handler};
+use super::{ReconcileArgs, ReportArgs, SubmitArgs, WorkerArgs, spawn_signal_handler};
 use crate::abdm::AbdmClient;
 use crate::config::Settings;
+use crate::jobs::benefit::BenefitName;
+use crate::jobs::kind::JobKind;
 use crate::queue::Topology;
 use crate::ratelimit::{GlobalBudget, RateLimiter};
 use crate::store::Store;
@@ -43,6 +45,7 @@ impl Progress for SubmitProgress {
 }
 
 pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Result<ExitCode> {
+    let benefit = BenefitName::parse_served(&args.benefit, &settings.benefits)?;
     let store = Store::connect(settings).await?;
     let size = std::fs::metadata(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?
@@ -65,10 +68,13 @@ pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Re
     let req = SubmitRequest {
         path: args.file.clone(),
         kind: args.kind,
-        benefit: args.benefit.clone(),
+        benefit: benefit.to_string(),
         force: args.force,
     };
-    let result = crate::submit::submit(&store, &req, progress).await;
+    // SIGTERM/Ctrl-C abort the batch: none of its rows runs, and the file may be sent again.
+    let stop = CancellationToken::new();
+    spawn_signal_handler(stop.clone());
+    let result = crate::submit::submit_until(&store, &req, progress, &stop).await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -76,7 +82,7 @@ pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Re
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
-    println!(
+    out!(
         "batch {}: {} rows read, {} accepted, {} rejected, {} duplicate (run once) in {:.1} s ({:.0} rows/s)",
         s.batch,
         s.total,
@@ -86,8 +92,9 @@ pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Re
         s.elapsed.as_secs_f64(),
         s.total as f64 / s.elapsed.as_secs_f64().max(0.001)
     );
+    warn_overlaps(&store, &s, args.kind, &benefit).await;
     if s.rejected > 0 {
-        println!(
+        out!(
             "rejected rows are in the report: abha-bulk report {} --out report.csv",
             s.batch
         );
@@ -99,7 +106,8 @@ pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn worker(settings: &Settings, no_relay: bool) -> anyhow::Result<ExitCode> {
+pub(super) async fn worker(settings: &Settings, args: &WorkerArgs) -> anyhow::Result<ExitCode> {
+    let no_relay = args.no_relay;
     let store = Store::connect(settings).await?;
     let client = Arc::new(AbdmClient::new(&settings.abdm)?);
     let amqp = settings.rabbitmq_url()?.expose().to_string();
@@ -113,7 +121,7 @@ pub(super) async fn worker(settings: &Settings, no_relay: bool) -> anyhow::Resul
             f64::from(w.burst),
         )
     });
-    let limiter = RateLimiter::new(w.rate_per_second, w.burst, global);
+    let limiter = RateLimiter::with_aimd(w.rate_per_second, w.burst, global, w.aimd());
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone());
     crate::http::serve(
@@ -141,13 +149,21 @@ pub(super) async fn worker(settings: &Settings, no_relay: bool) -> anyhow::Resul
         topology.clone(),
         stop.clone(),
     ));
-    let worker = Arc::new(Worker {
+    let worker = Worker::with_breaker(
         store,
         client,
         limiter,
         topology,
-        cfg: WorkerConfig::from_settings(w),
-    });
+        WorkerConfig {
+            kinds: if args.kinds.is_empty() {
+                JobKind::ALL.to_vec()
+            } else {
+                args.kinds.clone()
+            },
+            ..WorkerConfig::from_settings(w)
+        },
+        w.breaker(),
+    );
     worker.run(amqp, stop).await;
     if let Some(r) = relay {
         let _ = r.await;
@@ -192,94 +208,65 @@ pub(super) async fn relay(settings: &Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn status(settings: &Settings, args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::connect(settings).await?;
-    let Some(id) = &args.batch else {
-        let batches = store.list_batches(false, 20).await?;
-        if batches.is_empty() {
-            println!("no batches yet");
-        }
-        for b in batches {
-            let c = store.batch_counts(b.id).await?;
-            println!(
-                "{}  {:<17} {:<14} {:<10} {:>8} rows  {:>8} done  {:>6} open  {}",
-                &b.id.to_string()[..8],
-                b.kind,
-                b.benefit,
-                b.state,
-                b.total_rows,
-                c.done(),
-                c.open(),
-                b.created_at.format("%Y-%m-%d %H:%M")
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
-    };
-    let batch = store.find_batch(id).await?;
-    if !args.watch {
-        println!("{}", crate::report::status(&store, &batch).await?.render());
-        return Ok(ExitCode::SUCCESS);
+/// Warns about rows of the new batch that earlier batches of the same kind and benefit
+/// already hold (the same file reordered, re-saved with other line endings, or merged into
+/// another). The batch is already queued: the warning says how to stop it.
+async fn warn_overlaps(
+    store: &Store,
+    s: &crate::submit::SubmitSummary,
+    kind: crate::jobs::kind::JobKind,
+    benefit: &BenefitName,
+) {
+    if s.accepted == 0 {
+        return;
     }
-    let tty = std::io::stderr().is_terminal();
-    let bar = tty.then(|| {
-        let b = indicatif::ProgressBar::new(batch.accepted_rows.max(0) as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:40}] {pos}/{len} {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        b
-    });
-    loop {
-        let s = crate::report::status(&store, &batch).await?;
-        let msg = format!(
-            "ok {} failed {} dead {} retrying {} | {:.1}/s ETA {}",
-            s.counts.get("succeeded"),
-            s.counts.get("failed"),
-            s.counts.get("dead"),
-            s.counts.get("retrying"),
-            s.rate,
-            s.eta_secs()
-                .map(crate::report::format_duration)
-                .unwrap_or_else(|| "-".into())
-        );
-        match &bar {
-            Some(b) => {
-                b.set_length(s.counts.total() as u64);
-                b.set_position(s.counts.done() as u64);
-                b.set_message(msg);
-            }
-            None => println!(
-                "{} {}/{} {msg}",
-                &batch.id.to_string()[..8],
-                s.counts.done(),
-                s.counts.total()
-            ),
+    let started = std::time::Instant::now();
+    let overlaps = match store
+        .overlapping_batches(s.batch, kind.as_str(), benefit.as_str())
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not compare the batch with earlier batches");
+            return;
         }
-        if s.counts.open() == 0 && s.batch.state != "submitting" {
-            if let Some(b) = &bar {
-                b.finish();
-            }
-            println!("{}", s.render());
-            return Ok(ExitCode::SUCCESS);
-        }
-        tokio::time::sleep(Duration::from_secs(if tty { 2 } else { 10 })).await;
+    };
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        batches = overlaps.len(),
+        "overlap check"
+    );
+    for o in &overlaps {
+        eprintln!(
+            "warning: {}{} of the {} accepted row(s) were already submitted in batch {} ({}{}, {kind} / {benefit}); they will run again. To stop this batch: abha-bulk cancel {}",
+            if o.exact { "" } else { "at least " },
+            o.rows,
+            s.accepted,
+            o.batch,
+            o.created_at.format("%Y-%m-%d %H:%M UTC"),
+            o.file_name
+                .as_ref()
+                .map(|f| format!(", file {f}"))
+                .unwrap_or_default(),
+            s.batch
+        );
     }
 }
 
 pub(super) async fn report(settings: &Settings, args: &ReportArgs) -> anyhow::Result<ExitCode> {
     let store = Store::connect(settings).await?;
     let batch = store.find_batch(&args.batch).await?;
-    let who = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
-    let reveal = args
-        .reveal
-        .then_some((who.as_str(), args.reason.as_deref()));
-    let counts = crate::report::write_report(&store, batch.id, &args.out, reveal).await?;
-    println!(
+    let os_user = crate::report::os_account();
+    let reveal = args.reveal.then(|| crate::report::Reveal {
+        os_user: &os_user,
+        operator: args.operator.as_deref(),
+        reason: args.reason.as_deref().unwrap_or(""),
+    });
+    let target = crate::report::ReportTarget::from_arg(&args.out, args.force);
+    let counts = crate::report::write_report(&store, batch.id, &target, reveal).await?;
+    eprintln!(
         "{}: {} row(s) of batch {}{}",
-        args.out.display(),
+        target.display(),
         counts.rows,
         batch.id,
         if args.reveal {
@@ -298,6 +285,7 @@ pub(super) async fn reconcile(
     settings: &Settings,
     args: &ReconcileArgs,
 ) -> anyhow::Result<ExitCode> {
+    let benefit = BenefitName::parse_served(&args.benefit, &settings.benefits)?;
     let store = Store::connect(settings).await?;
     let client = Arc::new(AbdmClient::new(&settings.abdm)?);
     let global = settings.worker.global_rate_limit.then(|| {
@@ -312,7 +300,8 @@ pub(super) async fn reconcile(
     let out = args.out.clone().unwrap_or_else(|| {
         std::path::PathBuf::from("reports").join(format!(
             "reconcile-{}-{}.csv",
-            args.benefit
+            benefit
+                .as_str()
                 .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
             chrono::Utc::now().format("%Y%m%d-%H%M%S")
         ))
@@ -325,14 +314,15 @@ pub(super) async fn reconcile(
         Some(&amqp),
         &Topology::from_settings(&settings.rabbitmq),
         &crate::reconcile::ReconcileRequest {
-            benefit: args.benefit.clone(),
+            benefit: benefit.to_string(),
             roster: args.roster.clone(),
             apply: args.apply,
             out,
             concurrency: settings.reconcile.concurrency,
+            sweep_unexpected: args.sweep_unexpected,
         },
     )
     .await?;
-    println!("{}", summary.render());
+    out!("{}", summary.render());
     Ok(ExitCode::SUCCESS)
 }

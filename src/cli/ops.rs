@@ -36,7 +36,7 @@ pub(super) async fn rekey(settings: &Settings, args: &RekeyArgs) -> anyhow::Resu
         })
         .await?;
     if p.complete() {
-        println!(
+        out!(
             "rekey done: {} of {} jobs rewritten; every value is under key id {}, whose check value is now stored. pii.previous_keys can be removed.",
             p.rewritten,
             p.scanned,
@@ -44,9 +44,11 @@ pub(super) async fn rekey(settings: &Settings, args: &RekeyArgs) -> anyhow::Resu
         );
         Ok(ExitCode::SUCCESS)
     } else {
-        println!(
+        out!(
             "rekey incomplete: {} rewritten, {} changed by a worker meanwhile (run rekey again), {} decrypt with no configured key; keep pii.previous_keys",
-            p.rewritten, p.raced, p.undecryptable
+            p.rewritten,
+            p.raced,
+            p.undecryptable
         );
         Ok(ExitCode::FAILURE)
     }

@@ -111,6 +111,11 @@ pub enum IngestError {
         /// The accepted names of the missing columns.
         hint: String,
     },
+    /// The file is UTF-16 or UTF-32 text (Excel's "Unicode text"), not UTF-8.
+    #[error(
+        "the file is {0} text, not UTF-8: save it as \"CSV UTF-8\" (Excel) or convert it, e.g. iconv -f {0} -t UTF-8"
+    )]
+    WrongEncoding(&'static str),
     /// Two header cells name the same field.
     #[error("columns {} all mean {field}: keep only one of them", .columns.join(", "))]
     DuplicateColumn {
@@ -119,6 +124,31 @@ pub enum IngestError {
         /// The header cells naming it, quoted.
         columns: Vec<String>,
     },
+}
+
+/// The name of a UTF-16/32 encoding recognised by its byte-order mark or by NUL bytes between
+/// ASCII characters of the first line.
+fn wide_encoding(prefix: &[u8]) -> Option<&'static str> {
+    if prefix.starts_with(&[0xFF, 0xFE, 0, 0]) {
+        return Some("UTF-32LE");
+    }
+    if prefix.starts_with(&[0, 0, 0xFE, 0xFF]) {
+        return Some("UTF-32BE");
+    }
+    if prefix.starts_with(&[0xFF, 0xFE]) {
+        return Some("UTF-16LE");
+    }
+    if prefix.starts_with(&[0xFE, 0xFF]) {
+        return Some("UTF-16BE");
+    }
+    let head = &prefix[..prefix.len().min(64)];
+    if head.len() >= 4 && head[1] == 0 && head[3] == 0 && head[0] != 0 {
+        return Some("UTF-16LE");
+    }
+    if head.len() >= 4 && head[0] == 0 && head[2] == 0 && head[1] != 0 {
+        return Some("UTF-16BE");
+    }
+    None
 }
 
 /// Passes bytes through, counting them. (The file's SHA-256 is taken by `submit` before
@@ -243,6 +273,9 @@ impl<R: Read> CsvIngest<R> {
             if first_line(&prefix).is_some() || prefix.len() >= SNIFF_LIMIT {
                 break;
             }
+        }
+        if let Some(encoding) = wide_encoding(&prefix) {
+            return Err(IngestError::WrongEncoding(encoding));
         }
         let bom_len = if prefix.starts_with(&[0xEF, 0xBB, 0xBF]) {
             3
@@ -405,6 +438,17 @@ impl<R: Read> CsvIngest<R> {
         self.rdr.get_ref().get_ref().1
     }
 
+    /// The field name of cell `i` (`*` for a cell outside the known columns).
+    fn column_name(&self, i: usize) -> String {
+        if self.external_ref == Some(i) {
+            return EXTERNAL_REF.name.into();
+        }
+        self.fields
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map_or_else(|| "*".into(), |(_, f)| (*f).to_string())
+    }
+
     /// Reads the next record into `self.record`, advancing `row_number` by the rows it
     /// took (blank lines before it included). `false` at the end of the file.
     fn read_record(&mut self) -> Result<bool, IngestError> {
@@ -464,6 +508,18 @@ impl<R: Read> CsvIngest<R> {
                 }
             });
 
+        // Postgres text cannot hold NUL, and no identifier or name contains one: the row is
+        // rejected here, with its number, rather than failing the whole upload later.
+        if let Some(i) = (0..self.record.len()).find(|&i| self.record[i].contains(&0)) {
+            return RowResult::Rejected(Rejection {
+                row_number,
+                external_ref: None,
+                column: self.column_name(i),
+                reason:
+                    "contains a NUL byte: the file may be binary or UTF-16; save it as CSV UTF-8"
+                        .into(),
+            });
+        }
         let cells = self.record.len();
         if cells != self.header_len {
             return RowResult::Rejected(Rejection {
@@ -719,6 +775,30 @@ mod tests {
         assert_eq!(bad[1].row_number, 2);
         assert!(bad[1].reason.contains("3 cells"));
         assert_eq!(bad[1].external_ref.as_deref(), Some("r2"));
+    }
+
+    #[test]
+    fn a_nul_byte_rejects_only_its_row_and_utf16_is_named() {
+        let mut data = b"child_name,parent_x_token,child_dob,child_gender,external_ref\n".to_vec();
+        data.extend_from_slice(b"Asha,tok1,01-01-2020,F,a\n");
+        data.extend_from_slice(b"Rena,tok2,01-01-2020,F,b\0c\n");
+        data.extend_from_slice(b"Meena,tok3,01-01-2020,F,d\n");
+        let (ok, bad) = collect(JobKind::ChildCreate, &data);
+        assert_eq!(numbers(&ok), [1, 3]);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].row_number, 2);
+        assert_eq!(bad[0].column, "external_ref");
+        assert!(bad[0].reason.contains("NUL"), "{}", bad[0].reason);
+        let utf16: Vec<u8> = "\u{FEFF}mobile\r\n9876543210\r\n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let err = CsvIngest::new(&utf16[..], JobKind::AbhaFind, today()).err();
+        assert!(
+            matches!(err, Some(IngestError::WrongEncoding("UTF-16LE"))),
+            "{err:?}"
+        );
+        assert!(err.unwrap().to_string().contains("UTF-16LE"));
     }
 
     #[test]

@@ -1,9 +1,14 @@
 //! One job → one call sequence → one answer.
 //!
-//! ABDM's "already done" answers (ABDM-1140, ABDM-1138) come back as success here. A child
-//! creation on its second or later attempt first lists the parent's children: if the child
-//! is there, the first attempt's answer was lost after ABDM created it, and creating again would
-//! make a twin.
+//! ABDM's "already done" answers (ABDM-1140, ABDM-1138) come back as success here.
+//!
+//! `look_first` is the job's durable intent (`jobs.effect_started_at`): an earlier attempt sent
+//! a call that changes something and its answer was never recorded. Then a child creation
+//! first lists the parent's children (if the child is there, ABDM created it and the answer
+//! was lost; creating again would make a twin), and "already done" answers are reported as
+//! `*_answer_lost` (done by this run, confirmed by looking) rather than `already_*` (done
+//! before this run). The intent is decided from that record, never from the attempt counter,
+//! which `retry-failed` resets. docs/report-format.md lists every outcome.
 
 use crate::abdm::benefit::{Beneficiary, LinkAction};
 use crate::abdm::{AbdmClient, CallTrace, ClientError, Disposition};
@@ -13,8 +18,9 @@ use crate::pii::Sensitive;
 /// What a successful job did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Success {
-    /// For reports: `linked`, `already_linked`, `delinked`, `already_delinked`, `found`,
-    /// `not_linked`, `updated`, `created`, `existing`, `created_before` (found after a lost answer).
+    /// For reports (docs/report-format.md): `linked`, `linked_answer_lost`, `already_linked`,
+    /// `delinked`, `delinked_answer_lost`, `already_delinked`, `found`, `not_linked`,
+    /// `updated`, `updated_answer_lost`, `created`, `created_answer_lost`, `existing`.
     pub outcome: &'static str,
     /// ABDM's code for an idempotent answer.
     pub code: Option<String>,
@@ -46,13 +52,13 @@ impl Success {
     }
 }
 
-/// Runs `job` once (its HTTP attempts land in `trace`). `attempt` is the job's attempt number:
-/// from the second attempt on, a child creation first looks for the child.
+/// Runs `job` once (its HTTP attempts land in `trace`). `look_first`: an earlier attempt may
+/// have changed something at ABDM without its answer being recorded (see the module docs).
 pub async fn execute(
     client: &AbdmClient,
     benefit: &str,
     job: &Job,
-    attempt: i32,
+    look_first: bool,
     trace: &mut CallTrace,
 ) -> Result<Success, ClientError> {
     match job {
@@ -105,8 +111,12 @@ pub async fn execute(
                 ),
             ))
         }
-        Job::BenefitLink(who) => link(client, trace, benefit, LinkAction::Link, who).await,
-        Job::BenefitDelink(who) => link(client, trace, benefit, LinkAction::Delink, who).await,
+        Job::BenefitLink(who) => {
+            link(client, trace, benefit, LinkAction::Link, who, look_first).await
+        }
+        Job::BenefitDelink(who) => {
+            link(client, trace, benefit, LinkAction::Delink, who, look_first).await
+        }
         Job::ProfileUpdate(patch) => {
             client.update_profile(trace, benefit, patch).await?;
             Ok(Success::plain("updated"))
@@ -116,11 +126,11 @@ pub async fn execute(
             child,
             ..
         } => {
-            if attempt > 1 {
+            if look_first {
                 let children = client.list_children(trace, benefit, parent_x_token).await?;
                 if let Some(found) = children.children.iter().find(|c| c.matches(child)) {
                     return Ok(Success::with(
-                        "created_before",
+                        "created_answer_lost",
                         Some(&found.abha_number),
                         format!("child ABHA {}", found.abha_number.masked()),
                     ));
@@ -130,17 +140,17 @@ pub async fn execute(
                 .create_child(trace, benefit, parent_x_token, child)
                 .await?;
             Ok(Success::with(
-                created_or_existing(created.is_new),
+                created_or_existing(created.is_new, look_first),
                 Some(&created.profile.abha_number),
                 format!("child ABHA {}", created.profile.abha_number.masked()),
             ))
         }
         Job::ChildUpdate(update) => match client.update_child(trace, benefit, update).await {
             Ok(_) => Ok(Success::plain("updated")),
-            // ABDM allows one update of a non-KYC child. On a retry, ABDM-1160 means the first
-            // attempt (whose answer was lost) did the update.
-            Err(e) if attempt > 1 && e.code() == "ABDM-1160" => Ok(Success {
-                outcome: "updated_before",
+            // ABDM allows one update of a non-KYC child. After a lost answer, ABDM-1160 means
+            // the earlier attempt did the update.
+            Err(e) if look_first && e.code() == "ABDM-1160" => Ok(Success {
+                outcome: "updated_answer_lost",
                 code: Some(e.code()),
                 result: None,
                 result_masked: None,
@@ -177,7 +187,7 @@ pub async fn execute(
         Job::AbhaCreateDemo(req) => {
             let created = client.create_by_demo_auth(trace, benefit, req).await?;
             Ok(Success::with(
-                created_or_existing(created.is_new),
+                created_or_existing(created.is_new, look_first),
                 Some(&created.abha_number),
                 format!("ABHA {}", created.abha_number.masked()),
             ))
@@ -185,9 +195,15 @@ pub async fn execute(
     }
 }
 
-/// `created` when ABDM made a new ABHA, `existing` when it returned one it had.
-fn created_or_existing(is_new: bool) -> &'static str {
-    if is_new { "created" } else { "existing" }
+/// `created` when ABDM made a new ABHA now; `created_answer_lost` when it returned one that an
+/// earlier attempt of this run (whose answer was lost) created; `existing` when the ABHA was
+/// there before this run.
+fn created_or_existing(is_new: bool, look_first: bool) -> &'static str {
+    match (is_new, look_first) {
+        (true, _) => "created",
+        (false, true) => "created_answer_lost",
+        (false, false) => "existing",
+    }
 }
 
 async fn link(
@@ -196,10 +212,13 @@ async fn link(
     benefit: &str,
     action: LinkAction,
     who: &Beneficiary,
+    look_first: bool,
 ) -> Result<Success, ClientError> {
-    let (done, already) = match action {
-        LinkAction::Link => ("linked", "already_linked"),
-        LinkAction::Delink => ("delinked", "already_delinked"),
+    let (done, already) = match (action, look_first) {
+        (LinkAction::Link, false) => ("linked", "already_linked"),
+        (LinkAction::Link, true) => ("linked", "linked_answer_lost"),
+        (LinkAction::Delink, false) => ("delinked", "already_delinked"),
+        (LinkAction::Delink, true) => ("delinked", "delinked_answer_lost"),
     };
     match client.link(trace, benefit, action, who).await {
         Ok(r) => Ok(Success::with(

@@ -51,6 +51,15 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    /// True for kinds whose ABDM call changes something (a link, a profile, a new ABHA): a
+    /// lost answer of theirs must never lead to acting twice.
+    pub fn changes_state(self) -> bool {
+        !matches!(
+            self,
+            Self::BenefitSearch | Self::BenefitLookup | Self::AbhaFind
+        )
+    }
+
     /// Every kind, in documentation order.
     pub const ALL: [JobKind; 9] = [
         JobKind::BenefitSearch,
@@ -145,15 +154,22 @@ impl ColumnSpec {
     /// parentheses is dropped, camelCase is split, spaces, dashes, dots and slashes become
     /// underscores, other punctuation is dropped, and the result is compared, ignoring case,
     /// with the name and the aliases. `ABHA Number`, `abha-number`, `abha` and
-    /// `healthIdNumber` all name `abha_number`.
+    /// `healthIdNumber` all name `abha_number`. Case is not significant either way: the
+    /// header is also compared without the camelCase split, so `AbHa_NuMbEr` and
+    /// `ABHA_NUMBER` name `abha_number` too.
     pub fn matches(&self, header: &str) -> bool {
-        let h = normalise_header(header);
-        h == self.name || self.aliases.contains(&h.as_str())
+        let named = |h: String| h == self.name || self.aliases.contains(&h.as_str());
+        named(normalise_header(header)) || named(normalise_header_with(header, false))
     }
 }
 
 /// The normalised form of a header cell, as compared by [`ColumnSpec::matches`].
 pub(crate) fn normalise_header(header: &str) -> String {
+    normalise_header_with(header, true)
+}
+
+/// [`normalise_header`], with or without splitting camelCase words.
+fn normalise_header_with(header: &str, split_camel: bool) -> String {
     let mut out = String::with_capacity(header.len());
     let mut prev_lower = false;
     let mut depth = 0u32;
@@ -170,7 +186,7 @@ pub(crate) fn normalise_header(header: &str) -> String {
             _ if depth > 0 => continue,
             _ => {}
         }
-        if c.is_uppercase() && prev_lower {
+        if split_camel && c.is_uppercase() && prev_lower {
             out.push('_');
         }
         prev_lower = c.is_lowercase() || c.is_ascii_digit();
@@ -1293,6 +1309,18 @@ mod tests {
         assert!(col(JobKind::ChildCreate, "parent_x_token").matches("X-Token"));
         assert!(col(JobKind::ChildCreate, "parent_x_token").matches("parentXToken"));
         assert!(col(JobKind::ChildCreate, "child_name").matches("Child's Name"));
+        // Any mix of case, with or without separators.
+        for h in [
+            "AbHa_NuMbEr",
+            "ABHA_NUMBER",
+            "Abha_Number",
+            "aBHA nUMBER",
+            "ABHANUMBER",
+        ] {
+            assert!(abha.matches(h), "{h}");
+        }
+        assert!(col(JobKind::AbhaCreateDemo, "dob").matches("DaTe_Of_BiRtH"));
+        assert!(!abha.matches("AbHa_NuMbEr_2"));
     }
 
     #[test]

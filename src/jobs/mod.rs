@@ -1,4 +1,6 @@
-//! Job kinds, their payloads and validation ([`kind`]), and running one job ([`execute`]).
+//! Job kinds, their payloads and validation ([`kind`]), benefit names ([`benefit`]), and running
+//! one job ([`execute`]).
 
+pub mod benefit;
 pub mod execute;
 pub mod kind;

@@ -118,7 +118,7 @@ impl StateCounts {
     }
 }
 
-fn batch_from_row(r: &sqlx::postgres::PgRow) -> BatchInfo {
+pub(crate) fn batch_from_row(r: &sqlx::postgres::PgRow) -> BatchInfo {
     BatchInfo {
         id: r.get("id"),
         kind: r.get("kind"),
@@ -135,7 +135,7 @@ fn batch_from_row(r: &sqlx::postgres::PgRow) -> BatchInfo {
     }
 }
 
-const BATCH_COLUMNS: &str = "id, kind, benefit, source, file_name, state, total_rows, accepted_rows, rejected_rows, duplicate_rows, created_at, finished_at";
+pub(crate) const BATCH_COLUMNS: &str = "id, kind, benefit, source, file_name, state, total_rows, accepted_rows, rejected_rows, duplicate_rows, created_at, finished_at";
 
 impl Store {
     /// Encrypts and hashes a validated job for insertion.
@@ -206,7 +206,8 @@ impl Store {
         Ok(id)
     }
 
-    /// The most recent earlier upload of the same file for the same kind and benefit.
+    /// The most recent earlier completed upload (`active` or `finished`) of the same file for
+    /// the same kind and benefit. Aborted and cancelled uploads do not count.
     pub async fn previous_upload(
         &self,
         sha256: &str,
@@ -215,7 +216,7 @@ impl Store {
     ) -> Result<Option<BatchInfo>, StoreError> {
         let sql = format!(
             "SELECT {BATCH_COLUMNS} FROM batches WHERE file_sha256 = $1 AND kind = $2 AND benefit = $3
-             AND state <> 'cancelled' ORDER BY created_at DESC LIMIT 1"
+             AND state IN ('active', 'finished') ORDER BY created_at DESC LIMIT 1"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(sha256)
@@ -227,8 +228,10 @@ impl Store {
         Ok(row.as_ref().map(batch_from_row))
     }
 
-    /// Inserts a chunk of jobs and their outbox rows in one transaction. Rows identical to an
-    /// earlier row of the batch are recorded as duplicates of it instead.
+    /// Inserts a chunk of jobs in one transaction (and refreshes the batch's heartbeat). Rows
+    /// identical to an earlier row of the batch are recorded as duplicates of it instead. No
+    /// outbox row is written: nothing of a batch runs before [`Self::finish_submit`] makes the
+    /// whole file due at once.
     pub async fn insert_jobs(
         &self,
         batch: Uuid,
@@ -250,8 +253,8 @@ impl Store {
                      AS r(row_number, external_ref, subject_hash, subject_masked, dedup_hash, payload)
                 ON CONFLICT (batch_id, dedup_hash) DO NOTHING
                 RETURNING id, row_number
-             ), out AS (
-                INSERT INTO outbox (job_id, kind) SELECT id, $2 FROM ins
+             ), beat AS (
+                UPDATE batches SET heartbeat_at = now() WHERE id = $1
              )
              SELECT row_number FROM ins",
         )
@@ -343,8 +346,10 @@ impl Store {
         Ok(())
     }
 
-    /// Marks the end of a submission: counts, and `active` (or `finished` when nothing was
-    /// accepted).
+    /// Marks the end of a submission, in one transaction: the counts, an outbox row for every
+    /// job of the batch, and `active` (or `finished` when nothing was accepted). This is the
+    /// moment the batch's rows become due: a submit that fails or is interrupted before it
+    /// leaves no row that could run. Refuses a batch that is no longer `submitting` (aborted).
     pub async fn finish_submit(
         &self,
         batch: Uuid,
@@ -353,22 +358,93 @@ impl Store {
         rejected: u64,
         duplicates: u64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .ctx("starting to activate the batch")?;
+        let updated = sqlx::query(
             "UPDATE batches SET total_rows = $2, accepted_rows = $3, rejected_rows = $4,
-                    duplicate_rows = $5, submitted_at = now(),
+                    duplicate_rows = $5, submitted_at = now(), heartbeat_at = now(),
                     state = CASE WHEN $3 = 0 THEN 'finished' ELSE 'active' END,
                     finished_at = CASE WHEN $3 = 0 THEN now() END
-             WHERE id = $1",
+             WHERE id = $1 AND state = 'submitting'",
         )
         .bind(batch)
         .bind(total as i64)
         .bind(accepted as i64)
         .bind(rejected as i64)
         .bind(duplicates as i64)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .ctx("finishing the submission")?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::Refused(format!(
+                "batch {batch} is no longer being submitted (it was aborted); submit the file again"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO outbox (job_id, kind)
+             SELECT id, kind FROM jobs WHERE batch_id = $1 AND state = 'queued' ORDER BY id",
+        )
+        .bind(batch)
+        .execute(&mut *tx)
+        .await
+        .ctx("queueing the batch's jobs")?;
+        tx.commit().await.ctx("activating the batch")?;
         Ok(())
+    }
+
+    /// Marks a submission that failed or was interrupted as `aborted`: its jobs become
+    /// `cancelled` (code `submit_aborted`) and never run, and the file may be submitted again.
+    /// Returns false when the batch was not `submitting` any more.
+    pub async fn abort_submit(&self, batch: Uuid, why: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.ctx("starting an abort")?;
+        let aborted = sqlx::query(
+            "UPDATE batches SET state = 'aborted', finished_at = now() WHERE id = $1 AND state = 'submitting'",
+        )
+        .bind(batch)
+        .execute(&mut *tx)
+        .await
+        .ctx("aborting the batch")?;
+        if aborted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', last_code = 'submit_aborted', last_message = $2,
+                    finished_at = now(), updated_at = now()
+             WHERE batch_id = $1 AND state = 'queued'",
+        )
+        .bind(batch)
+        .bind(why)
+        .execute(&mut *tx)
+        .await
+        .ctx("cancelling the aborted batch's jobs")?;
+        tx.commit().await.ctx("committing an abort")?;
+        Ok(true)
+    }
+
+    /// Aborts `submitting` batches whose submit stopped writing `stale_secs` ago (killed
+    /// without a chance to abort itself). Returns how many.
+    pub async fn abort_abandoned_submits(&self, stale_secs: u64) -> Result<u64, StoreError> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM batches WHERE state = 'submitting'
+               AND COALESCE(heartbeat_at, created_at) < now() - make_interval(secs => $1)",
+        )
+        .bind(stale_secs as f64)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("finding abandoned submits")?;
+        let mut n = 0;
+        for id in ids {
+            if self
+                .abort_submit(id, "the submit stopped before the whole file was stored")
+                .await?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// One batch.
@@ -382,29 +458,53 @@ impl Store {
         Ok(row.as_ref().map(batch_from_row))
     }
 
-    /// Finds a batch by full id or a unique prefix of it (as printed by `status`).
+    /// Finds a batch by full id or a unique prefix of it (as printed by `status`). A prefix
+    /// is hex digits and dashes only; an ambiguous one is refused with its candidates.
     pub async fn find_batch(&self, id_or_prefix: &str) -> Result<BatchInfo, StoreError> {
-        if let Ok(id) = Uuid::parse_str(id_or_prefix) {
+        let given = id_or_prefix.trim();
+        if let Ok(id) = Uuid::parse_str(given) {
             return self
                 .batch(id)
                 .await?
                 .ok_or_else(|| StoreError::Refused(format!("no batch {id}")));
         }
-        let sql =
-            format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id::text LIKE $1 || '%' LIMIT 2");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id_or_prefix.to_ascii_lowercase())
-            .fetch_all(&self.pool)
-            .await
-            .ctx("finding a batch")?;
+        if given.is_empty() || !given.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(StoreError::Refused(
+                "a batch id (or its prefix) is hex digits and dashes, e.g. 3f2a9c1e".into(),
+            ));
+        }
+        let prefix = given.to_ascii_lowercase();
+        let shown = 10;
+        let rows = self.batches_with_prefix(&prefix, shown + 1).await?;
         match rows.as_slice() {
-            [one] => Ok(batch_from_row(one)),
+            [one] => Ok(one.clone()),
             [] => Err(StoreError::Refused(format!(
-                "no batch starts with {id_or_prefix:?}"
+                "no batch starts with {prefix}"
             ))),
-            _ => Err(StoreError::Refused(format!(
-                "more than one batch starts with {id_or_prefix:?}: give more characters"
-            ))),
+            many => {
+                let list: Vec<String> = many
+                    .iter()
+                    .take(shown as usize)
+                    .map(|b| {
+                        format!(
+                            "  {}  {}  {}  {}",
+                            b.id,
+                            b.kind,
+                            b.benefit,
+                            b.created_at.format("%Y-%m-%d %H:%M")
+                        )
+                    })
+                    .collect();
+                let more = if many.len() > shown as usize {
+                    "\n  ... and more"
+                } else {
+                    ""
+                };
+                Err(StoreError::Refused(format!(
+                    "more than one batch starts with {prefix}: give more characters\n{}{more}",
+                    list.join("\n")
+                )))
+            }
         }
     }
 

@@ -1,18 +1,54 @@
 //! The global rate budget: a token bucket per ABDM client in Postgres, shared by every worker
-//! replica. Workers lease small blocks of tokens and spend them locally.
+//! replica, and the shared AIMD state. Workers lease small blocks of tokens and spend them
+//! locally; a throttling answer lowers `rate` for every replica at once.
+
+use std::time::Duration;
+
+use sqlx::Row;
 
 use super::{QueryContext, Store, StoreError};
 
+/// What a token request found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Take {
+    /// The tokens were taken.
+    pub taken: bool,
+    /// The shared effective rate now (calls/s, all replicas together).
+    pub rate: f64,
+    /// When not taken: how long until enough tokens (or the end of a Retry-After pause).
+    pub wait: Duration,
+}
+
+/// How the shared rate reacts (the `[worker]` `aimd_*` settings).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Aimd {
+    /// The rate is multiplied by this on a throttling answer (at most once a second).
+    pub decrease_factor: f64,
+    /// Lowest rate, as a fraction of the configured one.
+    pub min_fraction: f64,
+    /// Each increase adds this fraction of the configured rate.
+    pub increase_fraction: f64,
+    /// Increases come at most this often.
+    pub increase_every: Duration,
+    /// ... and only when no throttling answer came for this long.
+    pub quiet: Duration,
+}
+
+impl Default for Aimd {
+    fn default() -> Self {
+        Self {
+            decrease_factor: 0.7,
+            min_fraction: 0.05,
+            increase_fraction: 0.05,
+            increase_every: Duration::from_secs(2),
+            quiet: Duration::from_secs(4),
+        }
+    }
+}
+
 impl Store {
-    /// Takes `n` tokens from `client`'s bucket (refilled at `rate`/s up to `capacity`) if it
-    /// holds that many; returns whether it did.
-    pub async fn take_tokens(
-        &self,
-        client: &str,
-        n: f64,
-        rate: f64,
-        capacity: f64,
-    ) -> Result<bool, StoreError> {
+    /// Creates `client`'s bucket (full) when missing.
+    pub async fn ensure_budget(&self, client: &str, capacity: f64) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO rate_budget (client, tokens, updated_at) VALUES ($1, $2, clock_timestamp())
              ON CONFLICT (client) DO NOTHING",
@@ -22,20 +58,125 @@ impl Store {
         .execute(&self.pool)
         .await
         .ctx("creating the rate budget")?;
-        let taken = sqlx::query(
-            "UPDATE rate_budget
-             SET tokens = LEAST($4, tokens + $3 * EXTRACT(EPOCH FROM clock_timestamp() - updated_at)::float8) - $2,
-                 updated_at = clock_timestamp()
-             WHERE client = $1
-               AND LEAST($4, tokens + $3 * EXTRACT(EPOCH FROM clock_timestamp() - updated_at)::float8) >= $2",
+        Ok(())
+    }
+
+    /// Takes `n` tokens from `client`'s bucket if it holds that many and no Retry-After pause
+    /// is running. The bucket refills at the shared effective rate (at most `configured`) up to
+    /// `capacity`. One statement, one round trip.
+    pub async fn take_tokens(
+        &self,
+        client: &str,
+        n: f64,
+        configured: f64,
+        capacity: f64,
+    ) -> Result<Take, StoreError> {
+        let row = sqlx::query(
+            "WITH cur AS (
+                SELECT client,
+                       LEAST(COALESCE(rate, $3), $3) AS rate,
+                       LEAST($4, tokens + LEAST(COALESCE(rate, $3), $3)
+                             * GREATEST(EXTRACT(EPOCH FROM (clock_timestamp() - updated_at))::float8, 0)) AS avail,
+                       GREATEST(COALESCE(EXTRACT(EPOCH FROM (paused_until - clock_timestamp()))::float8, 0), 0) AS paused
+                FROM rate_budget WHERE client = $1 FOR UPDATE),
+             upd AS (
+                UPDATE rate_budget b SET tokens = cur.avail - $2, updated_at = clock_timestamp(), rate = cur.rate
+                FROM cur WHERE b.client = cur.client AND cur.avail >= $2 AND cur.paused = 0
+                RETURNING 1)
+             SELECT cur.rate, cur.avail, cur.paused, EXISTS (SELECT 1 FROM upd) FROM cur",
         )
         .bind(client)
         .bind(n)
-        .bind(rate)
+        .bind(configured)
         .bind(capacity)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .ctx("taking rate tokens")?;
-        Ok(taken.rows_affected() == 1)
+        let Some(r) = row else {
+            self.ensure_budget(client, capacity).await?;
+            return Ok(Take {
+                taken: false,
+                rate: configured,
+                wait: Duration::ZERO,
+            });
+        };
+        let (rate, avail, paused, taken): (f64, f64, f64, bool) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let wait = if taken {
+            Duration::ZERO
+        } else if paused > 0.0 {
+            Duration::from_secs_f64(paused)
+        } else {
+            Duration::from_secs_f64(((n - avail).max(0.0) / rate.max(1e-3)).min(10.0))
+        };
+        Ok(Take { taken, rate, wait })
+    }
+
+    /// A throttling answer: lowers the shared rate by the AIMD factor unless it was lowered
+    /// less than a second ago (so a burst of throttled answers from calls already in flight
+    /// counts once), empties the bucket, and starts a shared pause of `retry_after`. Returns
+    /// the rate now and whether this call lowered it.
+    pub async fn throttled(
+        &self,
+        client: &str,
+        configured: f64,
+        aimd: &Aimd,
+        retry_after: Option<Duration>,
+    ) -> Result<(f64, bool), StoreError> {
+        let row = sqlx::query(
+            "WITH cur AS (
+                SELECT client, COALESCE(rate, $2) AS rate,
+                       (last_decrease_at IS NULL OR last_decrease_at < clock_timestamp() - interval '1 second') AS may
+                FROM rate_budget WHERE client = $1 FOR UPDATE)
+             UPDATE rate_budget b SET
+                rate = CASE WHEN cur.may THEN GREATEST($2 * $4, cur.rate * $3) ELSE cur.rate END,
+                tokens = CASE WHEN cur.may THEN 0 ELSE b.tokens END,
+                updated_at = CASE WHEN cur.may THEN clock_timestamp() ELSE b.updated_at END,
+                last_decrease_at = CASE WHEN cur.may THEN clock_timestamp() ELSE b.last_decrease_at END,
+                last_throttle_at = clock_timestamp(),
+                paused_until = CASE WHEN $5 > 0
+                    THEN GREATEST(COALESCE(b.paused_until, clock_timestamp()), clock_timestamp() + make_interval(secs => $5))
+                    ELSE b.paused_until END
+             FROM cur WHERE b.client = cur.client
+             RETURNING b.rate, cur.may",
+        )
+        .bind(client)
+        .bind(configured)
+        .bind(aimd.decrease_factor)
+        .bind(aimd.min_fraction)
+        .bind(retry_after.map_or(0.0, |d| d.as_secs_f64().min(300.0)))
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("lowering the shared rate")?;
+        Ok(row.map_or((configured, false), |r| (r.get(0), r.get(1))))
+    }
+
+    /// Additive recovery of the shared rate: one step when no throttling answer came for
+    /// `quiet` and the last change is `increase_every` old. Any replica may call it; the
+    /// conditions make one step per interval in all. Returns the rate when it rose.
+    pub async fn recover_rate(
+        &self,
+        client: &str,
+        configured: f64,
+        aimd: &Aimd,
+    ) -> Result<Option<f64>, StoreError> {
+        let row = sqlx::query(
+            "UPDATE rate_budget SET rate = LEAST($2, COALESCE(rate, $2) + $2 * $3),
+                    last_increase_at = clock_timestamp()
+             WHERE client = $1 AND COALESCE(rate, $2) < $2
+               AND (last_throttle_at IS NULL OR last_throttle_at < clock_timestamp() - make_interval(secs => $4))
+               AND GREATEST(COALESCE(last_increase_at, '-infinity'), COALESCE(last_decrease_at, '-infinity'))
+                   < clock_timestamp() - make_interval(secs => $5)
+             RETURNING rate",
+        )
+        .bind(client)
+        .bind(configured)
+        .bind(aimd.increase_fraction)
+        .bind(aimd.quiet.as_secs_f64())
+        .bind(aimd.increase_every.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("raising the shared rate")?;
+        Ok(row.map(|r| r.get(0)))
     }
 }

@@ -5,9 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::vault::Aad;
 use super::{QueryContext, Store, StoreError};
-use crate::abdm::AttemptRecord;
 use crate::jobs::kind::{Job, JobKind};
 
 /// A job this worker now holds the lease on.
@@ -29,6 +27,18 @@ pub struct ClaimedJob {
     pub payload: Vec<u8>,
     /// The row's `dedup_hash` (the payload's associated data).
     pub dedup_hash: Vec<u8>,
+    /// An earlier attempt (of this or an earlier run of the row) may have changed something at
+    /// ABDM and its answer was not recorded: this attempt must look before it acts.
+    pub effect_may_have_happened: bool,
+}
+
+/// What the fence found right before a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The lease is ours and now runs `lease_secs` from now: the call may go.
+    Held,
+    /// Another worker took the job over (or it was cancelled): make no call.
+    Lost,
 }
 
 /// Result of trying to claim a job.
@@ -83,6 +93,16 @@ pub enum Outcome {
         /// Last message.
         message: String,
     },
+    /// A systemic failure (ABDM unreachable, gateway login refused, an outage): try again at
+    /// `due_at` without spending one of the job's attempts, since the answer was not about it.
+    Postpone {
+        /// When.
+        due_at: DateTime<Utc>,
+        /// Code of the failure.
+        code: String,
+        /// Message.
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -91,7 +111,7 @@ impl Outcome {
         match self {
             Self::Succeeded { .. } => "succeeded",
             Self::Failed { .. } => "failed",
-            Self::Retry { .. } => "retrying",
+            Self::Retry { .. } | Self::Postpone { .. } => "retrying",
             Self::Dead { .. } => "dead",
         }
     }
@@ -123,8 +143,10 @@ pub struct ReportRow {
     pub state: String,
     /// What happened.
     pub outcome: Option<String>,
-    /// ABDM code (or the rejected column).
+    /// ABDM code.
     pub code: Option<String>,
+    /// The invalid column of a rejected row (`*` for the whole row).
+    pub rejected_column: Option<String>,
     /// ABDM message (or the rejection reason).
     pub message: Option<String>,
     /// Attempts.
@@ -140,161 +162,37 @@ pub struct ReportRow {
 }
 
 impl Store {
-    /// Takes the lease on a job if it may run now.
-    pub async fn claim(
+    /// The fence, right before a call to ABDM: checks that `owner` still holds the job's lease
+    /// and extends it to `lease_secs` from now, in one statement, so the call (which lasts at
+    /// most the request timeout, shorter than the lease) finishes before anyone may take the
+    /// job over. With `changes_state` it also records, committed before the call is sent, that
+    /// the side effect may have started (the durable intent that makes every later attempt look
+    /// first).
+    pub async fn fence(
         &self,
         job_id: i64,
         owner: &str,
         lease_secs: u64,
-    ) -> Result<Claim, StoreError> {
-        let row = sqlx::query(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $2,
-                    lease_until = now() + make_interval(secs => $3), updated_at = now()
-             WHERE id = $1 AND (
-                (state IN ('queued', 'retrying') AND (next_due_at IS NULL OR next_due_at <= now() + interval '2 seconds'))
-                OR (state = 'running' AND lease_until < now()))
-             RETURNING id, batch_id, kind, benefit, attempts, created_at, payload, dedup_hash",
+        changes_state: bool,
+    ) -> Result<Fence, StoreError> {
+        let held = sqlx::query(
+            "UPDATE jobs SET lease_until = now() + make_interval(secs => $3),
+                    effect_started_at = CASE WHEN $4 THEN COALESCE(effect_started_at, now())
+                                             ELSE effect_started_at END
+             WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
         )
         .bind(job_id)
         .bind(owner)
         .bind(lease_secs as f64)
-        .fetch_optional(&self.pool)
+        .bind(changes_state)
+        .execute(&self.pool)
         .await
-        .ctx("claiming a job")?;
-        if let Some(r) = row {
-            let kind: String = r.get("kind");
-            let kind = JobKind::parse(&kind).ok_or_else(|| StoreError::Corrupt {
-                job_id,
-                reason: format!("unknown kind {kind:?}"),
-            })?;
-            return Ok(Claim::Run(ClaimedJob {
-                id: r.get("id"),
-                batch_id: r.get("batch_id"),
-                kind,
-                benefit: r.get("benefit"),
-                attempt: r.get("attempts"),
-                created_at: r.get("created_at"),
-                payload: r.get("payload"),
-                dedup_hash: r.get("dedup_hash"),
-            }));
-        }
-        let state: Option<String> = sqlx::query_scalar("SELECT state FROM jobs WHERE id = $1")
-            .bind(job_id)
-            .fetch_optional(&self.pool)
-            .await
-            .ctx("reading a job's state")?;
-        Ok(match state.as_deref() {
-            None => Claim::Missing,
-            Some("running") => Claim::Busy,
-            Some("queued" | "retrying") => Claim::NotDue,
-            Some(other) => Claim::Finished(other.to_string()),
+        .ctx("checking and extending a job's lease")?;
+        Ok(if held.rows_affected() == 1 {
+            Fence::Held
+        } else {
+            Fence::Lost
         })
-    }
-
-    /// Records the attempts, the outcome and (for a retry) the next outbox row, in one
-    /// transaction, if this worker still holds the lease. Returns false when the lease was lost
-    /// (another worker took over; nothing is written).
-    pub async fn record_outcome(
-        &self,
-        job: &ClaimedJob,
-        owner: &str,
-        outcome: &Outcome,
-        attempts: &[AttemptRecord],
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.ctx("starting an outcome")?;
-        let (code, message, result, result_masked, due, label) = match outcome {
-            Outcome::Succeeded {
-                outcome,
-                code,
-                result,
-                result_masked,
-            } => (
-                code.clone(),
-                None,
-                result
-                    .as_ref()
-                    .map(|r| self.vault.encrypt(r.as_bytes(), Aad::JobResult(job.id))),
-                result_masked.clone(),
-                None,
-                Some(outcome.clone()),
-            ),
-            Outcome::Failed { code, message } | Outcome::Dead { code, message } => (
-                Some(code.clone()),
-                Some(message.clone()),
-                None,
-                None,
-                None,
-                None,
-            ),
-            Outcome::Retry {
-                due_at,
-                code,
-                message,
-            } => (
-                Some(code.clone()),
-                Some(message.clone()),
-                None,
-                None,
-                Some(*due_at),
-                None,
-            ),
-        };
-        let finished = !matches!(outcome, Outcome::Retry { .. });
-        let updated = sqlx::query(
-            "UPDATE jobs SET state = $3, outcome = COALESCE($4, outcome), last_code = $5, last_message = $6,
-                    result = COALESCE($7, result), result_masked = COALESCE($8, result_masked),
-                    next_due_at = $9, lease_owner = NULL, lease_until = NULL, updated_at = now(),
-                    finished_at = CASE WHEN $10 THEN now() END
-             WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
-        )
-        .bind(job.id)
-        .bind(owner)
-        .bind(outcome.state())
-        .bind(label)
-        .bind(code)
-        .bind(message)
-        .bind(result)
-        .bind(result_masked)
-        .bind(due)
-        .bind(finished)
-        .execute(&mut *tx)
-        .await
-        .ctx("recording a job's outcome")?;
-        if updated.rows_affected() == 0 {
-            tx.rollback().await.ctx("abandoning an outcome")?;
-            return Ok(false);
-        }
-        if !attempts.is_empty() {
-            sqlx::query(
-                "INSERT INTO attempts (job_id, job_attempt, operation, request_id, http_status, code, message, disposition, duration_ms)
-                 SELECT $1, $2, a.operation, a.request_id, a.http_status, a.code, a.message, a.disposition, a.duration_ms
-                 FROM UNNEST($3::text[], $4::uuid[], $5::int[], $6::text[], $7::text[], $8::text[], $9::int[])
-                      AS a(operation, request_id, http_status, code, message, disposition, duration_ms)",
-            )
-            .bind(job.id)
-            .bind(job.attempt)
-            .bind(attempts.iter().map(|a| a.operation.as_str().to_string()).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.request_id).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.http_status.map(i32::from)).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.code.clone()).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.message.clone()).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.disposition.as_str().to_string()).collect::<Vec<_>>())
-            .bind(attempts.iter().map(|a| a.duration.as_millis().min(i32::MAX as u128) as i32).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await
-            .ctx("recording attempts")?;
-        }
-        if let Some(due) = due {
-            sqlx::query("INSERT INTO outbox (job_id, kind, due_at) VALUES ($1, $2, $3)")
-                .bind(job.id)
-                .bind(job.kind.as_str())
-                .bind(due)
-                .execute(&mut *tx)
-                .await
-                .ctx("scheduling a retry")?;
-        }
-        tx.commit().await.ctx("committing an outcome")?;
-        Ok(true)
     }
 
     /// Records a job from an external producer on first sight; returns its id (the existing
@@ -403,7 +301,8 @@ impl Store {
     }
 
     /// Puts failed and dead jobs of a batch (only those with `code`, if given) back in the
-    /// queue with a fresh attempt budget. Returns how many.
+    /// queue with a fresh attempt budget. The durable intent (`effect_started_at`) stays, so
+    /// a row whose side effect may have happened still looks before it acts. Returns how many.
     pub async fn retry_failed(&self, batch: Uuid, code: Option<&str>) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await.ctx("starting retry-failed")?;
         let n: i64 = sqlx::query_scalar(
@@ -439,12 +338,12 @@ impl Store {
         use futures::TryStreamExt;
         sqlx::query(
             "SELECT row_number, external_ref, subject_masked AS identifier, state, outcome,
-                    last_code AS code, last_message AS message, attempts, finished_at,
-                    result_masked AS result, result AS result_ciphertext, id AS ord
+                    last_code AS code, NULL AS rejected_column, last_message AS message, attempts,
+                    finished_at, result_masked AS result, result AS result_ciphertext, id AS ord
              FROM jobs WHERE batch_id = $1
              UNION ALL
              SELECT row_number, external_ref, NULL, CASE WHEN duplicate_of IS NULL THEN 'rejected' ELSE 'duplicate' END,
-                    NULL, CASE WHEN duplicate_of IS NULL THEN column_name END, reason, 0, NULL, NULL, NULL, 0
+                    NULL, NULL, CASE WHEN duplicate_of IS NULL THEN column_name END, reason, 0, NULL, NULL, NULL, 0
              FROM rejected_rows WHERE batch_id = $1
              ORDER BY row_number NULLS LAST, ord",
         )
@@ -457,6 +356,7 @@ impl Store {
             state: r.get("state"),
             outcome: r.get("outcome"),
             code: r.get("code"),
+            rejected_column: r.get("rejected_column"),
             message: r.get("message"),
             attempts: r.get("attempts"),
             finished_at: r.get("finished_at"),
@@ -470,22 +370,30 @@ impl Store {
         })
     }
 
-    /// Records a `--reveal` export in the audit table.
+    /// Records a `--reveal` export in the audit table before anything is written: the row
+    /// counts the identifiers the export will hold, `os_user` is the account the command
+    /// runs as, `operator` the person named with `--operator`. Returns that count. The export
+    /// must be written only once this has returned (the audit row is committed).
     pub async fn audit_reveal(
         &self,
         batch: Uuid,
-        who: &str,
-        reason: Option<&str>,
-        rows: u64,
-    ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO reveal_audit (batch_id, revealed_by, reason, rows) VALUES ($1, $2, $3, $4)")
-            .bind(batch)
-            .bind(who)
-            .bind(reason)
-            .bind(rows as i64)
-            .execute(&self.pool)
-            .await
-            .ctx("recording the reveal in the audit table")?;
-        Ok(())
+        os_user: &str,
+        operator: Option<&str>,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let rows: i64 = sqlx::query_scalar(
+            "INSERT INTO reveal_audit (batch_id, revealed_by, os_user, operator, reason, rows)
+             SELECT $1, COALESCE($3, $2), $2, $3, $4, count(*) FROM jobs
+             WHERE batch_id = $1 AND result IS NOT NULL
+             RETURNING rows",
+        )
+        .bind(batch)
+        .bind(os_user)
+        .bind(operator)
+        .bind(reason)
+        .fetch_one(&self.pool)
+        .await
+        .ctx("recording the reveal in the audit table")?;
+        Ok(rows as u64)
     }
 }

@@ -3,10 +3,14 @@
 //! All queries are runtime-checked (`sqlx::query`), so a build needs no database.
 //! Identifiers are stored through the [`vault::Vault`] only.
 
+pub mod batch_views;
 pub mod batches;
 pub mod budget;
+pub mod circuit;
+pub mod claims;
 pub mod jobs;
 pub mod outbox;
+pub mod outcomes;
 pub mod reconcile;
 pub mod rekey;
 pub mod startup;
@@ -146,7 +150,13 @@ impl Store {
         acquire_timeout: Duration,
         vault: Arc<Vault>,
     ) -> Result<Self, StoreError> {
-        let opts = startup::options(url)?;
+        // Nothing may hold a transaction (and its row locks) across an unbounded wait: an idle
+        // transaction is ended after a minute, a statement after five (the longest legitimate
+        // one activates a multi-million-row batch).
+        let opts = startup::options(url)?.options([
+            ("idle_in_transaction_session_timeout", "60s"),
+            ("statement_timeout", "300s"),
+        ]);
         let target = startup::target(&opts);
         let mut conn = startup::probe(&opts, &target).await?;
         startup::check_schema(&mut conn, &target, &MIGRATOR).await?;

@@ -1,5 +1,5 @@
-//! The outbox: rows to publish, taken under `FOR UPDATE SKIP LOCKED` and deleted in the same
-//! transaction once RabbitMQ confirmed their messages.
+//! The outbox: rows to publish, leased under `FOR UPDATE SKIP LOCKED` and deleted once
+//! RabbitMQ confirmed their messages.
 
 use std::future::Future;
 
@@ -31,25 +31,33 @@ pub struct OutboxStats {
 
 impl Store {
     /// Takes up to `limit` due rows, hands them to `publish` and deletes them when it succeeds
-    /// (rolls back, leaving them due, when it fails). Returns how many were published.
+    /// (makes them due again at once when it fails). Returns how many were published.
+    ///
+    /// No transaction is held while RabbitMQ confirms: the rows are first leased (their
+    /// `due_at` moved `lease` ahead, one short statement), so a relay that dies or hangs
+    /// mid-publish leaves them to be published again when the lease runs out. A message
+    /// published twice is harmless: the worker's claim runs a job once.
     pub async fn publish_due<F, Fut, E>(
         &self,
         limit: i64,
+        lease: std::time::Duration,
         publish: F,
     ) -> Result<Result<usize, E>, StoreError>
     where
         F: FnOnce(Vec<OutboxRow>) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
-        let mut tx = self.pool.begin().await.ctx("starting a relay round")?;
         let rows: Vec<OutboxRow> = sqlx::query(
-            "SELECT id, job_id, kind FROM outbox WHERE due_at <= now()
-             ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+            "UPDATE outbox SET due_at = now() + make_interval(secs => $2)
+             WHERE id IN (SELECT id FROM outbox WHERE due_at <= now()
+                          ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, job_id, kind",
         )
         .bind(limit)
-        .fetch_all(&mut *tx)
+        .bind(lease.as_secs_f64())
+        .fetch_all(&self.pool)
         .await
-        .ctx("reading due outbox rows")?
+        .ctx("leasing due outbox rows")?
         .into_iter()
         .map(|r| OutboxRow {
             id: r.get(0),
@@ -58,23 +66,23 @@ impl Store {
         })
         .collect();
         if rows.is_empty() {
-            tx.rollback().await.ctx("ending an empty relay round")?;
             return Ok(Ok(0));
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let n = rows.len();
         if let Err(e) = publish(rows).await {
-            tx.rollback()
+            sqlx::query("UPDATE outbox SET due_at = now() WHERE id = ANY($1)")
+                .bind(&ids)
+                .execute(&self.pool)
                 .await
-                .ctx("rolling back a failed relay round")?;
+                .ctx("releasing outbox rows after a failed publish")?;
             return Ok(Err(e));
         }
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
             .bind(&ids)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await
             .ctx("deleting published outbox rows")?;
-        tx.commit().await.ctx("committing a relay round")?;
         Ok(Ok(n))
     }
 

@@ -10,9 +10,6 @@ use uuid::Uuid;
 use super::{QueryContext, Store, StoreError};
 use crate::jobs::kind::JobKind;
 
-/// `(job id, dedup hash, encrypted payload, encrypted result)` of a link this service made.
-pub type ServiceLink = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
-
 /// Counts of one reconciliation run.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunCounts {
@@ -120,23 +117,33 @@ impl Store {
     }
 
     /// For each ABHA this service linked or de-linked for `benefit`, the latest successful job:
-    /// `(job id, dedup hash, encrypted payload, encrypted result)`, links only.
-    pub async fn service_links(&self, benefit: &str) -> Result<Vec<ServiceLink>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, kind, payload, result, dedup_hash FROM (
-                SELECT DISTINCT ON (subject_hash) id, kind, payload, result, dedup_hash FROM jobs
-                WHERE benefit = $1 AND kind IN ('benefit-link', 'benefit-delink') AND state = 'succeeded'
-                ORDER BY subject_hash, finished_at DESC) latest
-             WHERE kind = 'benefit-link'",
-        )
+    /// `(job id, dedup hash, encrypted payload, encrypted result)`, links only. Streamed: the history of a
+    /// benefit can be millions of jobs.
+    pub fn service_links(
+        &self,
+        benefit: &str,
+    ) -> impl futures::Stream<Item = Result<ServiceLink, StoreError>> + '_ {
+        use futures::TryStreamExt;
+        sqlx::query(SERVICE_LINKS)
+            .bind(benefit.to_string())
+            .fetch(&self.pool)
+            .map_ok(|r| (r.get(0), r.get(4), r.get(2), r.get(3)))
+            .map_err(|cause| StoreError::Query {
+                what: "reading the ABHAs this service linked",
+                cause,
+            })
+    }
+
+    /// How many rows [`Self::service_links`] yields (for the progress of the sweep).
+    pub async fn service_links_count(&self, benefit: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM ({SERVICE_LINKS}) l"
+        )))
         .bind(benefit)
-        .fetch_all(&self.pool)
+        .fetch_one(&self.pool)
         .await
-        .ctx("reading the ABHAs this service linked")?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get(0), r.get(4), r.get(2), r.get(3)))
-            .collect())
+        .ctx("counting the ABHAs this service linked")?;
+        Ok(n as u64)
     }
 
     /// Subject hashes with an open (queued, running, retrying) job of `kind` for `benefit`:
@@ -201,3 +208,13 @@ impl Store {
         Ok(fixed + self.finish_batches().await?)
     }
 }
+
+/// A link made by this service: `(job id, dedup hash, encrypted payload, encrypted result)`.
+pub type ServiceLink = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
+/// The latest successful link or de-link per subject of a benefit, keeping the links.
+const SERVICE_LINKS: &str = "SELECT id, kind, payload, result, dedup_hash FROM (
+        SELECT DISTINCT ON (subject_hash) id, kind, payload, result, dedup_hash FROM jobs
+        WHERE benefit = $1 AND kind IN ('benefit-link', 'benefit-delink') AND state = 'succeeded'
+        ORDER BY subject_hash, finished_at DESC) latest
+     WHERE kind = 'benefit-link'";

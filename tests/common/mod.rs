@@ -67,6 +67,12 @@ pub struct PipelineOpts {
     pub max_attempts: u32,
     /// Graceful-shutdown grace period.
     pub grace: Duration,
+    /// Another ABDM client (a wrong secret, an unreachable URL) instead of the env's.
+    pub client: Option<Arc<AbdmClient>>,
+    /// Circuit breaker tuning (the shipped defaults when `None`).
+    pub breaker: Option<abha_bulk::breaker::BreakerConfig>,
+    /// Another topology (a delivery limit of its own) instead of the env's.
+    pub topology: Option<Topology>,
 }
 
 impl Default for PipelineOpts {
@@ -79,6 +85,9 @@ impl Default for PipelineOpts {
             lease_secs: 15,
             max_attempts: 10,
             grace: Duration::from_secs(10),
+            client: None,
+            breaker: None,
+            topology: None,
         }
     }
 }
@@ -254,21 +263,23 @@ impl TestEnv {
             grace: o.grace,
             kinds: JobKind::ALL.to_vec(),
         };
-        let worker = Arc::new(Worker {
-            store: store.clone(),
-            client: self.client.clone(),
-            limiter: limiter.clone(),
-            topology: self.topology.clone(),
-            cfg: cfg.clone(),
-        });
+        let worker = Worker::with_breaker(
+            store.clone(),
+            o.client.clone().unwrap_or_else(|| self.client.clone()),
+            limiter.clone(),
+            o.topology.clone().unwrap_or_else(|| self.topology.clone()),
+            cfg.clone(),
+            o.breaker.clone().unwrap_or_default(),
+        );
         let relay = tokio::spawn(abha_bulk::relay::run(
             store.clone(),
             amqp_url.to_string(),
-            self.topology.clone(),
+            o.topology.clone().unwrap_or_else(|| self.topology.clone()),
             RelayConfig {
                 batch: 500,
                 idle: Duration::from_millis(50),
                 housekeeping: Duration::from_millis(300),
+                ..Default::default()
             },
             stop.clone(),
         ));
@@ -397,13 +408,17 @@ impl TestEnv {
     pub async fn report(
         &self,
         batch: Uuid,
-        reveal: Option<(&str, Option<&str>)>,
+        reveal: Option<abha_bulk::report::Reveal<'_>>,
     ) -> (String, Vec<HashMap<String, String>>) {
         let path = self
             .dir
             .path()
             .join(format!("report-{batch}-{}.csv", Uuid::new_v4()));
-        abha_bulk::report::write_report(&self.store, batch, &path, reveal)
+        let target = abha_bulk::report::ReportTarget::File {
+            path: path.clone(),
+            force: false,
+        };
+        abha_bulk::report::write_report(&self.store, batch, &target, reveal)
             .await
             .expect("report");
         let text = std::fs::read_to_string(&path).expect("report file");

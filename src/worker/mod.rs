@@ -19,7 +19,14 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod claims;
+mod gate;
+mod outcomes;
+
+use std::sync::atomic::AtomicBool;
+
 use crate::abdm::{AbdmClient, CallTrace, ClientError, Disposition};
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::jobs::execute::execute;
 use crate::jobs::kind::{Job, JobKind};
 use crate::queue::envelope::Envelope;
@@ -30,6 +37,9 @@ use crate::relay::{reconnect_backoff, sleep_or_stop};
 use crate::store::jobs::{Claim, ClaimedJob, ExternalJob, Outcome};
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics;
+use claims::Claimer;
+pub use gate::JobGate;
+use outcomes::OutcomeWriter;
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -38,7 +48,10 @@ pub struct WorkerConfig {
     pub id: String,
     /// Calls in flight at once; also the prefetch per queue.
     pub in_flight: u16,
-    /// Lease length.
+    /// Lease length. The lease invariant: a job's lease is re-checked and extended to
+    /// `lease_secs` right before every call that changes something at ABDM, and one HTTP
+    /// attempt lasts at most the request timeout, which config validation keeps below half of
+    /// `lease_secs`; so no other worker can take a job over while its call is in flight.
     pub lease_secs: u64,
     /// Attempts before a job is dead.
     pub max_attempts: u32,
@@ -95,6 +108,8 @@ pub struct Worker {
     pub client: Arc<AbdmClient>,
     /// The rate contract.
     pub limiter: Arc<RateLimiter>,
+    /// The circuit breaker shared with every replica.
+    pub breaker: Arc<Breaker>,
     /// Queue names.
     pub topology: Topology,
     /// Settings.
@@ -102,6 +117,44 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// A worker with the default circuit breaker of `client`'s ABDM client id.
+    pub fn new(
+        store: Store,
+        client: Arc<AbdmClient>,
+        limiter: Arc<RateLimiter>,
+        topology: Topology,
+        cfg: WorkerConfig,
+    ) -> Arc<Self> {
+        Self::with_breaker(
+            store,
+            client,
+            limiter,
+            topology,
+            cfg,
+            BreakerConfig::default(),
+        )
+    }
+
+    /// A worker with explicit circuit breaker settings.
+    pub fn with_breaker(
+        store: Store,
+        client: Arc<AbdmClient>,
+        limiter: Arc<RateLimiter>,
+        topology: Topology,
+        cfg: WorkerConfig,
+        breaker: BreakerConfig,
+    ) -> Arc<Self> {
+        let breaker = Arc::new(Breaker::new(store.clone(), client.client_id(), breaker));
+        Arc::new(Self {
+            store,
+            client,
+            limiter,
+            breaker,
+            topology,
+            cfg,
+        })
+    }
+
     /// Consumes until `stop`, reconnecting to RabbitMQ with backoff.
     pub async fn run(self: Arc<Self>, amqp_url: String, stop: CancellationToken) {
         let mut backoff = reconnect_backoff();
@@ -110,8 +163,8 @@ impl Worker {
             let stop = stop.clone();
             tokio::spawn(async move {
                 while !stop.is_cancelled() {
-                    sleep_or_stop(Duration::from_secs(5), &stop).await;
-                    limiter.recover();
+                    sleep_or_stop(Duration::from_secs(1), &stop).await;
+                    limiter.recover().await;
                 }
             })
         };
@@ -157,6 +210,8 @@ impl Worker {
         }
         let mut deliveries = futures::stream::select_all(consumers);
         let permits = Arc::new(Semaphore::new(self.cfg.in_flight as usize));
+        let writer = OutcomeWriter::start(self.store.clone(), self.cfg.id.clone());
+        let claimer = Claimer::start(self.store.clone(), self.cfg.id.clone(), self.cfg.lease_secs);
         let mut tasks = tokio::task::JoinSet::new();
         tracing::info!(worker = %self.cfg.id, in_flight = self.cfg.in_flight, "worker consuming");
         let result = loop {
@@ -170,8 +225,10 @@ impl Worker {
                         };
                         let me = self.clone();
                         let publisher = publisher.clone();
+                        let stop = stop.clone();
+                        let (writer, claimer) = (writer.clone(), claimer.clone());
                         tasks.spawn(async move {
-                            me.handle(delivery, &publisher).await;
+                            me.handle(delivery, &publisher, &claimer, &writer, &stop).await;
                             drop(permit);
                         });
                     }
@@ -208,8 +265,18 @@ impl Worker {
         result
     }
 
-    /// One delivery, from envelope to ack.
-    async fn handle(&self, delivery: Delivery, publisher: &Publisher) {
+    /// One delivery, from envelope to ack. While Postgres is down the delivery is held (not
+    /// requeued: a requeue counts towards the queue's delivery limit, after which RabbitMQ would
+    /// dead-letter a job whose outbox row is gone); the in-flight bound stops this worker from
+    /// taking more meanwhile. While the ABDM circuit breaker is open, likewise.
+    async fn handle(
+        &self,
+        delivery: Delivery,
+        publisher: &Publisher,
+        claimer: &Claimer,
+        writer: &OutcomeWriter,
+        stop: &CancellationToken,
+    ) {
         let envelope = match Envelope::decode(&delivery.data) {
             Ok(e) => e,
             Err(reason) => {
@@ -259,22 +326,35 @@ impl Worker {
                     external_ref: external_ref.as_deref(),
                     job: &job,
                 };
-                match self.store.upsert_external(*kind, ext).await {
-                    Ok(id) => id,
-                    Err(e) => return self.requeue_later(&delivery, &e).await,
+                match persist("recording a queue job", stop, || {
+                    self.store.upsert_external(*kind, ext.clone())
+                })
+                .await
+                {
+                    Some(id) => id,
+                    None => return,
                 }
             }
         };
-        match self
-            .store
-            .claim(job_id, &self.cfg.id, self.cfg.lease_secs)
-            .await
-        {
-            Ok(Claim::Run(job)) => match self.run_job(&job).instrument(job_span(&job)).await {
-                Ok(()) => ack(&delivery).await,
-                Err(e) => self.requeue_later(&delivery, &e).await,
-            },
-            Ok(Claim::Finished(state)) => {
+        // No job starts while ABDM is known to be down, and the rate token is taken before the
+        // claim, so the lease does not tick away while this worker waits for its turn.
+        if !self.breaker.wait_closed(&self.client, stop).await {
+            return;
+        }
+        self.limiter.acquire().await;
+        let claim = persist("claiming a job", stop, || claimer.claim(job_id)).await;
+        match claim {
+            None => {}
+            Some(Claim::Run(job)) => {
+                let recorded = self
+                    .run_job(&job, writer, stop)
+                    .instrument(job_span(&job))
+                    .await;
+                if recorded {
+                    ack(&delivery).await
+                }
+            }
+            Some(Claim::Finished(state)) => {
                 tracing::debug!(
                     job_id,
                     state,
@@ -282,16 +362,30 @@ impl Worker {
                 );
                 ack(&delivery).await
             }
-            Ok(Claim::NotDue | Claim::Busy | Claim::Missing) => ack(&delivery).await,
-            Err(e) => self.requeue_later(&delivery, &e).await,
+            Some(Claim::NotDue | Claim::Busy | Claim::Missing) => ack(&delivery).await,
         }
     }
 
-    /// Runs a claimed job and commits its outcome. `Err` only when Postgres failed (the
-    /// message is then requeued; the lease makes the next claim wait or take over).
-    async fn run_job(&self, job: &ClaimedJob) -> Result<(), StoreError> {
+    /// Runs a claimed job and commits its outcome; returns whether the message may be acked
+    /// (false only when stopping before the outcome could be written: the lease then makes
+    /// the job run again).
+    async fn run_job(
+        &self,
+        job: &ClaimedJob,
+        writer: &OutcomeWriter,
+        stop: &CancellationToken,
+    ) -> bool {
         let kind = job.kind.as_str();
-        let mut trace = CallTrace::default();
+        let gate = Arc::new(JobGate {
+            limiter: self.limiter.clone(),
+            store: self.store.clone(),
+            job_id: job.id,
+            owner: self.cfg.id.clone(),
+            lease_secs: self.cfg.lease_secs,
+            prepaid: AtomicBool::new(true),
+            claimed_at: std::time::Instant::now(),
+        });
+        let mut trace = CallTrace::gated(gate);
         let outcome = if job.attempt as u32 > self.cfg.max_attempts {
             Outcome::Dead {
                 code: "lease_expired".into(),
@@ -310,31 +404,39 @@ impl Worker {
                     message: e.to_string(),
                 },
                 Ok(payload) => {
-                    self.limiter.acquire().await;
                     metrics::IN_FLIGHT.inc();
                     let result = execute(
                         &self.client,
                         &job.benefit,
                         &payload,
-                        job.attempt,
+                        job.effect_may_have_happened,
                         &mut trace,
                     )
                     .await;
                     metrics::IN_FLIGHT.dec();
-                    self.classify(job, result)
+                    let open = self.breaker.observe(result.as_ref().err()).await;
+                    if let Err(e) = &result
+                        && e.disposition() == Disposition::Throttled
+                    {
+                        self.limiter.on_throttled(e.retry_after()).await;
+                    }
+                    self.classify(job, result, open)
                 }
             }
         };
-        let recorded = self
-            .store
-            .record_outcome(job, &self.cfg.id, &outcome, &trace.attempts)
-            .await?;
+        let Some(recorded) = persist("recording a job's outcome", stop, || {
+            writer.record(job, &outcome, &trace.attempts)
+        })
+        .await
+        else {
+            return false;
+        };
         if !recorded {
             tracing::warn!(
                 job_id = job.id,
                 "lease lost before the outcome was recorded; another worker owns the job"
             );
-            return Ok(());
+            return true;
         }
         let state = outcome.state();
         metrics::JOBS.with_label_values(&[kind, state]).inc();
@@ -345,50 +447,73 @@ impl Worker {
                 .observe(secs);
         }
         tracing::debug!(job_id = job.id, state, "job recorded");
-        Ok(())
+        true
     }
 
+    /// What to record for a job's result. Attempts count only answers about the row: a refused
+    /// login, a refused connection, throttling, a call the gate stopped, and any transient
+    /// failure while the circuit breaker is open (`breaker_open`) cost the job no attempt.
     fn classify(
         &self,
         job: &ClaimedJob,
         result: Result<crate::jobs::execute::Success, ClientError>,
+        breaker_open: bool,
     ) -> Outcome {
-        match result {
-            Ok(s) => Outcome::Succeeded {
-                outcome: s.outcome.to_string(),
-                code: s.code,
-                result: s.result,
-                result_masked: s.result_masked,
+        let e = match result {
+            Ok(s) => {
+                return Outcome::Succeeded {
+                    outcome: s.outcome.to_string(),
+                    code: s.code,
+                    result: s.result,
+                    result_masked: s.result_masked,
+                };
+            }
+            Err(e) => e,
+        };
+        let code = e.code();
+        let message = e.stored_message();
+        let disposition = e.disposition();
+        // Never about the row: the call was not sent, ABDM throttled us, no session could be
+        // had, or ABDM could not be reached at all.
+        let systemic = matches!(
+            e,
+            ClientError::NotSent(_) | ClientError::Session(_) | ClientError::Connect(_)
+        ) || disposition == Disposition::Throttled
+            || (breaker_open && matches!(disposition, Disposition::Transient | Disposition::Auth));
+        match disposition {
+            Disposition::Success | Disposition::IdempotentSuccess => Outcome::Succeeded {
+                outcome: "already_done".into(),
+                code: Some(code),
+                result: None,
+                result_masked: None,
             },
-            Err(e) => {
-                let code = e.code();
-                let message = e.stored_message();
-                let disposition = e.disposition();
-                match disposition {
-                    Disposition::Success | Disposition::IdempotentSuccess => Outcome::Succeeded {
-                        outcome: "already_done".into(),
-                        code: Some(code),
-                        result: None,
-                        result_masked: None,
-                    },
-                    Disposition::Permanent => Outcome::Failed { code, message },
-                    Disposition::Transient | Disposition::Throttled | Disposition::Auth => {
-                        if disposition == Disposition::Throttled {
-                            self.limiter.on_throttled(e.retry_after());
-                        }
-                        if job.attempt as u32 >= self.cfg.max_attempts {
-                            Outcome::Dead { code, message }
-                        } else {
-                            metrics::RETRIES
-                                .with_label_values(&[job.kind.as_str(), disposition.as_str()])
-                                .inc();
-                            let delay = self.cfg.retry_delay(job.attempt as u32, e.retry_after());
-                            Outcome::Retry {
-                                due_at: Utc::now() + delay,
-                                code,
-                                message,
-                            }
-                        }
+            Disposition::Permanent => Outcome::Failed { code, message },
+            _ if systemic => {
+                metrics::RETRIES
+                    .with_label_values(&[job.kind.as_str(), "postponed"])
+                    .inc();
+                let wait = e
+                    .retry_after()
+                    .unwrap_or(self.cfg.backoff_base)
+                    .mul_f64(1.0 + rand::random::<f64>());
+                Outcome::Postpone {
+                    due_at: Utc::now() + wait,
+                    code,
+                    message,
+                }
+            }
+            Disposition::Transient | Disposition::Throttled | Disposition::Auth => {
+                if job.attempt as u32 >= self.cfg.max_attempts {
+                    Outcome::Dead { code, message }
+                } else {
+                    metrics::RETRIES
+                        .with_label_values(&[job.kind.as_str(), disposition.as_str()])
+                        .inc();
+                    let delay = self.cfg.retry_delay(job.attempt as u32, e.retry_after());
+                    Outcome::Retry {
+                        due_at: Utc::now() + delay,
+                        code,
+                        message,
                     }
                 }
             }
@@ -405,11 +530,38 @@ impl Worker {
             }
         }
     }
+}
 
-    async fn requeue_later(&self, delivery: &Delivery, e: &StoreError) {
-        tracing::warn!(error = %e, "Postgres unavailable; message requeued");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        reject(delivery, true).await
+/// Runs a Postgres operation until it succeeds (backing off, one WARN per outage) or `stop`
+/// fires (`None`). Holding on instead of failing is what keeps a Postgres outage of any length
+/// from losing or dead-lettering a job.
+async fn persist<T, F, Fut>(what: &'static str, stop: &CancellationToken, mut op: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut backoff = reconnect_backoff();
+    let mut warned = false;
+    loop {
+        match op().await {
+            Ok(v) => {
+                if warned {
+                    tracing::info!(what, "Postgres answers again");
+                }
+                return Some(v);
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, what, "Postgres unavailable; holding the message until it answers");
+                    warned = true;
+                }
+                let wait = backoff.next().unwrap_or(Duration::from_secs(10));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.min(Duration::from_secs(10))) => {}
+                    _ = stop.cancelled() => return None,
+                }
+            }
+        }
     }
 }
 

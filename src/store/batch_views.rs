@@ -1,0 +1,199 @@
+//! Read-only views of batches for operators: the throughput a batch is really getting, the
+//! candidates of an id prefix, and rows of a new upload that earlier batches already hold.
+
+use chrono::{DateTime, Utc};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::batches::BatchInfo;
+use super::{QueryContext, Store, StoreError};
+
+/// How fast a batch's jobs finish, measured on the batch itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RateWindow {
+    /// Jobs (not cancelled) that finished within the window.
+    pub finished: i64,
+    /// Length of the window in seconds: the last minute, or less when the batch was
+    /// submitted less than a minute ago; for a batch with no open job, from its submission
+    /// to its last outcome.
+    pub secs: f64,
+}
+
+impl RateWindow {
+    /// Jobs per second over the window; 0 when nothing finished (or no time passed).
+    pub fn per_sec(&self) -> f64 {
+        if self.finished > 0 && self.secs > 0.0 {
+            self.finished as f64 / self.secs.max(1.0)
+        } else {
+            0.0
+        }
+    }
+}
+
+/// An earlier batch holding some of the rows of a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlap {
+    /// The earlier batch.
+    pub batch: Uuid,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// Its file name, if an upload.
+    pub file_name: Option<String>,
+    /// Rows of the new batch that are also jobs of the earlier one (same kind, benefit and
+    /// values after normalisation).
+    pub rows: i64,
+    /// True when `rows` was counted over every row; false when it is a lower bound taken from
+    /// a sample (only when the exact count was skipped, see [`Store::overlapping_batches`]).
+    pub exact: bool,
+}
+
+/// Rows of a new batch whose dedup hashes are probed against each earlier batch. The
+/// hashes are HMACs, so the smallest ones are a uniform sample of the rows.
+pub const OVERLAP_SAMPLE: i64 = 2000;
+/// Earlier batches (same kind and benefit, newest first) that are probed.
+pub const OVERLAP_CANDIDATES: i64 = 50;
+/// Earlier batches whose overlap is counted exactly once the sample found one.
+const OVERLAP_EXACT: usize = 3;
+
+impl Store {
+    /// The rate of a batch, from its own outcomes: jobs finished (cancelled ones excluded)
+    /// over the last minute, or since submission when that is more recent. A batch with no
+    /// open job gets its average over its whole run (submission to last outcome).
+    pub async fn batch_rate(&self, id: Uuid) -> Result<RateWindow, StoreError> {
+        let row = sqlx::query(
+            "WITH b AS (SELECT COALESCE(submitted_at, created_at) AS since FROM batches WHERE id = $1),
+                  open AS (SELECT EXISTS (SELECT 1 FROM jobs WHERE batch_id = $1
+                                          AND state IN ('queued', 'running', 'retrying')) AS has_open),
+                  w AS (SELECT GREATEST(now() - interval '60 seconds', b.since) AS start FROM b)
+             SELECT
+               (SELECT count(*) FROM jobs j, w WHERE j.batch_id = $1 AND j.state <> 'cancelled'
+                  AND j.finished_at > w.start) AS recent,
+               EXTRACT(EPOCH FROM now() - (SELECT start FROM w))::float8 AS recent_secs,
+               (SELECT count(*) FROM jobs j WHERE j.batch_id = $1 AND j.state <> 'cancelled'
+                  AND j.finished_at IS NOT NULL) AS total,
+               EXTRACT(EPOCH FROM (SELECT max(finished_at) FROM jobs j WHERE j.batch_id = $1
+                  AND j.state <> 'cancelled') - (SELECT since FROM b))::float8 AS run_secs,
+               (SELECT has_open FROM open) AS open",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .ctx("measuring the rate of a batch")?;
+        let open: Option<bool> = row.get("open");
+        Ok(if open.unwrap_or(false) {
+            RateWindow {
+                finished: row.get::<Option<i64>, _>("recent").unwrap_or(0),
+                secs: row.get::<Option<f64>, _>("recent_secs").unwrap_or(0.0),
+            }
+        } else {
+            RateWindow {
+                finished: row.get::<Option<i64>, _>("total").unwrap_or(0),
+                secs: row.get::<Option<f64>, _>("run_secs").unwrap_or(0.0),
+            }
+        })
+    }
+
+    /// Batches whose id starts with `prefix` (hex digits and dashes only, checked by the
+    /// caller), newest first, at most `limit`.
+    pub async fn batches_with_prefix(
+        &self,
+        prefix: &str,
+        limit: i64,
+    ) -> Result<Vec<BatchInfo>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM batches WHERE starts_with(id::text, $1) ORDER BY created_at DESC LIMIT $2",
+            super::batches::BATCH_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(prefix)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .ctx("finding a batch by id prefix")?;
+        Ok(rows.iter().map(super::batches::batch_from_row).collect())
+    }
+
+    /// Earlier batches (same kind and benefit, not cancelled) that already hold rows of
+    /// `batch`, most overlapping first.
+    ///
+    /// Cost is bounded and needs no index beyond the `(batch_id, dedup_hash)` unique index
+    /// every insert already maintains: the [`OVERLAP_SAMPLE`] smallest dedup hashes of the new
+    /// batch (a uniform sample: they are HMACs) are probed in each of the
+    /// [`OVERLAP_CANDIDATES`] newest earlier batches; the few batches the sample hits are then
+    /// counted exactly by a merge of the two batches' index entries. A batch no larger than
+    /// the sample is always counted exactly.
+    pub async fn overlapping_batches(
+        &self,
+        batch: Uuid,
+        kind: &str,
+        benefit: &str,
+    ) -> Result<Vec<Overlap>, StoreError> {
+        let sample: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT dedup_hash FROM jobs WHERE batch_id = $1 ORDER BY dedup_hash LIMIT $2",
+        )
+        .bind(batch)
+        .bind(OVERLAP_SAMPLE)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("sampling the rows of a new batch")?;
+        if sample.is_empty() {
+            return Ok(Vec::new());
+        }
+        let complete = (sample.len() as i64) < OVERLAP_SAMPLE;
+        let hits = sqlx::query(
+            "SELECT c.id, c.created_at, c.file_name, count(*) AS rows
+             FROM (SELECT id, created_at, file_name FROM batches
+                   WHERE kind = $2 AND benefit = $3 AND id <> $1 AND state <> 'cancelled'
+                   ORDER BY created_at DESC LIMIT $5) c
+             JOIN jobs j ON j.batch_id = c.id AND j.dedup_hash = ANY($4)
+             GROUP BY c.id, c.created_at, c.file_name
+             ORDER BY rows DESC, c.created_at DESC",
+        )
+        .bind(batch)
+        .bind(kind)
+        .bind(benefit)
+        .bind(&sample)
+        .bind(OVERLAP_CANDIDATES)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("probing earlier batches for the same rows")?;
+        let mut out = Vec::with_capacity(hits.len());
+        for (i, r) in hits.iter().enumerate() {
+            let earlier: Uuid = r.get("id");
+            let mut rows: i64 = r.get("rows");
+            let exact = complete || i < OVERLAP_EXACT;
+            if !complete && exact {
+                rows = sqlx::query_scalar(
+                    "SELECT count(*) FROM jobs n JOIN jobs o
+                       ON o.batch_id = $2 AND o.dedup_hash = n.dedup_hash
+                     WHERE n.batch_id = $1",
+                )
+                .bind(batch)
+                .bind(earlier)
+                .fetch_one(&self.pool)
+                .await
+                .ctx("counting the rows an earlier batch already holds")?;
+            }
+            out.push(Overlap {
+                batch: earlier,
+                created_at: r.get("created_at"),
+                file_name: r.get("file_name"),
+                rows,
+                exact,
+            });
+        }
+        out.sort_by(|a, b| b.rows.cmp(&a.rows).then(b.created_at.cmp(&a.created_at)));
+        Ok(out)
+    }
+
+    /// The newest batch submitted from a file with this SHA-256, if any.
+    pub async fn batch_of_file(&self, sha256: &str) -> Result<Option<Uuid>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT id FROM batches WHERE file_sha256 = $1 ORDER BY created_at DESC LIMIT 1",
+        )
+        .bind(sha256)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("looking for a batch submitted from the file")
+    }
+}
