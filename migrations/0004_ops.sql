@@ -8,7 +8,8 @@ CREATE TABLE pii_key_check (
 );
 
 -- Parents' X-tokens are bearer credentials: the relay's housekeeping rewrites the payload of
--- every finished child-create job without its token and sets this flag.
+-- finished child-create jobs without the token (failed and dead ones an hour after they
+-- finished, so retry-failed can still run them) and sets this flag.
 ALTER TABLE jobs ADD COLUMN token_deleted boolean NOT NULL DEFAULT false;
 CREATE INDEX jobs_tokens_to_delete ON jobs (id)
     WHERE kind = 'child-create' AND NOT token_deleted

@@ -171,7 +171,11 @@ async fn finished_child_create_jobs_lose_the_parents_x_token() {
         .unwrap()
     };
     let mut ids = Vec::new();
-    for (key, name) in [("c-1", "Asha Devi"), ("c-2", "Meena Kumari")] {
+    for (key, name) in [
+        ("c-1", "Asha Devi"),
+        ("c-2", "Meena Kumari"),
+        ("c-3", "Ravi Kumar"),
+    ] {
         let j = job(name);
         let id = env
             .store
@@ -188,26 +192,47 @@ async fn finished_child_create_jobs_lose_the_parents_x_token() {
             .unwrap();
         ids.push(id);
     }
-    sqlx::query("UPDATE jobs SET state = 'failed' WHERE id = $1")
-        .bind(ids[0])
-        .execute(&env.store.pool)
-        .await
-        .unwrap();
+    let set = |id: i64, state: &'static str, ago_secs: f64| {
+        let pool = env.store.pool.clone();
+        async move {
+            sqlx::query(
+                "UPDATE jobs SET state = $2, finished_at = now() - make_interval(secs => $3) WHERE id = $1",
+            )
+            .bind(id)
+            .bind(state)
+            .bind(ago_secs)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    // Succeeded: at once. Failed a minute ago: kept (retry-failed may still use it). Queued: kept.
+    set(ids[0], "succeeded", 0.0).await;
+    set(ids[1], "failed", 60.0).await;
+    let holding = || async {
+        let mut out = Vec::new();
+        for (id, dedup, payload, _) in payloads(&env.store).await {
+            let plain = env
+                .store
+                .vault
+                .decrypt(&payload, Aad::JobPayload(&dedup))
+                .unwrap();
+            if String::from_utf8(plain)
+                .unwrap()
+                .contains("token-of-the-parent")
+            {
+                out.push(id);
+            }
+        }
+        out
+    };
     assert_eq!(env.store.delete_final_tokens(100).await.unwrap(), 1);
     assert_eq!(env.store.delete_final_tokens(100).await.unwrap(), 0);
-    for (id, dedup, payload, _) in payloads(&env.store).await {
-        let plain = env
-            .store
-            .vault
-            .decrypt(&payload, Aad::JobPayload(&dedup))
-            .unwrap();
-        let text = String::from_utf8(plain).unwrap();
-        assert_eq!(
-            text.contains("token-of-the-parent"),
-            id == ids[1],
-            "only the open job keeps its token: {id}"
-        );
-    }
+    assert_eq!(holding().await, vec![ids[1], ids[2]]);
+    // Failed longer ago than the grace period: deleted too.
+    set(ids[1], "failed", 7200.0).await;
+    assert_eq!(env.store.delete_final_tokens(100).await.unwrap(), 1);
+    assert_eq!(holding().await, vec![ids[2]]);
     env.cleanup().await;
 }
 

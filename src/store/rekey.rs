@@ -34,6 +34,10 @@ impl RekeyProgress {
     }
 }
 
+/// How long a failed or dead child-create job keeps its parent's X-token (ABDM's X-tokens
+/// expire well within it), so `retry-failed` can still run it.
+pub const TOKEN_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The payload field that holds a parent's X-token.
 const X_TOKEN_FIELD: &str = "parent_x_token";
 
@@ -174,15 +178,20 @@ impl Store {
     }
 
     /// Deletes parents' X-tokens (bearer credentials) from the payloads of finished
-    /// child-create jobs, up to `limit` jobs per call. Returns how many.
+    /// child-create jobs, up to `limit` jobs per call: succeeded and cancelled ones at once,
+    /// failed and dead ones [`TOKEN_GRACE`] after they finished (`retry-failed` may run them
+    /// again while the token is still valid). Returns how many.
     pub async fn delete_final_tokens(&self, limit: i64) -> Result<u64, StoreError> {
         let rows = sqlx::query(
             "SELECT id, dedup_hash, payload FROM jobs
              WHERE kind = 'child-create' AND NOT token_deleted
                AND state IN ('succeeded', 'failed', 'dead', 'cancelled')
+               AND (state IN ('succeeded', 'cancelled')
+                    OR finished_at < now() - make_interval(secs => $2))
              ORDER BY id LIMIT $1",
         )
         .bind(limit)
+        .bind(TOKEN_GRACE.as_secs_f64())
         .fetch_all(&self.pool)
         .await
         .ctx("finding finished jobs holding an X-token")?;
@@ -214,11 +223,14 @@ impl Store {
             let done = sqlx::query(
                 "UPDATE jobs SET payload = COALESCE($3, payload), token_deleted = true
                  WHERE id = $1 AND payload = $2
-                   AND state IN ('succeeded', 'failed', 'dead', 'cancelled')",
+                   AND state IN ('succeeded', 'failed', 'dead', 'cancelled')
+                   AND (state IN ('succeeded', 'cancelled')
+                        OR finished_at < now() - make_interval(secs => $4))",
             )
             .bind(id)
             .bind(&payload)
             .bind(&new_payload)
+            .bind(TOKEN_GRACE.as_secs_f64())
             .execute(&self.pool)
             .await
             .ctx("deleting a parent's X-token")?;
