@@ -11,13 +11,15 @@ use crate::config::{ConfigSource, Settings};
 use crate::jobs::kind::JobKind;
 use crate::sandbox::{KeySource, Sandbox, SandboxConfig};
 use crate::store::Store;
-use crate::tour::{self, TourInputs};
+use crate::tour::TourInputs;
 
 #[macro_use]
 mod output;
 mod commands;
 mod ops;
 mod status;
+mod tour_cmd;
+use tour_cmd::{print_tour, tour_inputs};
 
 /// Runs ABDM ABHA V3 Benefit API operations in bulk.
 #[derive(Debug, Parser)]
@@ -94,7 +96,7 @@ pub struct SubmitArgs {
     #[arg(long, value_enum)]
     pub kind: JobKind,
     /// Benefit (programme) name as registered with ABDM (letters, digits, spaces and
-    /// - _ . / ( ) &; one of the `benefits` setting when that is set).
+    /// - _ . / ( ) &; one of `benefits.served` when that is set).
     #[arg(long)]
     pub benefit: String,
     /// Submit even if these exact bytes were already submitted for this kind and benefit.
@@ -274,9 +276,9 @@ impl SandboxArgs {
 /// Options of the tour.
 #[derive(Debug, Clone, Args)]
 pub struct TourArgs {
-    /// Benefit name to call with.
+    /// Benefit name to call with (checked like `submit --benefit`).
     #[arg(long, default_value = "DEMO-BENEFIT")]
-    pub benefit: String,
+    pub benefit: crate::jobs::benefit::BenefitName,
     /// Use identifiers of the sandbox population (seed and size from `[sandbox]`).
     #[arg(long)]
     pub sandbox_population: bool,
@@ -364,7 +366,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut abdm = crate::abdm::client::settings_for_sandbox(&sandbox.url());
             abdm.benefit_header = settings.abdm.benefit_header.clone();
             let client = AbdmClient::new(&abdm)?;
-            let inputs = TourInputs::from_population(sandbox.state().population(), &args.benefit);
+            let inputs =
+                TourInputs::from_population(sandbox.state().population(), args.benefit.as_str());
             println!(
                 "ABDM sandbox on {}; calling every operation once:\n",
                 sandbox.url()
@@ -375,7 +378,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tour(args) => {
             let client = AbdmClient::new(&settings.abdm)?;
-            let inputs = ops::tour_inputs(args, &settings)?;
+            let inputs = tour_inputs(args, &settings)?;
             let failed = print_tour(&client, &inputs).await;
             Ok(exit(!failed))
         }
@@ -451,18 +454,6 @@ fn exit(ok: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-/// Prints the tour; true when a step failed in a way the tour did not expect (anything but
-/// success and ABDM's idempotent answers).
-async fn print_tour(client: &AbdmClient, inputs: &TourInputs) -> bool {
-    let steps = tour::run(client, inputs).await;
-    let mut failed = false;
-    for s in &steps {
-        println!("{s}");
-        failed |= !matches!(s.outcome.as_str(), "ok" | "idempotent_success");
-    }
-    failed
 }
 
 /// Cancels `stop` on Ctrl-C or SIGTERM.

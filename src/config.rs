@@ -105,10 +105,18 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
     /// The embedded ABDM simulator.
     pub sandbox: SandboxSettings,
-    /// Benefit names this deployment serves (`submit`/`reconcile --benefit` must be one of
-    /// them); empty: any well-formed name. See `jobs::benefit`.
+    /// The benefit names this deployment serves.
     #[serde(default)]
-    pub benefits: Vec<String>,
+    pub benefits: BenefitSettings,
+}
+
+/// Benefit (programme) names; see `jobs::benefit`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenefitSettings {
+    /// `submit`/`reconcile --benefit` must be one of these; empty: any well-formed name.
+    #[serde(default)]
+    pub served: Vec<String>,
 }
 
 /// How to reach ABDM.

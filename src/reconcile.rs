@@ -252,6 +252,7 @@ pub async fn run(
     let run_id = store
         .start_reconcile(&req.benefit, &req.roster.display().to_string())
         .await?;
+    tracing::info!("reconciliation: repairing leases, unpublished messages and batch counters");
     let repairs = repair(store, amqp_url, topology).await;
     let roster_err = |reason: String| ReconcileError::Roster {
         path: req.roster.clone(),

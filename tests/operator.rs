@@ -83,7 +83,7 @@ async fn benefit_names_are_checked_where_they_enter() {
         assert!(!o.status.success(), "reconcile {benefit:?} accepted");
     }
     // With the deployment's list: unknown names and a wrong case are refused.
-    let served = [("ABHA_BULK__BENEFITS", "[\"DEMO-BENEFIT\"]")];
+    let served = [("ABHA_BULK__BENEFITS__SERVED", "[\"DEMO-BENEFIT\"]")];
     for (benefit, says) in [
         ("demo-benefit", "did you mean"),
         ("PMJAY", "does not serve"),
@@ -221,7 +221,7 @@ async fn the_same_rows_in_another_file_are_found() {
     let b = env.submit(JobKind::BenefitLink, &second).await;
     let o = env
         .store
-        .overlapping_batches(b.batch, "benefit-link", BENEFIT)
+        .overlapping_batches(b.batch, "benefit-link", BENEFIT, b.accepted)
         .await
         .expect("overlap");
     assert_eq!(o.len(), 1, "{o:?}");
@@ -229,17 +229,54 @@ async fn the_same_rows_in_another_file_are_found() {
     // Another kind or benefit is not an overlap.
     let other = env
         .store
-        .overlapping_batches(b.batch, "benefit-link", "OTHER")
+        .overlapping_batches(b.batch, "benefit-link", "OTHER", b.accepted)
         .await
         .expect("overlap");
     assert!(other.is_empty());
     let delink = env.submit(JobKind::BenefitDelink, &first).await;
     let o = env
         .store
-        .overlapping_batches(delink.batch, "benefit-delink", BENEFIT)
+        .overlapping_batches(delink.batch, "benefit-delink", BENEFIT, delink.accepted)
         .await
         .expect("overlap");
     assert!(o.is_empty(), "{o:?}");
+
+    // Larger than the sample: counted exactly up to 20 000 rows, estimated above.
+    let many = |name: &str, range: std::ops::Range<u64>| {
+        let mut text = String::from("abha_number\n");
+        for i in range {
+            text.push_str(pop.abha(i).expose());
+            text.push('\n');
+        }
+        env.write_file(name, &text)
+    };
+    let c = env
+        .submit(JobKind::BenefitLink, &many("c.csv", 100_000..102_500))
+        .await;
+    let d = env
+        .submit(JobKind::BenefitLink, &many("d.csv", 101_250..103_750))
+        .await;
+    let o = env
+        .store
+        .overlapping_batches(d.batch, "benefit-link", BENEFIT, d.accepted)
+        .await
+        .unwrap();
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!((o[0].batch, o[0].rows, o[0].exact), (c.batch, 1250, true));
+    let e = env
+        .submit(JobKind::BenefitLink, &many("e.csv", 200_000..225_000))
+        .await;
+    let f = env
+        .submit(JobKind::BenefitLink, &many("f.csv", 212_500..237_500))
+        .await;
+    let o = env
+        .store
+        .overlapping_batches(f.batch, "benefit-link", BENEFIT, f.accepted)
+        .await
+        .unwrap();
+    assert_eq!(o.len(), 1, "{o:?}");
+    assert_eq!((o[0].batch, o[0].exact), (e.batch, false));
+    assert!((10_000..15_000).contains(&o[0].rows), "{o:?}");
 
     // The command warns with the earlier batch and the count.
     let third = env.write_file("third.csv", &format!("abha_number\n{}\n", abha(2)));
@@ -379,8 +416,32 @@ async fn rate_eta_cancel_and_prefixes() {
     let o = run(&env, &["status", "--all"]);
     assert!(text(&o.stdout).contains(&done.to_string()[..8]));
 
+    // --watch without an id follows every active batch until none is left.
+    exec(
+        &env,
+        "UPDATE jobs SET state = 'succeeded', finished_at = now() WHERE batch_id = $1",
+        active,
+    )
+    .await;
+    let o = run(&env, &["status", "--watch"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let watched = text(&o.stdout);
+    assert!(watched.contains(&format!("batch {active}")), "{watched}");
+    assert!(!watched.contains(&done.to_string()), "{watched}");
+    sqlx::query("UPDATE batches SET state = 'finished'")
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
+    let o = run(&env, &["status", "--watch"]);
+    assert!(text(&o.stdout).contains("no active batches"));
+
     // A closed pipe ends the command quietly.
-    for args in [&["status", "--all"][..], &["status", &id], &["config"]] {
+    for args in [
+        &["status", "--all"][..],
+        &["status", &id],
+        &["report", &id, "--out", "-"],
+        &["config"],
+    ] {
         let mut child = cli(&env, args, &[])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

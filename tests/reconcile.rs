@@ -158,6 +158,18 @@ async fn seeded_drift_is_found_exactly_and_apply_fixes_it() {
     .unwrap();
     assert_eq!(lost_has_outbox, 1);
     assert!(first.link_batch.is_none() && first.delink_batch.is_none());
+    // The invalid roster row names its column in rejected_column, not under abdm_code.
+    let mut r = csv::Reader::from_path(env.dir.path().join("first.csv")).unwrap();
+    let header: Vec<String> = r.headers().unwrap().iter().map(str::to_string).collect();
+    let col = |n: &str| header.iter().position(|h| h == n).unwrap();
+    let invalid = r
+        .records()
+        .map(Result::unwrap)
+        .find(|rec| &rec[1] == "r-invalid")
+        .unwrap();
+    assert_eq!(&invalid[col("class")], "invalid");
+    assert_eq!(&invalid[col("rejected_column")], "abha_number");
+    assert_eq!(&invalid[col("abdm_code")], "");
     let classes = report_classes(&first.report);
     let missing: Vec<&String> = classes
         .iter()

@@ -50,6 +50,23 @@ pub struct SessionManager {
     cached: RwLock<Option<Cached>>,
     refresh: Mutex<()>,
     refreshes: std::sync::atomic::AtomicU64,
+    /// The last failed login and when: for a second after it, callers get the same error
+    /// without a new request, so a refused secret costs one login per second, not one per row.
+    failed: std::sync::Mutex<Option<(Instant, ClientError)>>,
+}
+
+/// How long a failed login is answered from memory.
+const FAILURE_MEMORY: Duration = Duration::from_secs(1);
+
+/// A copy of a login failure worth remembering (the variants a login can end with).
+fn remembered(e: &ClientError) -> Option<ClientError> {
+    Some(match e {
+        ClientError::Abdm(a) => ClientError::Abdm(a.clone()),
+        ClientError::Timeout => ClientError::Timeout,
+        ClientError::Connect(m) => ClientError::Connect(m.clone()),
+        ClientError::Transport(m) => ClientError::Transport(m.clone()),
+        _ => return None,
+    })
 }
 
 impl SessionManager {
@@ -61,6 +78,7 @@ impl SessionManager {
             cached: RwLock::new(None),
             refresh: Mutex::new(()),
             refreshes: Default::default(),
+            failed: std::sync::Mutex::new(None),
         }
     }
 
@@ -96,10 +114,12 @@ impl SessionManager {
     /// Fetches a new token now whatever is cached (the circuit breaker's probe).
     pub async fn force_refresh(&self, trace: &mut CallTrace) -> Result<Arc<Secret>, ClientError> {
         let _single_flight = self.refresh.lock().await;
-        self.fetch(trace).await.map_err(|e| match e {
+        let token = self.fetch(trace).await.map_err(|e| match e {
             ClientError::NotSent(_) => e,
             e => ClientError::Session(Box::new(e)),
-        })
+        })?;
+        *self.failed.lock().expect("session failure") = None;
+        Ok(token)
     }
 
     /// True when a token is cached and not yet due.
@@ -123,11 +143,23 @@ impl SessionManager {
                 return Ok(c.token.clone());
             }
         }
+        if let Some((at, e)) = self.failed.lock().expect("session failure").as_ref()
+            && at.elapsed() < FAILURE_MEMORY
+            && let Some(e) = remembered(e)
+        {
+            return Err(ClientError::Session(Box::new(e)));
+        }
         let token = self.fetch(trace).await.map_err(|e| match e {
             // The gate stopped it: the gateway was not asked, so this says nothing about it.
             ClientError::NotSent(_) => e,
-            e => ClientError::Session(Box::new(e)),
+            e => {
+                if let Some(copy) = remembered(&e) {
+                    *self.failed.lock().expect("session failure") = Some((Instant::now(), copy));
+                }
+                ClientError::Session(Box::new(e))
+            }
         })?;
+        *self.failed.lock().expect("session failure") = None;
         Ok(token)
     }
 

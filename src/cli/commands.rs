@@ -45,7 +45,7 @@ impl Progress for SubmitProgress {
 }
 
 pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Result<ExitCode> {
-    let benefit = BenefitName::parse_served(&args.benefit, &settings.benefits)?;
+    let benefit = BenefitName::parse_served(&args.benefit, &settings.benefits.served)?;
     let store = Store::connect(settings).await?;
     let size = std::fs::metadata(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?
@@ -222,7 +222,7 @@ async fn warn_overlaps(
     }
     let started = std::time::Instant::now();
     let overlaps = match store
-        .overlapping_batches(s.batch, kind.as_str(), benefit.as_str())
+        .overlapping_batches(s.batch, kind.as_str(), benefit.as_str(), s.accepted)
         .await
     {
         Ok(o) => o,
@@ -239,7 +239,7 @@ async fn warn_overlaps(
     for o in &overlaps {
         eprintln!(
             "warning: {}{} of the {} accepted row(s) were already submitted in batch {} ({}{}, {kind} / {benefit}); they will run again. To stop this batch: abha-bulk cancel {}",
-            if o.exact { "" } else { "at least " },
+            if o.exact { "" } else { "about " },
             o.rows,
             s.accepted,
             o.batch,
@@ -263,7 +263,16 @@ pub(super) async fn report(settings: &Settings, args: &ReportArgs) -> anyhow::Re
         reason: args.reason.as_deref().unwrap_or(""),
     });
     let target = crate::report::ReportTarget::from_arg(&args.out, args.force);
-    let counts = crate::report::write_report(&store, batch.id, &target, reveal).await?;
+    let counts = match crate::report::write_report(&store, batch.id, &target, reveal).await {
+        Ok(c) => c,
+        Err(crate::report::ReportError::Io(_, e))
+            if target == crate::report::ReportTarget::Stdout
+                && e.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            return Err(super::output::stdout_error(e));
+        }
+        Err(e) => return Err(e.into()),
+    };
     eprintln!(
         "{}: {} row(s) of batch {}{}",
         target.display(),
@@ -285,7 +294,7 @@ pub(super) async fn reconcile(
     settings: &Settings,
     args: &ReconcileArgs,
 ) -> anyhow::Result<ExitCode> {
-    let benefit = BenefitName::parse_served(&args.benefit, &settings.benefits)?;
+    let benefit = BenefitName::parse_served(&args.benefit, &settings.benefits.served)?;
     let store = Store::connect(settings).await?;
     let client = Arc::new(AbdmClient::new(&settings.abdm)?);
     let global = settings.worker.global_rate_limit.then(|| {

@@ -1,8 +1,10 @@
 //! Standard output of the commands, and what happens when its reader goes away.
 //!
 //! `abha-bulk status | head -1` closes the pipe after one line. Rust ignores SIGPIPE, so the
-//! next write fails with `BrokenPipe`: the commands write through [`out!`], which returns that
-//! error, and `main` ends quietly with success when it sees it ([`is_broken_pipe`]). Any
+//! next write fails with `BrokenPipe`: the commands write through [`out!`], which turns that
+//! error into [`StdoutClosed`], and `main` ends quietly with success when it sees it
+//! ([`is_broken_pipe`]). Only a closed standard output counts: a broken connection to
+//! Postgres or RabbitMQ is still an error. Any
 //! other `println!`/`eprintln!` (a long-running command, a library) that meets a closed pipe
 //! panics with "failed printing to stdout: Broken pipe"; the panic hook installed by
 //! [`quiet_on_broken_pipe`] turns exactly that panic into a quiet exit 0.
@@ -11,16 +13,27 @@
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)?;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(crate::cli::output::stdout_error)?;
     }};
 }
 
-/// True when the error (or one of its causes) is a write to a closed pipe.
+/// The reader of standard output went away.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output was closed")]
+pub(crate) struct StdoutClosed;
+
+/// A failed write to standard output: [`StdoutClosed`] for a closed pipe, else the error.
+pub(crate) fn stdout_error(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(StdoutClosed)
+    } else {
+        anyhow::Error::new(e).context("cannot write to standard output")
+    }
+}
+
+/// True when the error (or one of its causes) is a closed standard output.
 pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    e.chain().any(|c| c.is::<StdoutClosed>())
 }
 
 /// True for the message of the panic std raises when printing to a closed pipe.
@@ -55,10 +68,15 @@ mod tests {
     #[test]
     fn broken_pipe_is_found_in_the_chain() {
         let io = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
-        let e = anyhow::Error::new(io).context("writing the status");
+        let e = stdout_error(io).context("writing the status");
         assert!(is_broken_pipe(&e));
+        // A broken connection elsewhere is an error, not a quiet exit.
+        let socket = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(!is_broken_pipe(&anyhow::Error::new(socket)));
         let other = anyhow::anyhow!("database down");
         assert!(!is_broken_pipe(&other));
+        let full = stdout_error(std::io::Error::other("disk full"));
+        assert!(!is_broken_pipe(&full));
         assert!(is_broken_pipe_panic(
             "failed printing to stdout: Broken pipe (os error 32)"
         ));

@@ -105,6 +105,7 @@ async fn watch(store: &Store, one: Option<BatchInfo>) -> anyhow::Result<ExitCode
             return Ok(ExitCode::SUCCESS);
         }
         watched_any = true;
+        let mut open = 0;
         for b in &batches {
             let s = crate::report::status(store, b).await?;
             let line = progress_line(&s);
@@ -133,7 +134,9 @@ async fn watch(store: &Store, one: Option<BatchInfo>) -> anyhow::Result<ExitCode
                     s.counts.total()
                 );
             }
-            if finished(&s) {
+            if !finished(&s) {
+                open += 1;
+            } else {
                 reported.insert(b.id);
                 if let Some(bar) = bars.remove(&b.id) {
                     bar.finish();
@@ -144,6 +147,8 @@ async fn watch(store: &Store, one: Option<BatchInfo>) -> anyhow::Result<ExitCode
                 }
             }
         }
-        tokio::time::sleep(Duration::from_secs(if tty { 2 } else { 10 })).await;
+        if open > 0 {
+            tokio::time::sleep(Duration::from_secs(if tty { 2 } else { 10 })).await;
+        }
     }
 }

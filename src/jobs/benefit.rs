@@ -4,7 +4,7 @@
 //!
 //! ABDM gives each integrator its benefit names (`PMJAY`, `COVIN`, and in the integrator guide
 //! also `healthid api`), so case is kept and a space inside is allowed. A deployment may list
-//! the names it serves (setting `benefits`); then any other name is refused, and a name that
+//! the names it serves (setting `benefits.served`); then any other name is refused, and a name that
 //! differs only in case is refused with the configured spelling.
 
 use std::fmt;

@@ -234,7 +234,8 @@ const ABHA_DESC: &str = "ABHA number, 14 digits: 91-XXXX-XXXX-XXXX or 91XXXXXXXX
 const AADHAAR_DESC: &str = "Aadhaar number, 12 digits (spaces or dashes between groups allowed), \
      not starting with 0 or 1, valid Verhoeff check digit";
 const MOBILE_DESC: &str = "mobile, 10 digits starting 6-9 (a leading +91, 91 or 0 is removed)";
-const NAME_DESC: &str = "name as in Aadhaar: 1 to 100 letters, spaces, dots, apostrophes, hyphens";
+const NAME_DESC: &str = "name as in Aadhaar: 1 to 100 letters of any script (with their vowel \
+     signs and marks), spaces, dots, apostrophes, hyphens";
 const DOB_DESC: &str = "date of birth dd-mm-yyyy (or dd/mm/yyyy), not in the future";
 const GENDER_DESC: &str = "M, F or O (male, female, other also accepted)";
 

@@ -135,6 +135,7 @@ impl ReportWriter {
             "identifier",
             "class",
             "abdm_code",
+            "rejected_column",
             "detail",
         ])
         .map_err(|e| err(e.to_string()))?;
@@ -145,12 +146,18 @@ impl ReportWriter {
     }
 
     pub(super) fn write(&mut self, l: &Line) -> Result<(), ReconcileError> {
+        // An invalid roster row carries its column, never an ABDM code.
+        let (code, column) = match l.class {
+            super::Class::Invalid => (String::new(), l.code.clone()),
+            _ => (l.code.clone(), String::new()),
+        };
         let cells = [
             l.row.map(|r| r.to_string()).unwrap_or_default(),
             l.external_ref.clone().unwrap_or_default(),
             l.abha.as_ref().map(AbhaNumber::masked).unwrap_or_default(),
             l.class.as_str().to_string(),
-            l.code.clone(),
+            code,
+            column,
             l.detail.clone(),
         ];
         self.w

@@ -42,8 +42,8 @@ pub struct Overlap {
     /// Rows of the new batch that are also jobs of the earlier one (same kind, benefit and
     /// values after normalisation).
     pub rows: i64,
-    /// True when `rows` was counted over every row; false when it is a lower bound taken from
-    /// a sample (only when the exact count was skipped, see [`Store::overlapping_batches`]).
+    /// True when `rows` was counted over every row; false when it is estimated from a sample
+    /// (a large new batch, see [`Store::overlapping_batches`]).
     pub exact: bool,
 }
 
@@ -52,6 +52,9 @@ pub struct Overlap {
 pub const OVERLAP_SAMPLE: i64 = 2000;
 /// Earlier batches (same kind and benefit, newest first) that are probed.
 pub const OVERLAP_CANDIDATES: i64 = 50;
+/// Largest new batch whose overlap with a batch the sample hit is counted exactly (one
+/// index probe per row, about 7 µs each: at most ~0.15 s per earlier batch).
+pub const OVERLAP_EXACT_ROWS: u64 = 20_000;
 /// Earlier batches whose overlap is counted exactly once the sample found one.
 const OVERLAP_EXACT: usize = 3;
 
@@ -93,6 +96,56 @@ impl Store {
         })
     }
 
+    /// Finds a batch by full id or a unique prefix of it (as printed by `status`). A prefix
+    /// is hex digits and dashes only; an ambiguous one is refused with its candidates.
+    pub async fn find_batch(&self, id_or_prefix: &str) -> Result<BatchInfo, StoreError> {
+        let given = id_or_prefix.trim();
+        if let Ok(id) = Uuid::parse_str(given) {
+            return self
+                .batch(id)
+                .await?
+                .ok_or_else(|| StoreError::Refused(format!("no batch {id}")));
+        }
+        if given.is_empty() || !given.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(StoreError::Refused(
+                "a batch id (or its prefix) is hex digits and dashes, e.g. 3f2a9c1e".into(),
+            ));
+        }
+        let prefix = given.to_ascii_lowercase();
+        let shown = 10;
+        let rows = self.batches_with_prefix(&prefix, shown + 1).await?;
+        match rows.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(StoreError::Refused(format!(
+                "no batch starts with {prefix}"
+            ))),
+            many => {
+                let list: Vec<String> = many
+                    .iter()
+                    .take(shown as usize)
+                    .map(|b| {
+                        format!(
+                            "  {}  {}  {}  {}",
+                            b.id,
+                            b.kind,
+                            b.benefit,
+                            b.created_at.format("%Y-%m-%d %H:%M")
+                        )
+                    })
+                    .collect();
+                let more = if many.len() > shown as usize {
+                    "\n  ... and more"
+                } else {
+                    ""
+                };
+                Err(StoreError::Refused(format!(
+                    "more than one batch starts with {prefix}: give more characters\n{}{more}",
+                    list.join("\n")
+                )))
+            }
+        }
+    }
+
     /// Batches whose id starts with `prefix` (hex digits and dashes only, checked by the
     /// caller), newest first, at most `limit`.
     pub async fn batches_with_prefix(
@@ -119,14 +172,18 @@ impl Store {
     /// Cost is bounded and needs no index beyond the `(batch_id, dedup_hash)` unique index
     /// every insert already maintains: the [`OVERLAP_SAMPLE`] smallest dedup hashes of the new
     /// batch (a uniform sample: they are HMACs) are probed in each of the
-    /// [`OVERLAP_CANDIDATES`] newest earlier batches; the few batches the sample hits are then
-    /// counted exactly by a merge of the two batches' index entries. A batch no larger than
-    /// the sample is always counted exactly.
+    /// [`OVERLAP_CANDIDATES`] newest earlier batches. A batch no larger than the sample is
+    /// thereby counted exactly; one of up to [`OVERLAP_EXACT_ROWS`] accepted rows is counted
+    /// exactly against the (at most 3) batches the sample hit; a larger one gets an estimate
+    /// (`hits / sample × accepted`). Measured on 1 M + 1 M rows fully overlapping (2 cores,
+    /// shared): sample 45 ms, probe of 50 candidates 166 ms; an exact count of 1 M rows would
+    /// take 3.5 s (hash join) to 6 s (index nested loop), so it is not done.
     pub async fn overlapping_batches(
         &self,
         batch: Uuid,
         kind: &str,
         benefit: &str,
+        accepted: u64,
     ) -> Result<Vec<Overlap>, StoreError> {
         let sample: Vec<Vec<u8>> = sqlx::query_scalar(
             "SELECT dedup_hash FROM jobs WHERE batch_id = $1 ORDER BY dedup_hash LIMIT $2",
@@ -160,9 +217,12 @@ impl Store {
         let mut out = Vec::with_capacity(hits.len());
         for (i, r) in hits.iter().enumerate() {
             let earlier: Uuid = r.get("id");
-            let mut rows: i64 = r.get("rows");
-            let exact = complete || i < OVERLAP_EXACT;
-            if !complete && exact {
+            let hits: i64 = r.get("rows");
+            let mut rows = hits;
+            let exact = complete || (i < OVERLAP_EXACT && accepted <= OVERLAP_EXACT_ROWS);
+            if !complete && !exact {
+                rows = ((hits as f64 / sample.len() as f64) * accepted as f64).round() as i64;
+            } else if !complete {
                 rows = sqlx::query_scalar(
                     "SELECT count(*) FROM jobs n JOIN jobs o
                        ON o.batch_id = $2 AND o.dedup_hash = n.dedup_hash

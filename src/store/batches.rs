@@ -458,56 +458,6 @@ impl Store {
         Ok(row.as_ref().map(batch_from_row))
     }
 
-    /// Finds a batch by full id or a unique prefix of it (as printed by `status`). A prefix
-    /// is hex digits and dashes only; an ambiguous one is refused with its candidates.
-    pub async fn find_batch(&self, id_or_prefix: &str) -> Result<BatchInfo, StoreError> {
-        let given = id_or_prefix.trim();
-        if let Ok(id) = Uuid::parse_str(given) {
-            return self
-                .batch(id)
-                .await?
-                .ok_or_else(|| StoreError::Refused(format!("no batch {id}")));
-        }
-        if given.is_empty() || !given.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            return Err(StoreError::Refused(
-                "a batch id (or its prefix) is hex digits and dashes, e.g. 3f2a9c1e".into(),
-            ));
-        }
-        let prefix = given.to_ascii_lowercase();
-        let shown = 10;
-        let rows = self.batches_with_prefix(&prefix, shown + 1).await?;
-        match rows.as_slice() {
-            [one] => Ok(one.clone()),
-            [] => Err(StoreError::Refused(format!(
-                "no batch starts with {prefix}"
-            ))),
-            many => {
-                let list: Vec<String> = many
-                    .iter()
-                    .take(shown as usize)
-                    .map(|b| {
-                        format!(
-                            "  {}  {}  {}  {}",
-                            b.id,
-                            b.kind,
-                            b.benefit,
-                            b.created_at.format("%Y-%m-%d %H:%M")
-                        )
-                    })
-                    .collect();
-                let more = if many.len() > shown as usize {
-                    "\n  ... and more"
-                } else {
-                    ""
-                };
-                Err(StoreError::Refused(format!(
-                    "more than one batch starts with {prefix}: give more characters\n{}{more}",
-                    list.join("\n")
-                )))
-            }
-        }
-    }
-
     /// Batches, newest first (`active_only`: submitting or active).
     pub async fn list_batches(
         &self,

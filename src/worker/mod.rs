@@ -320,6 +320,13 @@ impl Worker {
                             .await;
                     }
                 };
+                // The benefit goes into a request header: refuse what is not a header-safe name
+                // here, with the reason, rather than failing every attempt at ABDM.
+                if let Err(e) = crate::jobs::benefit::BenefitName::parse(benefit) {
+                    return self
+                        .dead_letter(&delivery, publisher, &format!("invalid benefit: {e}"))
+                        .await;
+                }
                 let ext = ExternalJob {
                     idempotency_key,
                     benefit,
