@@ -293,3 +293,55 @@ async fn readyz_reuses_its_last_check_and_opens_no_connection_per_probe() {
     stop.cancel();
     env.cleanup().await;
 }
+
+/// The binary, with nothing but `vars` in its environment.
+fn bin(args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    std::process::Command::new(env!("CARGO_BIN_EXE_abha-bulk"))
+        .args(args)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("ABHA_BULK_CONFIG_DIR", dir.path().join("none"))
+        .envs(vars.iter().copied())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn commands_fail_fast_and_clearly_without_a_key_or_a_database() {
+    let o = bin(&["config"], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("pii.key"), "{err}");
+
+    let key = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+    let started = Instant::now();
+    let o = bin(
+        &["status"],
+        &[
+            ("ABHA_BULK__PII__KEY", key),
+            (
+                "ABHA_BULK__DATABASE__URL",
+                "postgres://postgres@127.0.0.1:1/abha_bulk",
+            ),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("database.url"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("Connection refused").count(),
+        1,
+        "said once: {err}"
+    );
+
+    let o = bin(
+        &["tour", "--abha", "91-1234-5678-9012"],
+        &[("ABHA_BULK__PII__KEY", key)],
+    );
+    assert!(!o.status.success(), "identifiers are no arguments");
+}

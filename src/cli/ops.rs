@@ -13,12 +13,17 @@ pub(super) async fn rekey(settings: &Settings, args: &RekeyArgs) -> anyhow::Resu
         "re-encrypting stored identifiers under pii.key (key id {})...",
         store.vault.key_id()
     );
+    // A line every two seconds at most (a million jobs are a thousand chunks).
+    let mut last = std::time::Instant::now();
     let p = store
         .rekey(args.chunk.max(1), |p| {
-            eprintln!(
-                "rekey: {}/{} jobs scanned, {} rewritten",
-                p.scanned, p.total, p.rewritten
-            );
+            if last.elapsed() >= std::time::Duration::from_secs(2) || p.scanned >= p.total {
+                last = std::time::Instant::now();
+                eprintln!(
+                    "rekey: {}/{} jobs scanned, {} rewritten",
+                    p.scanned, p.total, p.rewritten
+                );
+            }
         })
         .await?;
     if p.complete() {
