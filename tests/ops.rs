@@ -343,5 +343,9 @@ fn commands_fail_fast_and_clearly_without_a_key_or_a_database() {
         &["tour", "--abha", "91-1234-5678-9012"],
         &[("ABHA_BULK__PII__KEY", key)],
     );
-    assert!(!o.status.success(), "identifiers are no arguments");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("unexpected argument '--abha'"),
+        "identifiers are no arguments: {err}"
+    );
 }
