@@ -15,6 +15,7 @@ use crate::tour::TourInputs;
 
 #[macro_use]
 mod output;
+mod api_cmd;
 mod commands;
 mod ops;
 mod status;
@@ -74,6 +75,11 @@ pub enum Command {
     Demo(DemoArgs),
     /// Load, validate and print the effective settings (secrets masked).
     Config,
+    /// Serve the programme API (docs/api.md) on api.listen.
+    Serve,
+    /// Create, list or revoke the programme API's keys.
+    #[command(subcommand)]
+    ApiKey(api_cmd::ApiKeyCommand),
     /// Re-encrypt every stored identifier under `pii.key` while `pii.previous_keys` still
     /// decrypt (online, in chunks), then record the new key's check value.
     Rekey(RekeyArgs),
@@ -408,6 +414,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rekey(args) => ops::rekey(&settings, args).await,
         Command::Submit(args) => commands::submit(&settings, args).await,
+        Command::Serve => api_cmd::serve(&settings).await,
+        Command::ApiKey(cmd) => api_cmd::api_key(&settings, cmd).await,
         Command::Reconcile(args) => commands::reconcile(&settings, args).await,
         Command::Worker(args) => commands::worker(&settings, args).await,
         Command::Relay => commands::relay(&settings).await,

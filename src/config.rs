@@ -108,6 +108,9 @@ pub struct Settings {
     /// The benefit names this deployment serves.
     #[serde(default)]
     pub benefits: BenefitSettings,
+    /// The programme API (`abha-bulk serve`).
+    #[serde(default)]
+    pub api: crate::api::ApiSettings,
 }
 
 /// Benefit (programme) names; see `jobs::benefit`.

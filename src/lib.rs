@@ -24,12 +24,14 @@
 //! | [`worker`] | consume → claim → rate limit → ABDM → record → ack; graceful shutdown |
 //! | [`report`] | status, per-row CSV report, formula escaping |
 //! | [`reconcile`] | nightly roster vs ABDM comparison and repair of the service's own state |
+//! | [`api`] | `abha-bulk serve`: the programme API (keys per programme, upload, status, report) |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz` |
 //! | [`demo`] | the whole pipeline in one process on a generated sample |
 //! | [`tour`] | one real call of every operation against ABDM or the sandbox, printed |
 //! | [`telemetry`] | tracing subscriber (human/JSON) and the Prometheus registry |
 
 pub mod abdm;
+pub mod api;
 pub mod breaker;
 pub mod cli;
 pub mod config;

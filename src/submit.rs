@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::ingest::csv::{CsvIngest, IngestError, RowResult};
 use crate::jobs::kind::JobKind;
-use crate::store::batches::{NewBatch, PreparedRow, RejectedRow};
+use crate::store::batches::{NewBatch, PreparedRow, RejectedRow, UploadConflict};
 use crate::store::{Store, StoreError};
 
 /// Rows per insert transaction.
@@ -98,6 +98,16 @@ pub enum SubmitError {
         batch: Uuid,
         /// When.
         when: String,
+    },
+    /// The same file is being submitted right now (two uploads at once make one batch).
+    #[error(
+        "{path} is being submitted right now as batch {batch}; wait for it (abha-bulk status {batch})"
+    )]
+    BeingSubmitted {
+        /// The file.
+        path: PathBuf,
+        /// The batch being submitted.
+        batch: Uuid,
     },
     /// Interrupted before the whole file was stored.
     #[error(
@@ -197,16 +207,37 @@ pub async fn submit_until(
         .path
         .file_name()
         .map(|n| n.to_string_lossy().to_string());
-    let batch = store
-        .create_batch(NewBatch {
-            kind: req.kind,
-            benefit: &req.benefit,
-            source: "csv",
-            file_name: file_name.as_deref(),
-            file_sha256: Some(&sha),
-            parent: None,
-        })
+    let created = store
+        .create_upload_batch(
+            NewBatch {
+                kind: req.kind,
+                benefit: &req.benefit,
+                source: "csv",
+                file_name: file_name.as_deref(),
+                file_sha256: Some(&sha),
+                parent: None,
+            },
+            req.force,
+        )
         .await?;
+    let batch = match created {
+        Ok(batch) => batch,
+        Err(UploadConflict::InProgress(other)) => {
+            return Err(SubmitError::BeingSubmitted {
+                path: req.path.clone(),
+                batch: other.id,
+            });
+        }
+        Err(UploadConflict::Done(prev)) => {
+            return Err(SubmitError::AlreadySubmitted {
+                path: req.path.clone(),
+                kind: req.kind,
+                benefit: req.benefit.clone(),
+                batch: prev.id,
+                when: prev.created_at.format("%Y-%m-%d %H:%M UTC").to_string(),
+            });
+        }
+    };
     match store_rows(store, req, batch, ingest, progress, stop).await {
         Ok((total, accepted, rejected, duplicates, warnings)) => Ok(SubmitSummary {
             batch,

@@ -66,6 +66,15 @@ pub struct ChunkOutcome {
     pub duplicates: u64,
 }
 
+/// Why an upload's batch was not created.
+#[derive(Debug, Clone)]
+pub enum UploadConflict {
+    /// The same file is being submitted right now (this batch).
+    InProgress(BatchInfo),
+    /// The same file was submitted before (this batch).
+    Done(BatchInfo),
+}
+
 /// A batch as stored.
 #[derive(Debug, Clone)]
 pub struct BatchInfo {
@@ -204,6 +213,61 @@ impl Store {
         .await
         .ctx("creating a batch")?;
         Ok(id)
+    }
+
+    /// Creates the batch of an uploaded file unless the same file (same kind and benefit) is
+    /// being submitted right now, or (without `force`) was submitted before. The check and the
+    /// insert hold a transaction-level advisory lock on the file's hash, so two uploads of one
+    /// file at the same moment make one batch.
+    pub async fn create_upload_batch(
+        &self,
+        b: NewBatch<'_>,
+        force: bool,
+    ) -> Result<Result<Uuid, UploadConflict>, StoreError> {
+        let sha = b.file_sha256.unwrap_or_default();
+        let mut tx = self.pool.begin().await.ctx("starting a batch")?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+            .bind(format!("{sha}|{}|{}", b.kind.as_str(), b.benefit))
+            .execute(&mut *tx)
+            .await
+            .ctx("locking the upload")?;
+        let sql = format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE file_sha256 = $1 AND kind = $2 AND benefit = $3
+             AND (state IN ('active', 'finished') OR (state = 'submitting'
+                  AND COALESCE(heartbeat_at, created_at) > now() - interval '10 minutes'))
+             ORDER BY (state = 'submitting') DESC, created_at DESC LIMIT 1"
+        );
+        let earlier = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(sha)
+            .bind(b.kind.as_str())
+            .bind(b.benefit)
+            .fetch_optional(&mut *tx)
+            .await
+            .ctx("looking for an earlier upload of the file")?
+            .as_ref()
+            .map(batch_from_row);
+        match earlier {
+            Some(e) if e.state == "submitting" => return Ok(Err(UploadConflict::InProgress(e))),
+            Some(e) if !force => return Ok(Err(UploadConflict::Done(e))),
+            _ => {}
+        }
+        let id = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO batches (id, kind, benefit, source, file_name, file_sha256, parent_batch, heartbeat_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now())",
+        )
+        .bind(id)
+        .bind(b.kind.as_str())
+        .bind(b.benefit)
+        .bind(b.source)
+        .bind(b.file_name)
+        .bind(b.file_sha256)
+        .bind(b.parent)
+        .execute(&mut *tx)
+        .await
+        .ctx("creating a batch")?;
+        tx.commit().await.ctx("creating a batch")?;
+        Ok(Ok(id))
     }
 
     /// The most recent earlier completed upload (`active` or `finished`) of the same file for

@@ -3,6 +3,7 @@
 //! All queries are runtime-checked (`sqlx::query`), so a build needs no database.
 //! Identifiers are stored through the [`vault::Vault`] only.
 
+pub mod api_keys;
 pub mod batch_views;
 pub mod batches;
 pub mod budget;
