@@ -17,6 +17,7 @@ use crate::tour::TourInputs;
 mod output;
 mod api_cmd;
 mod commands;
+mod ops;
 mod status;
 mod tour_cmd;
 use tour_cmd::{print_tour, tour_inputs};
@@ -79,6 +80,17 @@ pub enum Command {
     /// Create, list or revoke the programme API's keys.
     #[command(subcommand)]
     ApiKey(api_cmd::ApiKeyCommand),
+    /// Re-encrypt every stored identifier under `pii.key` while `pii.previous_keys` still
+    /// decrypt (online, in chunks), then record the new key's check value.
+    Rekey(RekeyArgs),
+}
+
+/// `rekey` options.
+#[derive(Debug, Clone, Args)]
+pub struct RekeyArgs {
+    /// Jobs read and rewritten per round.
+    #[arg(long, default_value_t = 1000)]
+    pub chunk: i64,
 }
 
 /// `submit` options.
@@ -279,15 +291,12 @@ pub struct TourArgs {
     /// Start a sandbox in this process and tour it (ignores `[abdm]`).
     #[arg(long)]
     pub embedded: bool,
-    /// ABHA number to search, link and de-link.
+    /// File of `key=value` lines naming the identifiers to call with (`-` reads stdin):
+    /// `abha` (search, link, de-link), `aadhaar` (search), `find_mobile` (find ABHAs). Unset
+    /// keys are read from ABHA_BULK_TOUR_ABHA, ABHA_BULK_TOUR_AADHAAR and
+    /// ABHA_BULK_TOUR_FIND_MOBILE. Never arguments: those are visible in `ps`.
     #[arg(long)]
-    pub abha: Option<String>,
-    /// Aadhaar number to search by.
-    #[arg(long)]
-    pub aadhaar: Option<String>,
-    /// Mobile to find ABHAs by.
-    #[arg(long)]
-    pub find_mobile: Option<String>,
+    pub inputs: Option<PathBuf>,
     /// File holding a parent's X-token (child creation and listing).
     #[arg(long)]
     pub parent_x_token_file: Option<PathBuf>,
@@ -332,6 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     crate::telemetry::init(&settings.telemetry);
     match &cli.command {
         Command::Config => {
+            crate::store::Vault::from_secrets(&settings.pii.key, &settings.pii.previous_keys)?;
             out!("{settings:#?}");
             Ok(ExitCode::SUCCESS)
         }
@@ -402,6 +412,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out!("database migrated");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Rekey(args) => ops::rekey(&settings, args).await,
         Command::Submit(args) => commands::submit(&settings, args).await,
         Command::Serve => api_cmd::serve(&settings).await,
         Command::ApiKey(cmd) => api_cmd::api_key(&settings, cmd).await,

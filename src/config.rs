@@ -27,6 +27,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "database.password",
     "rabbitmq.password",
     "pii.key",
+    "pii.previous_keys",
 ];
 
 /// A setting could not be loaded or is invalid; the message names the key.
@@ -266,6 +267,9 @@ pub struct PiiSettings {
     /// base64 of 32 bytes (secret: environment or secret file only).
     #[serde(default)]
     pub key: Secret,
+    /// Keys that still decrypt during a rotation: base64 keys separated by commas (secret).
+    #[serde(default)]
+    pub previous_keys: Secret,
 }
 
 /// Nightly reconciliation.

@@ -1,8 +1,14 @@
 //! The worker's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (process alive),
 //! `/readyz` (Postgres and RabbitMQ reachable, ABDM session valid).
+//!
+//! `/readyz` answers from the last check for [`READY_CACHE`]; a check runs its three parts at
+//! once, each within [`CHECK_TIMEOUT`], one check at a time however many probes arrive.
+//! RabbitMQ is the state of this process's own connection ([`crate::queue::link`]), so a
+//! probe opens no AMQP connection; the ABDM session is requested only when none is valid.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -14,6 +20,11 @@ use tokio_util::sync::CancellationToken;
 use crate::abdm::AbdmClient;
 use crate::store::Store;
 
+/// How long a `/readyz` answer is reused.
+pub const READY_CACHE: Duration = Duration::from_secs(5);
+/// Longest time each part of a readiness check may take.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What `/readyz` checks.
 #[derive(Clone)]
 pub struct Readiness {
@@ -21,8 +32,45 @@ pub struct Readiness {
     pub store: Store,
     /// ABDM session.
     pub client: Arc<AbdmClient>,
-    /// AMQP URL (a connection is opened and closed per check).
+    /// AMQP URL (whose connection state [`crate::queue::link`] keeps).
     pub amqp_url: String,
+}
+
+#[derive(Clone, Copy)]
+struct Checks {
+    db: bool,
+    mq: bool,
+    abdm: bool,
+}
+
+struct Ready {
+    r: Readiness,
+    last: tokio::sync::Mutex<Option<(Instant, Checks)>>,
+}
+
+impl Ready {
+    async fn checks(&self) -> Checks {
+        let mut last = self.last.lock().await;
+        if let Some((at, c)) = *last
+            && at.elapsed() < READY_CACHE
+        {
+            return c;
+        }
+        let client = &self.r.client;
+        let (db, abdm) = tokio::join!(
+            within(self.r.store.ping()),
+            within(async {
+                client.session().is_valid().await || client.ensure_session().await.is_ok()
+            }),
+        );
+        let c = Checks {
+            db,
+            mq: crate::queue::link::is_up(&self.r.amqp_url),
+            abdm,
+        };
+        *last = Some((Instant::now(), c));
+        c
+    }
 }
 
 async fn metrics() -> impl IntoResponse {
@@ -39,16 +87,15 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(r): State<Arc<Readiness>>) -> impl IntoResponse {
-    let db = r.store.ping().await;
-    let mq = match crate::queue::connect(&r.amqp_url).await {
-        Ok(c) => {
-            let _ = c.close(200, "readiness check".into()).await;
-            true
-        }
-        Err(_) => false,
-    };
-    let abdm = r.client.session().is_valid().await || r.client.ensure_session().await.is_ok();
+/// `f`, or false when it takes longer than [`CHECK_TIMEOUT`].
+async fn within(f: impl std::future::Future<Output = bool>) -> bool {
+    tokio::time::timeout(CHECK_TIMEOUT, f)
+        .await
+        .unwrap_or(false)
+}
+
+async fn readyz(State(r): State<Arc<Ready>>) -> impl IntoResponse {
+    let Checks { db, mq, abdm } = r.checks().await;
     let body = format!(
         "postgres {}\nrabbitmq {}\nabdm_session {}\n",
         ok(db),
@@ -78,7 +125,10 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Arc::new(readiness));
+        .with_state(Arc::new(Ready {
+            r: readiness,
+            last: tokio::sync::Mutex::new(None),
+        }));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {

@@ -377,14 +377,15 @@ pub async fn run(
     );
     let mut swept = 0u64;
     while let Some(link) = links.next().await {
-        let (job_id, payload, result) = link?;
+        let (job_id, dedup, payload, result) = link?;
         swept += 1;
         if let Some(p) = &sweep {
             p.set(swept, &format!("{} unexpected", counts.unexpected_link));
         }
-        let abha = match result.and_then(|r| store.vault.decrypt(&r).ok()) {
+        let aad = crate::store::vault::Aad::JobResult(job_id);
+        let abha = match result.and_then(|r| store.vault.decrypt(&r, aad).ok()) {
             Some(raw) => AbhaNumber::parse(&String::from_utf8_lossy(&raw)).ok(),
-            None => match store.decrypt_job(job_id, JobKind::BenefitLink, &payload) {
+            None => match store.decrypt_job(job_id, JobKind::BenefitLink, &dedup, &payload) {
                 Ok(Job::BenefitLink(Beneficiary::Abha(a))) => Some(a),
                 _ => None,
             },

@@ -59,7 +59,7 @@ pub async fn run(
             }
             Err(e) => {
                 let wait = backoff.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "relay cannot reach RabbitMQ");
+                queue::link::down("relay", &amqp_url, &e, wait);
                 sleep_or_stop(wait, &stop).await;
                 continue;
             }
@@ -132,9 +132,9 @@ async fn connect(url: &str, topology: &Topology) -> Result<Publisher, queue::Que
     let ch = conn
         .create_channel()
         .await
-        .map_err(|source| queue::QueueError::Amqp {
+        .map_err(|cause| queue::QueueError::Amqp {
             what: "opening a channel",
-            source,
+            cause,
         })?;
     topology.declare(&ch).await?;
     Publisher::open(&conn, topology.clone()).await
@@ -160,6 +160,9 @@ pub async fn housekeeping(store: &Store) {
                 .inc_by(n);
         }
         Err(e) => tracing::warn!(error = %e, "lease expiry check failed"),
+    }
+    if let Err(e) = store.delete_final_tokens(1000).await {
+        tracing::warn!(error = %e, "deleting finished jobs' X-tokens failed");
     }
     match store
         .abort_abandoned_submits(ABANDONED_SUBMIT.as_secs())

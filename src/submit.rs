@@ -68,7 +68,7 @@ pub struct SubmitSummary {
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     /// The file cannot be opened or read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -76,7 +76,7 @@ pub enum SubmitError {
         source: std::io::Error,
     },
     /// The file is not a usable CSV for this kind (header problems, ...).
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Ingest {
         /// The file.
         path: PathBuf,

@@ -21,6 +21,13 @@ pub fn filter(settings: &TelemetrySettings) -> EnvFilter {
     for target in CAPPED_TARGETS {
         filter = filter.add_directive(format!("{target}=info").parse().expect("valid directive"));
     }
+    // lapin logs every connection and channel failure at ERROR without naming the broker;
+    // the same failures reach our code, which logs them once per state change
+    // (`queue::link`). `RUST_LOG=lapin=debug` still shows them.
+    let asked = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("lapin"));
+    if !asked {
+        filter = filter.add_directive("lapin=off".parse().expect("valid directive"));
+    }
     filter
 }
 

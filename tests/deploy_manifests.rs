@@ -26,6 +26,7 @@ const SECRET_KEYS: &[&str] = &[
     "database.password",
     "rabbitmq.password",
     "pii.key",
+    "pii.previous_keys",
 ];
 
 /// Job kinds; each has the quorum queue `abha.<kind>`.
@@ -633,6 +634,31 @@ fn ports_are_consistent() {
         failures.push(format!(
             "config/default.toml: worker.http_listen = {listen}, expected port {METRICS_PORT}"
         ));
+    }
+    // Loopback by default; the deployments Prometheus scrapes open it explicitly.
+    if !unquote(listen).starts_with("127.0.0.1:") {
+        failures.push(format!(
+            "config/default.toml: worker.http_listen = {listen}, expected a loopback address"
+        ));
+    }
+    let compose_listen = compose_env(&compose()["services"]["worker"])
+        .into_iter()
+        .find(|(k, _)| k == "ABHA_BULK__WORKER__HTTP_LISTEN")
+        .and_then(|(_, v)| v);
+    if compose_listen.as_deref() != Some("0.0.0.0:9187") {
+        failures.push(format!(
+            "{COMPOSE}: the worker must set ABHA_BULK__WORKER__HTTP_LISTEN=0.0.0.0:9187 (the default is loopback), got {compose_listen:?}"
+        ));
+    }
+    let cm = yaml_doc("deploy/k8s/configmap.yaml");
+    let overlay = toml_keys(
+        "deploy/k8s/configmap.yaml production.toml",
+        s(&cm["data"]["production.toml"]).unwrap_or_default(),
+    );
+    if overlay.get("worker.http_listen").map(|v| unquote(v)) != Some("0.0.0.0:9187") {
+        failures.push(
+            "deploy/k8s/configmap.yaml: production.toml must set worker.http_listen = \"0.0.0.0:9187\" (the default is loopback)".into(),
+        );
     }
 
     // Dockerfile EXPOSE

@@ -492,7 +492,16 @@ async fn report_output_rules_and_reveal_audit() {
         ),
     );
     let sum = env.submit(JobKind::BenefitLink, &input).await;
-    let result = env.store.vault.encrypt(pop.abha(1).expose().as_bytes());
+    let job_id: i64 =
+        sqlx::query_scalar("SELECT id FROM jobs WHERE batch_id = $1 AND row_number = 1")
+            .bind(sum.batch)
+            .fetch_one(&env.store.pool)
+            .await
+            .unwrap();
+    let result = env.store.vault.encrypt(
+        pop.abha(1).expose().as_bytes(),
+        abha_bulk::store::vault::Aad::JobResult(job_id),
+    );
     sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = now(), result = $2, result_masked = 'XX' WHERE batch_id = $1 AND row_number = 1")
         .bind(sum.batch)
         .bind(result)

@@ -160,14 +160,7 @@ impl CallTrace {
     ) {
         let (code, message, disposition) = match result {
             Ok(()) => (None, None, Disposition::Success),
-            Err(e) => (
-                Some(e.code()),
-                Some(
-                    e.abdm()
-                        .map_or_else(|| e.to_string(), |a| a.message.clone()),
-                ),
-                e.disposition(),
-            ),
+            Err(e) => (Some(e.code()), Some(e.stored_message()), e.disposition()),
         };
         let duration = started.elapsed();
         crate::telemetry::metrics::observe_abdm_request(

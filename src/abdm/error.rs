@@ -74,16 +74,19 @@ pub const CLOCK_SKEW_CODE: &str = "ABDM-1016";
 
 /// One error answer from ABDM, from any of the shapes it uses.
 ///
-/// `message` has digit runs that could be identifiers masked ([`scrub_digits`]), so it can be
-/// logged and stored.
+/// `message` is a fixed description of the code or HTTP status
+/// ([`super::messages::describe`]), never ABDM's own text (which can echo names), so it can be
+/// logged, stored and reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AbdmError {
     /// HTTP status.
     pub status: u16,
     /// ABDM or gateway code (`ABDM-1114`, `900901`, `HIS-...`), trailing `": "` trimmed.
     pub code: Option<String>,
-    /// Human-readable message.
+    /// Fixed description of the code or status.
     pub message: String,
+    /// ABDM's text said it could not decrypt a field (kept as a flag, not as text).
+    pub mentions_decrypt: bool,
     /// Names of the request fields a validation answer complained about (`loginId`, ...).
     pub fields: Vec<String>,
     /// `Retry-After`, when ABDM sent one.
@@ -107,25 +110,19 @@ impl AbdmError {
             status,
             code: None,
             message: String::new(),
+            mentions_decrypt: false,
             fields: Vec::new(),
             retry_after,
         };
         let text = String::from_utf8_lossy(body);
         let trimmed = text.trim();
-        if trimmed.is_empty() {
-            err.message = default_message(status);
-            return err;
+        if let Ok(value) = serde_json::from_str::<Value>(trimmed) {
+            err.fill_from_json(&value);
         }
-        match serde_json::from_str::<Value>(trimmed) {
-            Ok(value) => err.fill_from_json(&value),
-            Err(_) => {
-                let excerpt: String = trimmed.chars().take(200).collect();
-                err.message = scrub_digits(&excerpt);
-            }
-        }
-        if err.message.is_empty() {
-            err.message = default_message(status);
-        }
+        // A body that is not JSON is not kept at all (no excerpt).
+        err.mentions_decrypt = err.message.to_ascii_lowercase().contains("decrypt");
+        err.code = err.code.as_deref().and_then(super::messages::sane_code);
+        err.message = super::messages::describe(err.code.as_deref(), status, &err.fields);
         err
     }
 
@@ -225,7 +222,7 @@ impl AbdmError {
         const ENCRYPTED: &[&str] = &["loginId", "mobile", "aadhaarNumber", "aadhaar"];
         self.status == 400
             && (self.fields.iter().any(|f| ENCRYPTED.contains(&f.as_str()))
-                || self.message.to_ascii_lowercase().contains("decrypt"))
+                || self.mentions_decrypt)
     }
 }
 
@@ -235,14 +232,6 @@ fn value_as_string(v: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
-}
-
-fn default_message(status: u16) -> String {
-    reqwest::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("no message")
-        .to_string()
 }
 
 /// Everything that can go wrong with one call through the ABDM client.
@@ -275,11 +264,17 @@ pub enum ClientError {
     Session(Box<ClientError>),
     /// The public key could not be used.
     #[error("encryption failed: {0}")]
-    Crypto(#[from] CryptoError),
+    Crypto(CryptoError),
     /// The call gate stopped the call before it was sent (the worker lost the job's lease,
     /// or is shutting down): nothing reached ABDM.
     #[error("call not sent: {0}")]
     NotSent(&'static str),
+}
+
+impl From<CryptoError> for ClientError {
+    fn from(e: CryptoError) -> Self {
+        Self::Crypto(e)
+    }
 }
 
 impl ClientError {
@@ -373,44 +368,44 @@ mod tests {
                 404,
                 r#"{"error":{"code":"ABDM-1204","message":"Record not found"}}"#,
                 Some("ABDM-1204"),
-                "Record not found",
+                "record not found",
             ),
             (
                 404,
                 r#"{"code":"ABDM-1114","message":"User not found","timestamp":"2024-09-01 10:00:00"}"#,
                 Some("ABDM-1114"),
-                "User not found",
+                "user not found",
             ),
             (
                 400,
                 r#"{"loginId":"Invalid LoginId"}"#,
                 None,
-                "loginId: Invalid LoginId",
+                "field(s): loginId",
             ),
             (
                 401,
                 r#"{"code":"900901","message":"Invalid Credentials","description":"Access failure"}"#,
                 Some("900901"),
-                "Invalid Credentials",
+                "session token invalid",
             ),
-            (401, "", None, "Unauthorized"),
+            (401, "", None, "HTTP 401 Unauthorized"),
             (
                 500,
                 r#"[{"code":"ABDM-9999: ","message":"Something went wrong"}]"#,
                 Some("ABDM-9999"),
-                "Something went wrong",
+                "internal error",
             ),
             (
                 400,
                 r#"{"code":"HIS-1000","message":"Validation failed","details":[{"message":"Mobile is invalid","code":"HIS-1008","attribute":{"key":"mobile","value":"9876543210"}}]}"#,
                 Some("HIS-1000"),
-                "Mobile is invalid",
+                "field(s): mobile",
             ),
             (
                 502,
                 "<html>Bad gateway</html>",
                 None,
-                "<html>Bad gateway</html>",
+                "HTTP 502 Bad Gateway",
             ),
         ];
         for (status, body, code, fragment) in cases {

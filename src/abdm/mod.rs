@@ -4,6 +4,7 @@
 //! - [`session`]: the gateway token cache with single-flight refresh.
 //! - [`crypto`]: RSA encryption of identifiers with ABDM's published key.
 //! - [`error`]: every ABDM error shape parsed into [`AbdmError`], and [`Disposition`].
+//! - [`messages`]: the fixed descriptions stored instead of ABDM's message text.
 //! - [`benefit`], [`profile`], [`child`], [`enrol`]: typed requests and answers.
 
 pub mod benefit;
@@ -12,6 +13,7 @@ pub mod client;
 pub mod crypto;
 pub mod enrol;
 pub mod error;
+pub mod messages;
 pub mod profile;
 pub mod session;
 

@@ -85,7 +85,7 @@ pub enum RowResult {
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     /// Reading failed.
-    #[error("could not read the file: {0}")]
+    #[error("could not read the file")]
     Io(#[from] io::Error),
     /// No bytes, or only blank lines.
     #[error("the file is empty")]

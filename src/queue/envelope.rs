@@ -140,10 +140,69 @@ impl Envelope {
         })
     }
 
+    /// What is dead-lettered instead of a refused message: the kind, the idempotency key and
+    /// the names of the payload fields, never their values (an external envelope carries raw
+    /// identifiers, and the dead-letter queue keeps what it gets). The reason travels in a
+    /// header.
+    pub fn redacted(bytes: &[u8]) -> Vec<u8> {
+        let wire: Option<serde_json::Map<String, Value>> = serde_json::from_slice(bytes).ok();
+        let text = |w: &serde_json::Map<String, Value>, k: &str, max: usize| {
+            w.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| s.len() <= max)
+                .map(str::to_string)
+        };
+        let body = match wire {
+            Some(w) => {
+                let fields: Vec<String> = match w.get("payload") {
+                    Some(Value::Object(p)) => p
+                        .keys()
+                        .filter(|k| {
+                            k.len() <= 40 && k.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_')
+                        })
+                        .cloned()
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                serde_json::json!({
+                    "redacted": true,
+                    "v": w.get("v").and_then(Value::as_u64),
+                    "kind": text(&w, "kind", 40).filter(|k| JobKind::parse(k).is_some()),
+                    "job_id": w.get("job_id").and_then(Value::as_i64),
+                    "idempotency_key": text(&w, "idempotency_key", 200),
+                    "payload_fields": fields,
+                    "bytes": bytes.len(),
+                })
+            }
+            None => serde_json::json!({ "redacted": true, "json": false, "bytes": bytes.len() }),
+        };
+        serde_json::to_vec(&body).expect("JSON serialises")
+    }
+
     /// The kind.
     pub fn kind(&self) -> JobKind {
         match self {
             Self::Stored { kind, .. } | Self::External { kind, .. } => *kind,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letters_keep_the_reference_and_drop_identifiers() {
+        let body = br#"{"v":1,"kind":"benefit-link","idempotency_key":"prog-42","benefit":"PMJAY",
+            "external_ref":"Ravi Kumar","payload":{"abha_number":"91-1234-5678-9012","91-1111-2222-3333":"x"}}"#;
+        let out = String::from_utf8(Envelope::redacted(body)).unwrap();
+        for secret in ["1234-5678", "1111-2222", "Ravi"] {
+            assert!(!out.contains(secret), "{out}");
+        }
+        for kept in ["prog-42", "benefit-link", "abha_number"] {
+            assert!(out.contains(kept), "{out}");
+        }
+        let out = String::from_utf8(Envelope::redacted(b"not json 91-1234-5678-9012")).unwrap();
+        assert!(!out.contains("1234"), "{out}");
     }
 }

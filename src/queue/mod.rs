@@ -4,8 +4,10 @@
 //!   exchange), the dead-letter queue; declared idempotently by every process that needs them.
 //! - [`envelope`]: the JSON job envelope v1 (stored-job form and external-producer form).
 //! - [`publish`]: publishing job envelopes and dead letters with publisher confirms.
+//! - [`link`]: the connection state shared by worker and relay (one log line per change).
 
 pub mod envelope;
+pub mod link;
 pub mod publish;
 pub mod topology;
 
@@ -15,12 +17,12 @@ pub use topology::Topology;
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// Connecting, declaring or publishing failed.
-    #[error("RabbitMQ: {what}: {source}")]
+    #[error("RabbitMQ: {what}: {cause}")]
     Amqp {
         /// What was attempted.
         what: &'static str,
-        /// Cause.
-        source: lapin::Error,
+        /// Cause (in the message, so not also a `source`).
+        cause: lapin::Error,
     },
     /// The broker did not confirm a message.
     #[error("RabbitMQ did not confirm {count} message(s) ({reason})")]
@@ -38,15 +40,31 @@ pub(crate) trait AmqpContext<T> {
 
 impl<T> AmqpContext<T> for Result<T, lapin::Error> {
     fn ctx(self, what: &'static str) -> Result<T, QueueError> {
-        self.map_err(|source| QueueError::Amqp { what, source })
+        self.map_err(|cause| QueueError::Amqp { what, cause })
     }
 }
 
-/// Opens a connection.
+/// How long opening a connection may take (a broker address that drops packets would
+/// otherwise hang for the TCP timeout).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens a connection (within [`CONNECT_TIMEOUT`]); a success is recorded in [`link`].
 pub async fn connect(url: &str) -> Result<lapin::Connection, QueueError> {
     let props = lapin::ConnectionProperties::default()
         .with_connection_name(format!("abha-bulk-{}", std::process::id()).into());
-    lapin::Connection::connect(url, props)
-        .await
-        .ctx("connecting")
+    let conn =
+        match tokio::time::timeout(CONNECT_TIMEOUT, lapin::Connection::connect(url, props)).await {
+            Ok(r) => r.ctx("connecting")?,
+            Err(_) => {
+                return Err(QueueError::Amqp {
+                    what: "connecting",
+                    cause: lapin::Error::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                    )),
+                });
+            }
+        };
+    link::up(url);
+    Ok(conn)
 }

@@ -104,8 +104,10 @@ impl Publisher {
         .await
     }
 
-    /// Sends a refused message to the dead-letter exchange with the reason in a header.
+    /// Sends a refused message to the dead-letter exchange with the reason in a header; the
+    /// body is [`Envelope::redacted`] (no identifiers), not the message itself.
     pub async fn dead_letter(&self, body: &[u8], reason: &str) -> Result<(), QueueError> {
+        let body = Envelope::redacted(body);
         let mut headers = FieldTable::default();
         headers.insert(
             REJECT_REASON_HEADER.into(),
@@ -114,7 +116,7 @@ impl Publisher {
         self.confirmed(
             &self.topology.dead_letter_exchange.clone(),
             "",
-            body,
+            &body,
             headers,
         )
         .await

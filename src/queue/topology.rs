@@ -129,8 +129,11 @@ impl Topology {
         Ok(())
     }
 
-    /// Ready messages per queue (passive declare).
+    /// Ready messages per queue (passive declare). Declares the topology first (idempotent):
+    /// a process that reads depths before any worker declared the queues would otherwise get
+    /// `NOT_FOUND - no queue` and a closed channel.
     pub async fn depths(&self, ch: &Channel) -> Result<Vec<(String, u32)>, QueueError> {
+        self.declare(ch).await?;
         let mut out = Vec::new();
         for q in self.all_queues() {
             let info = ch

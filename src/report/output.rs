@@ -246,7 +246,12 @@ async fn write_rows(
         let revealed = match (reveal, &r.result_ciphertext) {
             (true, Some(ct)) => {
                 counts.revealed += 1;
-                String::from_utf8_lossy(&store.vault.decrypt(ct)?).to_string()
+                String::from_utf8_lossy(
+                    &store
+                        .vault
+                        .decrypt(ct, crate::store::vault::Aad::JobResult(r.job_id))?,
+                )
+                .to_string()
             }
             _ => String::new(),
         };

@@ -114,10 +114,10 @@ impl SandboxConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     /// The key could not be generated or read.
-    #[error("sandbox key: {0}")]
+    #[error("sandbox key")]
     Key(#[from] CryptoError),
     /// The address could not be bound.
-    #[error("sandbox cannot listen on {addr}: {source}")]
+    #[error("sandbox cannot listen on {addr}")]
     Bind {
         /// Address.
         addr: SocketAddr,

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::vault::Aad;
 use super::{QueryContext, Store, StoreError};
 use crate::jobs::kind::{Job, JobKind};
 
@@ -148,20 +149,21 @@ pub(crate) const BATCH_COLUMNS: &str = "id, kind, benefit, source, file_name, st
 impl Store {
     /// Encrypts and hashes a validated job for insertion.
     pub fn prepare(&self, row_number: i64, external_ref: Option<String>, job: &Job) -> PreparedRow {
+        let dedup_hash = self.vault.hash(&job.dedup_key());
         PreparedRow {
             row_number,
             external_ref,
             subject_hash: self.vault.hash(&job.subject()),
             subject_masked: job.subject_masked(),
-            dedup_hash: self.vault.hash(&job.dedup_key()),
-            payload: self.encrypt_job(job),
+            payload: self.encrypt_job(job, &dedup_hash),
+            dedup_hash,
         }
     }
 
-    /// The job's fields as encrypted JSON.
-    pub fn encrypt_job(&self, job: &Job) -> Vec<u8> {
+    /// The job's fields as encrypted JSON, bound to the row's `dedup_hash`.
+    pub fn encrypt_job(&self, job: &Job, dedup_hash: &[u8]) -> Vec<u8> {
         let json = serde_json::to_vec(&job.to_fields()).expect("a string map serialises");
-        self.vault.encrypt(&json)
+        self.vault.encrypt(&json, Aad::JobPayload(dedup_hash))
     }
 
     /// Decrypts and re-validates a stored payload.
@@ -169,9 +171,10 @@ impl Store {
         &self,
         job_id: i64,
         kind: JobKind,
+        dedup_hash: &[u8],
         payload: &[u8],
     ) -> Result<Job, StoreError> {
-        let json = self.vault.decrypt(payload)?;
+        let json = self.vault.decrypt(payload, Aad::JobPayload(dedup_hash))?;
         let fields: HashMap<String, String> =
             serde_json::from_slice(&json).map_err(|e| StoreError::Corrupt {
                 job_id,

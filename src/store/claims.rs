@@ -58,11 +58,11 @@ impl Store {
                 WHERE id = ANY($1) AND (
                     (state IN ('queued', 'retrying') AND (next_due_at IS NULL OR next_due_at <= now() + interval '2 seconds'))
                     OR (state = 'running' AND lease_until < now()))
-                RETURNING id, batch_id, kind, benefit, attempts, created_at, payload,
+                RETURNING id, batch_id, kind, benefit, attempts, created_at, payload, dedup_hash,
                           COALESCE(effect_started_at < now(), false) AS effect)
-             SELECT id, batch_id, kind, benefit, attempts, created_at, payload, effect, NULL::text AS state FROM c
+             SELECT id, batch_id, kind, benefit, attempts, created_at, payload, dedup_hash, effect, NULL::text AS state FROM c
              UNION ALL
-             SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, state FROM jobs
+             SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, state FROM jobs
              WHERE id = ANY($1) AND id NOT IN (SELECT id FROM c)",
         )
         .bind(ids)
@@ -95,6 +95,7 @@ impl Store {
                         attempt: r.get("attempts"),
                         created_at: r.get("created_at"),
                         payload: r.get("payload"),
+                        dedup_hash: r.get("dedup_hash"),
                         effect_may_have_happened: r.get("effect"),
                     })
                 }

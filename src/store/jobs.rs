@@ -25,6 +25,8 @@ pub struct ClaimedJob {
     pub created_at: DateTime<Utc>,
     /// Encrypted payload (decrypt with [`Store::decrypt_job`]).
     pub payload: Vec<u8>,
+    /// The row's `dedup_hash` (the payload's associated data).
+    pub dedup_hash: Vec<u8>,
     /// An earlier attempt (of this or an earlier run of the row) may have changed something at
     /// ABDM and its answer was not recorded: this attempt must look before it acts.
     pub effect_may_have_happened: bool,
@@ -155,6 +157,8 @@ pub struct ReportRow {
     pub result: Option<String>,
     /// Encrypted result, for `--reveal`.
     pub result_ciphertext: Option<Vec<u8>>,
+    /// Job id (0 for rejected rows): the result's associated data.
+    pub job_id: i64,
 }
 
 impl Store {
@@ -228,7 +232,7 @@ impl Store {
         .bind(self.vault.hash(&j.job.subject()))
         .bind(j.job.subject_masked())
         .bind(&dedup)
-        .bind(self.encrypt_job(j.job))
+        .bind(self.encrypt_job(j.job, &dedup))
         .fetch_optional(&self.pool)
         .await
         .ctx("recording a queue job")?;
@@ -358,10 +362,11 @@ impl Store {
             finished_at: r.get("finished_at"),
             result: r.get("result"),
             result_ciphertext: r.get("result_ciphertext"),
+            job_id: r.get("ord"),
         })
-        .map_err(|source| StoreError::Query {
+        .map_err(|cause| StoreError::Query {
             what: "reading the report",
-            source,
+            cause,
         })
     }
 

@@ -13,6 +13,8 @@ pub mod jobs;
 pub mod outbox;
 pub mod outcomes;
 pub mod reconcile;
+pub mod rekey;
+pub mod startup;
 pub mod vault;
 pub mod webhooks;
 
@@ -26,26 +28,55 @@ use crate::config::Settings;
 pub use vault::{Vault, VaultError};
 
 /// Postgres errors, with what was being done.
+///
+/// Causes that are part of the message are not also a `source`, so a printed chain never
+/// says the same thing twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Could not connect or create the database.
-    #[error("cannot connect to Postgres ({what}): {source}")]
+    #[error("cannot connect to Postgres ({what}): {cause}")]
     Connect {
         /// What was attempted.
         what: &'static str,
         /// Cause.
-        source: sqlx::Error,
+        cause: sqlx::Error,
+    },
+    /// Postgres did not answer at the configured address.
+    #[error(
+        "cannot connect to Postgres at {target}: {cause}; check the setting `database.url` (ABHA_BULK__DATABASE__URL) and that Postgres runs there"
+    )]
+    Unreachable {
+        /// `host:port/database` (never the password).
+        target: String,
+        /// What went wrong.
+        cause: String,
+    },
+    /// The schema is missing or older than this binary.
+    #[error("database {target} is not migrated ({detail}): run `abha-bulk migrate`")]
+    NotMigrated {
+        /// `host:port/database`.
+        target: String,
+        /// What is missing.
+        detail: String,
+    },
+    /// `pii.key` is not the key the database's identifiers are encrypted with.
+    #[error(
+        "configuration key `pii.key` (key id {key_id}) does not match the key check value stored in the database: set ABHA_BULK__PII__KEY (or ABHA_BULK__PII__KEY_FILE) to the key this database uses; to rotate, set the new key as `pii.key`, the old one in `pii.previous_keys`, and run `abha-bulk rekey`"
+    )]
+    KeyMismatch {
+        /// Id of the configured key.
+        key_id: String,
     },
     /// Migrations failed.
     #[error("database migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(sqlx::migrate::MigrateError),
     /// A query failed.
-    #[error("database error while {what}: {source}")]
+    #[error("database error while {what}: {cause}")]
     Query {
         /// What the query was for.
         what: &'static str,
         /// Cause.
-        source: sqlx::Error,
+        cause: sqlx::Error,
     },
     /// Stored data could not be decrypted or decoded.
     #[error(transparent)]
@@ -66,6 +97,12 @@ pub enum StoreError {
     Config(#[from] crate::config::ConfigError),
 }
 
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(e)
+    }
+}
+
 /// Adds what a query was doing to its error.
 pub(crate) trait QueryContext<T> {
     fn ctx(self, what: &'static str) -> Result<T, StoreError>;
@@ -73,7 +110,7 @@ pub(crate) trait QueryContext<T> {
 
 impl<T> QueryContext<T> for Result<T, sqlx::Error> {
     fn ctx(self, what: &'static str) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Query { what, source })
+        self.map_err(|cause| StoreError::Query { what, cause })
     }
 }
 
@@ -89,9 +126,14 @@ pub struct Store {
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl Store {
-    /// Connects with the settings (the database must exist and be migrated: see [`Self::migrate`]).
+    /// Connects with the settings. Fails within [`startup::FIRST_CONNECT_TIMEOUT`] when
+    /// Postgres does not answer, and refuses a database that is not migrated or whose
+    /// identifiers are encrypted with another key than `pii.key`.
     pub async fn connect(settings: &Settings) -> Result<Self, StoreError> {
-        let vault = Arc::new(Vault::from_secret(&settings.pii.key)?);
+        let vault = Arc::new(Vault::from_secrets(
+            &settings.pii.key,
+            &settings.pii.previous_keys,
+        )?);
         let url = settings.database_url()?;
         Self::connect_url(
             url.expose(),
@@ -102,65 +144,66 @@ impl Store {
         .await
     }
 
-    /// Connects to `url`.
+    /// Connects to `url`: one direct connection first (fast failure naming the address, the
+    /// schema and key checks), then the pool, whose `acquire_timeout` applies under load.
     pub async fn connect_url(
         url: &str,
         max_connections: u32,
         acquire_timeout: Duration,
         vault: Arc<Vault>,
     ) -> Result<Self, StoreError> {
-        use std::str::FromStr;
         // Nothing may hold a transaction (and its row locks) across an unbounded wait: an idle
         // transaction is ended after a minute, a statement after five (the longest legitimate
         // one activates a multi-million-row batch).
-        let options = sqlx::postgres::PgConnectOptions::from_str(url)
-            .map_err(|source| StoreError::Connect {
-                what: "reading database.url",
-                source,
-            })?
-            .options([
-                ("idle_in_transaction_session_timeout", "60s"),
-                ("statement_timeout", "300s"),
-            ]);
+        let opts = startup::options(url)?.options([
+            ("idle_in_transaction_session_timeout", "60s"),
+            ("statement_timeout", "300s"),
+        ]);
+        let target = startup::target(&opts);
+        let mut conn = startup::probe(&opts, &target).await?;
+        startup::check_schema(&mut conn, &target, &MIGRATOR).await?;
+        startup::check_key(&mut conn, &vault).await?;
+        let _ = sqlx::Connection::close(conn).await;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
-            .connect_with(options)
-            .await
-            .map_err(|source| StoreError::Connect {
-                what: "opening the pool",
-                source,
-            })?;
+            .connect_lazy_with(opts);
         Ok(Self { pool, vault })
     }
 
     /// Creates the database named in `url` when it does not exist, then runs the migrations.
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
-        let exists = sqlx::Postgres::database_exists(url)
-            .await
-            .map_err(|source| StoreError::Connect {
-                what: "checking that the database exists",
-                source,
-            })?;
+        let opts = startup::options(url)?;
+        let target = startup::target(&opts);
+        let unreachable = |e: sqlx::Error| StoreError::Unreachable {
+            target: target.clone(),
+            cause: e.to_string(),
+        };
+        let exists = tokio::time::timeout(
+            startup::FIRST_CONNECT_TIMEOUT,
+            sqlx::Postgres::database_exists(url),
+        )
+        .await
+        .map_err(|_| StoreError::Unreachable {
+            target: target.clone(),
+            cause: format!(
+                "no answer within {} s",
+                startup::FIRST_CONNECT_TIMEOUT.as_secs()
+            ),
+        })?
+        .map_err(unreachable)?;
         if !exists {
             sqlx::Postgres::create_database(url)
                 .await
-                .map_err(|source| StoreError::Connect {
+                .map_err(|cause| StoreError::Connect {
                     what: "creating the database",
-                    source,
+                    cause,
                 })?;
-            tracing::info!("database created");
+            tracing::info!(database = %target, "database created");
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(url)
-            .await
-            .map_err(|source| StoreError::Connect {
-                what: "migrating",
-                source,
-            })?;
-        MIGRATOR.run(&pool).await?;
-        pool.close().await;
+        let mut conn = startup::probe(&opts, &target).await?;
+        MIGRATOR.run(&mut conn).await?;
+        let _ = sqlx::Connection::close(conn).await;
         Ok(())
     }
 

@@ -87,7 +87,10 @@ impl Store {
                     Some(outcome.clone()),
                     code.clone(),
                     None,
-                    result.as_ref().map(|v| self.vault.encrypt(v.as_bytes())),
+                    result.as_ref().map(|v| {
+                        self.vault
+                            .encrypt(v.as_bytes(), super::vault::Aad::JobResult(r.job.id))
+                    }),
                     result_masked.clone(),
                     None,
                 ),

@@ -117,7 +117,7 @@ impl Store {
     }
 
     /// For each ABHA this service linked or de-linked for `benefit`, the latest successful job:
-    /// `(job id, encrypted payload, encrypted result)`, links only. Streamed: the history of a
+    /// `(job id, dedup hash, encrypted payload, encrypted result)`, links only. Streamed: the history of a
     /// benefit can be millions of jobs.
     pub fn service_links(
         &self,
@@ -127,10 +127,10 @@ impl Store {
         sqlx::query(SERVICE_LINKS)
             .bind(benefit.to_string())
             .fetch(&self.pool)
-            .map_ok(|r| (r.get(0), r.get(2), r.get(3)))
-            .map_err(|source| StoreError::Query {
+            .map_ok(|r| (r.get(0), r.get(4), r.get(2), r.get(3)))
+            .map_err(|cause| StoreError::Query {
                 what: "reading the ABHAs this service linked",
-                source,
+                cause,
             })
     }
 
@@ -209,12 +209,12 @@ impl Store {
     }
 }
 
-/// A link made by this service: `(job id, encrypted payload, encrypted result)`.
-pub type ServiceLink = (i64, Vec<u8>, Option<Vec<u8>>);
+/// A link made by this service: `(job id, dedup hash, encrypted payload, encrypted result)`.
+pub type ServiceLink = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
 
 /// The latest successful link or de-link per subject of a benefit, keeping the links.
-const SERVICE_LINKS: &str = "SELECT id, kind, payload, result FROM (
-        SELECT DISTINCT ON (subject_hash) id, kind, payload, result FROM jobs
+const SERVICE_LINKS: &str = "SELECT id, kind, payload, result, dedup_hash FROM (
+        SELECT DISTINCT ON (subject_hash) id, kind, payload, result, dedup_hash FROM jobs
         WHERE benefit = $1 AND kind IN ('benefit-link', 'benefit-delink') AND state = 'succeeded'
         ORDER BY subject_hash, finished_at DESC) latest
      WHERE kind = 'benefit-link'";

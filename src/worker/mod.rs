@@ -173,7 +173,7 @@ impl Worker {
                 Ok(()) => break,
                 Err(e) => {
                     let wait = backoff.next().unwrap_or(Duration::from_secs(30));
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "worker lost RabbitMQ; reconnecting");
+                    queue::link::down("worker", &amqp_url, &e, wait);
                     sleep_or_stop(wait, &stop).await;
                 }
             }
@@ -232,7 +232,7 @@ impl Worker {
                             drop(permit);
                         });
                     }
-                    Some(Err(e)) => break Err(queue::QueueError::Amqp { what: "receiving", source: e }),
+                    Some(Err(e)) => break Err(queue::QueueError::Amqp { what: "receiving", cause: e }),
                     None => break Err(queue::QueueError::NotConfirmed { count: 0, reason: "consumer cancelled by the broker" }),
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -402,7 +402,10 @@ impl Worker {
                 ),
             }
         } else {
-            match self.store.decrypt_job(job.id, job.kind, &job.payload) {
+            match self
+                .store
+                .decrypt_job(job.id, job.kind, &job.dedup_hash, &job.payload)
+            {
                 Err(e) => Outcome::Failed {
                     code: "invalid_stored_job".into(),
                     message: e.to_string(),
@@ -475,9 +478,7 @@ impl Worker {
             Err(e) => e,
         };
         let code = e.code();
-        let message = e
-            .abdm()
-            .map_or_else(|| e.to_string(), |a| a.message.clone());
+        let message = e.stored_message();
         let disposition = e.disposition();
         // Never about the row: the call was not sent, ABDM throttled us, no session could be
         // had, or ABDM could not be reached at all.
