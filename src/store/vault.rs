@@ -54,6 +54,8 @@ pub enum Aad<'a> {
     JobPayload(&'a [u8]),
     /// `jobs.result` of this job.
     JobResult(i64),
+    /// `api_keys.webhook_secret` of this key.
+    WebhookSecret(uuid::Uuid),
 }
 
 impl Aad<'_> {
@@ -65,6 +67,9 @@ impl Aad<'_> {
                 v
             }
             Self::JobResult(id) => format!("abha-bulk/v1/jobs.result/{id}").into_bytes(),
+            Self::WebhookSecret(key) => {
+                format!("abha-bulk/v1/api_keys.webhook_secret/{key}").into_bytes()
+            }
         }
     }
 }

@@ -5,6 +5,7 @@
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::vault::Aad;
 use super::{QueryContext, Store, StoreError};
 
 /// A delivery to attempt now.
@@ -49,7 +50,7 @@ impl Store {
         sqlx::query("UPDATE api_keys SET webhook_url = $2, webhook_secret = $3 WHERE id = $1")
             .bind(key)
             .bind(url)
-            .bind(self.vault.encrypt(&raw))
+            .bind(self.vault.encrypt(&raw, Aad::WebhookSecret(key)))
             .execute(&self.pool)
             .await
             .ctx("setting a webhook")?;
@@ -105,7 +106,7 @@ impl Store {
                             WHERE delivered_at IS NULL AND next_at <= now() AND attempts < $3
                             ORDER BY next_at LIMIT $1 FOR UPDATE SKIP LOCKED)
                AND k.id = d.key_id AND k.webhook_url IS NOT NULL
-             RETURNING d.id, k.webhook_url, k.webhook_secret, d.body, d.attempts",
+             RETURNING d.id, k.webhook_url, k.webhook_secret, d.body, d.attempts, k.id",
         )
         .bind(limit)
         .bind(lease_secs)
@@ -119,7 +120,9 @@ impl Store {
             out.push(DueWebhook {
                 id: r.get(0),
                 url: r.get(1),
-                secret: self.vault.decrypt(&secret.unwrap_or_default())?,
+                secret: self
+                    .vault
+                    .decrypt(&secret.unwrap_or_default(), Aad::WebhookSecret(r.get(5)))?,
                 body: r.get(3),
                 attempts: r.get(4),
             });
