@@ -34,6 +34,9 @@ pub struct Readiness {
     pub client: Arc<AbdmClient>,
     /// AMQP URL (whose connection state [`crate::queue::link`] keeps).
     pub amqp_url: String,
+    /// The worker's ABDM circuit breaker: while it is open the worker is not ready (and no
+    /// gateway session is requested for the probe).
+    pub breaker: Option<Arc<crate::breaker::Breaker>>,
 }
 
 #[derive(Clone, Copy)]
@@ -41,6 +44,7 @@ struct Checks {
     db: bool,
     mq: bool,
     abdm: bool,
+    circuit_closed: bool,
 }
 
 struct Ready {
@@ -57,16 +61,19 @@ impl Ready {
             return c;
         }
         let client = &self.r.client;
+        let circuit_closed = self.r.breaker.as_ref().is_none_or(|b| !b.is_open());
         let (db, abdm) = tokio::join!(
             within(self.r.store.ping()),
             within(async {
-                client.session().is_valid().await || client.ensure_session().await.is_ok()
+                circuit_closed
+                    && (client.session().is_valid().await || client.ensure_session().await.is_ok())
             }),
         );
         let c = Checks {
             db,
             mq: crate::queue::link::is_up(&self.r.amqp_url),
             abdm,
+            circuit_closed,
         };
         *last = Some((Instant::now(), c));
         c
@@ -95,14 +102,20 @@ async fn within(f: impl std::future::Future<Output = bool>) -> bool {
 }
 
 async fn readyz(State(r): State<Arc<Ready>>) -> impl IntoResponse {
-    let Checks { db, mq, abdm } = r.checks().await;
+    let Checks {
+        db,
+        mq,
+        abdm,
+        circuit_closed,
+    } = r.checks().await;
     let body = format!(
-        "postgres {}\nrabbitmq {}\nabdm_session {}\n",
+        "postgres {}\nrabbitmq {}\nabdm_session {}\nabdm_circuit {}\n",
         ok(db),
         ok(mq),
-        ok(abdm)
+        ok(abdm),
+        if circuit_closed { "closed" } else { "open" }
     );
-    let status = if db && mq && abdm {
+    let status = if db && mq && abdm && circuit_closed {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

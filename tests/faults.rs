@@ -367,3 +367,45 @@ async fn a_nul_byte_rejects_its_row_not_the_upload() {
     assert!(rejected[0]["message"].contains("NUL"), "{:?}", rejected[0]);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_and_the_metric_show_an_open_breaker() {
+    use abha_bulk::breaker::{Breaker, BreakerConfig};
+    let env = TestEnv::new().await;
+    let breaker = Arc::new(Breaker::new(
+        env.store.clone(),
+        abha_bulk::sandbox::DEFAULT_CLIENT_ID,
+        BreakerConfig::default(),
+    ));
+    let refused = abha_bulk::abdm::ClientError::Connect("refused".into());
+    for _ in 0..3 {
+        breaker.observe(Some(&refused)).await;
+    }
+    assert!(breaker.is_open());
+    assert!(circuit(&env).await.open, "shared with every replica");
+    let stop = CancellationToken::new();
+    let addr = abha_bulk::http::serve(
+        "127.0.0.1:0",
+        abha_bulk::http::Readiness {
+            store: env.store.clone(),
+            client: env.client.clone(),
+            amqp_url: env.amqp_url.clone(),
+            breaker: Some(breaker.clone()),
+        },
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let r = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("abdm_circuit open"));
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("abha_abdm_circuit_open 1"), "{metrics}");
+    stop.cancel();
+    env.cleanup().await;
+}

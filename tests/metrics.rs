@@ -42,6 +42,7 @@ async fn endpoints_answer_and_promtool_accepts_the_metrics() {
             store: env.store.clone(),
             client: env.client.clone(),
             amqp_url: env.amqp_url.clone(),
+            breaker: None,
         },
         stop.clone(),
     )

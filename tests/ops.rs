@@ -250,6 +250,7 @@ async fn readyz_reuses_its_last_check_and_opens_no_connection_per_probe() {
             store: env.store.clone(),
             client,
             amqp_url: env.amqp_url.clone(),
+            breaker: None,
         },
         stop.clone(),
     )

@@ -124,12 +124,28 @@ pub(super) async fn worker(settings: &Settings, args: &WorkerArgs) -> anyhow::Re
     let limiter = RateLimiter::with_aimd(w.rate_per_second, w.burst, global, w.aimd());
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone());
+    let worker = Worker::with_breaker(
+        store.clone(),
+        client.clone(),
+        limiter,
+        topology.clone(),
+        WorkerConfig {
+            kinds: if args.kinds.is_empty() {
+                JobKind::ALL.to_vec()
+            } else {
+                args.kinds.clone()
+            },
+            ..WorkerConfig::from_settings(w)
+        },
+        w.breaker(),
+    );
     crate::http::serve(
         &w.http_listen,
         crate::http::Readiness {
             store: store.clone(),
             client: client.clone(),
             amqp_url: amqp.clone(),
+            breaker: Some(worker.breaker.clone()),
         },
         stop.clone(),
     )
@@ -149,21 +165,6 @@ pub(super) async fn worker(settings: &Settings, args: &WorkerArgs) -> anyhow::Re
         topology.clone(),
         stop.clone(),
     ));
-    let worker = Worker::with_breaker(
-        store,
-        client,
-        limiter,
-        topology,
-        WorkerConfig {
-            kinds: if args.kinds.is_empty() {
-                JobKind::ALL.to_vec()
-            } else {
-                args.kinds.clone()
-            },
-            ..WorkerConfig::from_settings(w)
-        },
-        w.breaker(),
-    );
     worker.run(amqp, stop).await;
     if let Some(r) = relay {
         let _ = r.await;
