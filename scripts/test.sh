@@ -11,6 +11,16 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --quiet --all-targets -- -D warnings
+echo "== schemathesis (API fuzzer) in target/tools" >&2
+ST_VERSION=4.32.5
+ST=target/tools/venv/bin/schemathesis
+if ! "$ST" --version 2>/dev/null | grep -q "$ST_VERSION"; then
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+  python3 -m venv --clear target/tools/venv >/dev/null 2>&1 \
+    || { apt_install python3-venv; python3 -m venv --clear target/tools/venv; }
+  target/tools/venv/bin/pip install -q "schemathesis==$ST_VERSION"
+fi
+export ABHA_BULK_SCHEMATHESIS="$PWD/$ST"
 echo "== promtool: alert rules and their unit tests" >&2
 ./scripts/promtool.sh
 if cargo nextest --version >/dev/null 2>&1; then

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::ApiState;
 use super::auth::Caller;
-use super::problem::Problem;
+use super::problem::{Params, Problem};
 use crate::jobs::benefit::BenefitName;
 use crate::jobs::kind::JobKind;
 use crate::report::{ReportTarget, Reveal};
@@ -139,7 +139,7 @@ async fn spool_body(st: &ApiState, body: Body, file_name: &str) -> Result<Spool,
 pub async fn upload(
     State(st): State<ApiState>,
     caller: Caller,
-    Query(q): Query<UploadQuery>,
+    Params(q): Params<UploadQuery>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
@@ -307,7 +307,7 @@ pub struct ListQuery {
 pub async fn list(
     State(st): State<ApiState>,
     caller: Caller,
-    Query(q): Query<ListQuery>,
+    Params(q): Params<ListQuery>,
 ) -> Result<Json<Value>, Problem> {
     caller.require("read")?;
     const STATES: [&str; 5] = ["submitting", "active", "finished", "cancelled", "aborted"];
@@ -320,7 +320,13 @@ pub async fn list(
         )
         .field("state"));
     }
-    let per_page = q.per_page.unwrap_or(50).clamp(1, 500);
+    let per_page = q.per_page.unwrap_or(50);
+    if !(1..=500).contains(&per_page) || q.page > 1_000_000 {
+        return Err(Problem::bad_request(
+            "bad-parameter",
+            "per_page must be 1 to 500 and page at most 1000000",
+        ));
+    }
     let batches = st
         .store
         .batches_of(&caller.0.benefits, q.state.as_deref(), per_page, q.page)
@@ -361,7 +367,7 @@ pub async fn report(
     State(st): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(q): Query<ReportQuery>,
+    Params(q): Params<ReportQuery>,
 ) -> Result<Response, Problem> {
     caller.require("read")?;
     let b = visible_batch(&st, &caller, &id).await?;
@@ -427,7 +433,7 @@ pub async fn retry_failed(
     State(st): State<ApiState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(q): Query<RetryQuery>,
+    Params(q): Params<RetryQuery>,
 ) -> Result<Json<Value>, Problem> {
     caller.require("submit")?;
     let b = visible_batch(&st, &caller, &id).await?;

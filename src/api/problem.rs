@@ -121,3 +121,25 @@ impl IntoResponse for Problem {
         r
     }
 }
+
+/// `axum::extract::Query` whose rejection is a problem document naming the parameter.
+#[derive(Debug, Clone)]
+pub struct Params<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Params<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Problem> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e| Problem::bad_request("bad-parameter", e.body_text()))
+    }
+}
