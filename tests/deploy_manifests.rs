@@ -42,20 +42,14 @@ const KINDS: &[&str] = &[
     "abha-create-demo",
 ];
 
-/// Subcommands of the abha-bulk binary.
-const SUBCOMMANDS: &[&str] = &[
-    "migrate",
-    "submit",
-    "worker",
-    "relay",
-    "status",
-    "report",
-    "retry-failed",
-    "cancel",
-    "reconcile",
-    "sandbox",
-    "demo",
-];
+/// Subcommands of the abha-bulk binary, from its clap definition (never a copied list).
+fn subcommands() -> Vec<String> {
+    use clap::CommandFactory;
+    abha_bulk::cli::Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect()
+}
 
 const METRICS_PORT: u64 = 9187;
 const SANDBOX_PORT: u64 = 8089;
@@ -523,9 +517,7 @@ fn abha_bulk_compose_services_are_built_from_the_dockerfile() {
     let mut image_of_build = BTreeSet::new();
     for (service, def) in map_entries(&compose["services"]) {
         let command = compose_command(def);
-        let runs_abha_bulk = command
-            .first()
-            .is_some_and(|c| SUBCOMMANDS.contains(&c.as_str()))
+        let runs_abha_bulk = command.first().is_some_and(|c| subcommands().contains(c))
             || s(&def["image"]).is_some_and(|i| i.starts_with("abha-bulk"))
             || !def["build"].is_null();
         if !runs_abha_bulk {
@@ -988,7 +980,7 @@ fn workloads_reference_the_documented_secret_and_configmaps() {
                 }
             }
             let args: Vec<String> = seq(&c["args"]).iter().filter_map(scalar).collect();
-            if let Some(first) = args.first().filter(|a| !SUBCOMMANDS.contains(&a.as_str())) {
+            if let Some(first) = args.first().filter(|a| !subcommands().contains(a)) {
                 failures.push(format!(
                     "{who}: container args start with {first:?}, not an abha-bulk subcommand"
                 ));
