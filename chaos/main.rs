@@ -43,7 +43,7 @@ use crate::schedule::{Chaos, Plan, now};
     about = "Chaos run of abha-bulk against real processes"
 )]
 pub struct Opts {
-    /// Each fault once on about 3 000 rows (CI; about 3 minutes).
+    /// Each fault once on 3 000 rows (CI; about 3 minutes).
     #[arg(long)]
     pub short: bool,
     /// Folder for the run's servers, logs and samples (scripts/chaos.sh creates and removes it).
@@ -56,7 +56,7 @@ pub struct Opts {
     #[arg(long)]
     pub rows: Option<usize>,
     /// The sandbox's normal rate limit, and the workers' worker.rate_per_second (default 50,
-    /// short 25).
+    /// short 30).
     #[arg(long)]
     pub rate: Option<f64>,
     /// Worker processes.
@@ -91,7 +91,7 @@ impl Opts {
         self.rows.unwrap_or(if self.short { 3_000 } else { 20_000 })
     }
     fn rate(&self) -> f64 {
-        self.rate.unwrap_or(if self.short { 25.0 } else { 50.0 })
+        self.rate.unwrap_or(if self.short { 30.0 } else { 50.0 })
     }
     fn plan(&self) -> Plan {
         if self.short {
@@ -140,6 +140,7 @@ fn spawn_signal_handler(stop: CancellationToken) {
 
 /// The whole run; true when every bound held.
 async fn run(opts: &Opts, stop: CancellationToken) -> anyhow::Result<bool> {
+    let started = now();
     let mut env = setup::Env::start(opts, stop.clone())
         .await
         .context("setting up the run")?;
@@ -167,6 +168,11 @@ async fn run(opts: &Opts, stop: CancellationToken) -> anyhow::Result<bool> {
     outcome.context("running the schedule")?;
     let figures = figures.context("reading the figures")?;
     let bounds = measure::bounds(&figures, opts.max_recovery_secs);
+    println!(
+        "\nwall time: {:.0} s (setup and submit {:.0} s)",
+        now() - started,
+        t0 - started
+    );
     report::print(opts.mode(), &figures, &bounds);
     Ok(bounds.iter().all(|b| b.ok))
 }

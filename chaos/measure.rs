@@ -54,7 +54,7 @@ pub struct Figures {
 }
 
 /// How fast the rate came back after a fault.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Recovery {
     /// Seconds after the fault ended.
     Secs(f64),
@@ -62,6 +62,8 @@ pub enum Recovery {
     NoLoad,
     /// The work ran out before the rate came back.
     WorkDone,
+    /// A worker kill during another fault: that fault's recovery is what shows.
+    Overlaps(String),
 }
 
 impl std::fmt::Display for Recovery {
@@ -70,6 +72,7 @@ impl std::fmt::Display for Recovery {
             Self::Secs(s) => write!(f, "{s:.0} s"),
             Self::NoLoad => write!(f, "n/a (no load before)"),
             Self::WorkDone => write!(f, "n/a (work ran out)"),
+            Self::Overlaps(other) => write!(f, "n/a ({other})"),
         }
     }
 }
@@ -100,6 +103,47 @@ pub fn recovery(finished: &BTreeMap<i64, i64>, w: &Window) -> Recovery {
         t += 1;
     }
     Recovery::WorkDone
+}
+
+/// Recovery after `w`; a worker kill whose 10 s before or whose recovery meets another fault
+/// (not a kill) is not measured: the other fault's dip would be counted as the kill's.
+pub fn recovery_of(f: &Figures, w: &Window) -> Recovery {
+    let r = recovery(&f.finished, w);
+    if !matches!(w.action, Action::KillWorker(_)) {
+        return r;
+    }
+    let until = match r {
+        Recovery::Secs(s) => w.end + s + 3.0,
+        _ => w.end + 3.0,
+    };
+    let other = f.windows.iter().find(|o| {
+        !matches!(o.action, Action::KillWorker(_)) && o.start < until && o.end > w.start - 10.0
+    });
+    match other {
+        Some(o) => Recovery::Overlaps(o.action.name()),
+        None => r,
+    }
+}
+
+/// Where the ABHA API requests beyond one per job went: (cause, requests).
+pub fn extra_calls(f: &Figures) -> Vec<(&'static str, i64)> {
+    let answer = |k: &str| f.calls.answers.get(k).copied().unwrap_or(0) as i64;
+    let api = f.calls.received.get("api").copied().unwrap_or(0) as i64;
+    let throttled = answer("ABDM-1022");
+    let refused = answer("900901") + answer("401");
+    let injected = f.calls.faults.values().sum::<u64>() as i64;
+    let cut = f.cut_by_kills;
+    let extra = api - f.progress.jobs;
+    vec![
+        ("throttled (ABDM-1022)", throttled),
+        ("refused token (401)", refused),
+        ("faults injected", injected),
+        ("cut by worker kills (upper bound)", cut),
+        (
+            "other repeats",
+            extra - throttled - refused - injected - cut,
+        ),
+    ]
 }
 
 /// (throttled answers, ABHA API requests) in a storm after its grace period; None for other
@@ -216,7 +260,7 @@ pub fn bounds(f: &Figures, max_recovery: f64) -> Vec<Bound> {
     let worst = f
         .windows
         .iter()
-        .filter_map(|w| match recovery(&f.finished, w) {
+        .filter_map(|w| match recovery_of(f, w) {
             Recovery::Secs(s) => Some((s, w.action.name())),
             _ => None,
         })
@@ -254,8 +298,9 @@ mod tests {
             f.insert(t, 6);
         }
         let r = recovery(&f, &w(Action::Outage(10), 100.0, 108.5));
-        // Windows starting at 113 average (2+2+6)/3 < 5; at 114: (2+6+6)/3 ≥ 5.
-        assert_eq!(r, Recovery::Secs(114.0 - 108.5));
+        // Half the rate before is 5/s: the window from 114 averages (2+6+6)/3 < 5, the one
+        // from 115 averages 6.
+        assert_eq!(r, Recovery::Secs(115.0 - 108.5));
         assert_eq!(
             recovery(&f, &w(Action::KillRelay, 50.0, 51.0)),
             Recovery::NoLoad
@@ -285,5 +330,47 @@ mod tests {
             throttled_after_grace(&tl, &w(Action::KillRelay, 100.0, 101.0)),
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod overlap_tests {
+    use super::*;
+
+    #[test]
+    fn a_kill_during_an_outage_is_not_measured_as_the_kill() {
+        let mut finished = BTreeMap::new();
+        for t in 80..100 {
+            finished.insert(t, 10);
+        }
+        for t in 160..200 {
+            finished.insert(t, 10);
+        }
+        let outage = Window {
+            action: Action::Outage(60),
+            start: 100.0,
+            end: 160.0,
+        };
+        let kill = Window {
+            action: Action::KillWorker(0),
+            start: 100.0,
+            end: 100.2,
+        };
+        let lone = Window {
+            action: Action::KillWorker(1),
+            start: 185.0,
+            end: 185.2,
+        };
+        let f = Figures {
+            finished,
+            windows: vec![outage.clone(), kill.clone(), lone.clone()],
+            ..Figures::default()
+        };
+        assert!(matches!(recovery_of(&f, &kill), Recovery::Overlaps(_)));
+        assert_eq!(recovery_of(&f, &outage), Recovery::Secs(0.0));
+        match recovery_of(&f, &lone) {
+            Recovery::Secs(s) => assert!((s - 0.8).abs() < 1e-9),
+            other => panic!("a lone kill is measured: {other:?}"),
+        }
     }
 }

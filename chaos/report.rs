@@ -6,25 +6,25 @@ use crate::measure::{self, Bound, Figures, Recovery};
 pub fn print(mode: &str, f: &Figures, bounds: &[Bound]) {
     println!("\nfaults (t = seconds after the last submit):");
     println!(
-        "  {:<26} {:>7} {:>9} {:>13} {:>20}",
-        "fault", "t", "lasted", "rate before", "recovered after"
+        "  {:<26} {:>7} {:>9} {:>13}  recovered after",
+        "fault", "t", "lasted", "rate before"
     );
     for w in &f.windows {
-        let r = measure::recovery(&f.finished, w);
+        let r = measure::recovery_of(f, w);
         println!(
-            "  {:<26} {:>6.0}s {:>8.1}s {:>10.1}/s {:>20}",
+            "  {:<26} {:>6.0}s {:>8.1}s {:>10.1}/s  {}",
             w.action.name(),
             w.start - f.t0,
             w.end - w.start,
             measure::rate_before(&f.finished, w),
-            r.to_string()
+            r
         );
     }
     let kills: Vec<f64> = f
         .windows
         .iter()
         .filter(|w| matches!(w.action, crate::schedule::Action::KillWorker(_)))
-        .filter_map(|w| match measure::recovery(&f.finished, w) {
+        .filter_map(|w| match measure::recovery_of(f, w) {
             Recovery::Secs(s) => Some(s),
             _ => None,
         })
@@ -62,6 +62,18 @@ pub fn print(mode: &str, f: &Figures, bounds: &[Bound]) {
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     println!("answers by code: {}", answers.join(", "));
+    let extra: Vec<String> = measure::extra_calls(f)
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!("requests beyond one per job: {}", extra.join(", "));
+    let sessions: Vec<String> = f
+        .calls
+        .session_answers
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!("session answers: {}", sessions.join(", "));
     if f.unplanned_exits.is_empty() {
         println!("unplanned process exits: none");
     } else {

@@ -21,8 +21,10 @@ pub struct Calls {
     pub duplicate_side_effects: BTreeMap<String, u64>,
     /// Side effects per operation.
     pub side_effects: BTreeMap<String, u64>,
-    /// Answers by code.
+    /// Answers to ABHA API requests by code.
     pub answers: BTreeMap<String, u64>,
+    /// Answers to session requests by code.
+    pub session_answers: BTreeMap<String, u64>,
     /// Faults injected by kind.
     pub faults: BTreeMap<String, u64>,
 }

@@ -127,6 +127,7 @@ async fn the_timeline_counts_requests_and_answers_per_second() {
         "throttled requests are received too"
     );
     assert_eq!(total("received", "session"), 1);
+    assert_eq!(total("session_answers", "ok"), 1);
     assert_eq!(total("answers", "ABDM-1022"), throttled);
     assert!(seconds.iter().all(|s| s["t"].as_u64().unwrap() >= started));
     // The call log's totals agree.
@@ -139,6 +140,8 @@ async fn the_timeline_counts_requests_and_answers_per_second() {
         .await
         .unwrap();
     assert_eq!(calls["received"]["api"], 6);
+    assert_eq!(calls["session_answers"]["ok"], 1);
+    assert!(calls["answers"].get("900901").is_none());
     // Nothing after "now".
     let later: Value = http
         .get(format!(

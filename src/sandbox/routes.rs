@@ -96,7 +96,7 @@ async fn session(st: St, body: Bytes) -> Response {
     let id = v.get("clientId").and_then(Value::as_str).unwrap_or("");
     let secret = v.get("clientSecret").and_then(Value::as_str).unwrap_or("");
     if !st.credentials_ok(id, secret) {
-        st.count_answer("900901");
+        st.count_session_answer("900901");
         return reply(
             401,
             json!({"code": "900901", "message": "Invalid Credentials",
@@ -110,8 +110,9 @@ async fn session(st: St, body: Bytes) -> Response {
         .expect("world lock")
         .tokens
         .insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
-    ok(
-        &st,
+    st.count_session_answer("ok");
+    reply(
+        200,
         json!({"accessToken": token, "expiresIn": ttl, "refreshExpiresIn": 1800,
                "refreshToken": format!("sbx-refresh-{}", uuid::Uuid::new_v4().simple()),
                "tokenType": "bearer"}),

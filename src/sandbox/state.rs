@@ -154,8 +154,10 @@ pub struct CallLog {
     pub side_effects: BTreeMap<String, u64>,
     /// Side effects done more than once on the same subject, per operation.
     pub duplicate_side_effects: BTreeMap<String, u64>,
-    /// Answers by ABDM code (`ABDM-1022`, ...) or `ok`.
+    /// Answers to ABHA API requests by ABDM code (`ABDM-1022`, ...) or `ok`.
     pub answers: BTreeMap<String, u64>,
+    /// Answers to gateway session requests: `ok` or `900901` (wrong client id or secret).
+    pub session_answers: BTreeMap<String, u64>,
     /// Faults injected, by kind.
     pub faults: BTreeMap<String, u64>,
     /// Requests received, by class: `session`, `certificate` and `api` (every other ABHA API
@@ -380,6 +382,17 @@ impl State {
             .entry(code.to_string())
             .or_default() += 1;
         self.tick(Event::Answer(code));
+    }
+
+    pub(crate) fn count_session_answer(&self, code: &str) {
+        *self
+            .log
+            .lock()
+            .expect("log lock")
+            .session_answers
+            .entry(code.to_string())
+            .or_default() += 1;
+        self.tick(Event::SessionAnswer(code));
     }
 
     pub(crate) fn count_fault(&self, kind: &str) {

@@ -23,9 +23,11 @@ pub struct Second {
     /// and `api` (every other ABHA API request, whatever its answer: throttled, refused and
     /// fault-injected ones included).
     pub received: BTreeMap<String, u64>,
-    /// Answers by ABDM code (`ABDM-1022`, `900901`, ...), `ok`, `401` or `validation`, as in
-    /// `GET /sandbox/calls` (session answers included).
+    /// Answers to ABHA API requests by ABDM code (`ABDM-1022`, `900901`, ...), `ok`, `401` or
+    /// `validation`, as in `GET /sandbox/calls`.
     pub answers: BTreeMap<String, u64>,
+    /// Answers to session requests: `ok` or `900901`.
+    pub session_answers: BTreeMap<String, u64>,
     /// Faults injected, by kind (`5xx`, `timeout`, `drop`, `scripted`).
     pub faults: BTreeMap<String, u64>,
 }
@@ -35,6 +37,7 @@ pub struct Second {
 pub(crate) enum Event<'a> {
     Received(&'a str),
     Answer(&'a str),
+    SessionAnswer(&'a str),
     Fault(&'a str),
 }
 
@@ -62,6 +65,7 @@ impl Timeline {
         let (map, key) = match event {
             Event::Received(k) => (&mut s.received, k),
             Event::Answer(k) => (&mut s.answers, k),
+            Event::SessionAnswer(k) => (&mut s.session_answers, k),
             Event::Fault(k) => (&mut s.faults, k),
         };
         *map.entry(key.to_string()).or_default() += 1;
