@@ -97,3 +97,17 @@ pub async fn finished_per_second(url: &str) -> Result<BTreeMap<i64, i64>> {
     let _ = c.close().await;
     Ok(rows.into_iter().collect())
 }
+
+/// Attempts the workers recorded, by (operation, disposition): their view of the traffic,
+/// beside the sandbox's.
+pub async fn attempts(url: &str) -> Result<Vec<(String, String, i64)>> {
+    let mut c = connect(url).await?;
+    let rows = sqlx::query_as(
+        "SELECT operation, disposition, count(*) FROM attempts GROUP BY 1, 2 ORDER BY 3 DESC",
+    )
+    .fetch_all(&mut c)
+    .await
+    .map_err(sql("attempts"))?;
+    let _ = c.close().await;
+    Ok(rows)
+}

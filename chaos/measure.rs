@@ -35,6 +35,8 @@ pub struct Figures {
     pub progress: Progress,
     /// Final jobs by (state, last code).
     pub outcomes: Vec<(String, String, i64)>,
+    /// Attempts the workers recorded by (operation, disposition).
+    pub attempts: Vec<(String, String, i64)>,
     /// The sandbox's call log.
     pub calls: Calls,
     /// Faults as they happened.

@@ -74,6 +74,23 @@ pub fn print(mode: &str, f: &Figures, bounds: &[Bound]) {
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     println!("session answers: {}", sessions.join(", "));
+    let reached: Vec<String> = f
+        .calls
+        .requests
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!("requests that reached a handler: {}", reached.join(", "));
+    let attempts: Vec<String> = f
+        .attempts
+        .iter()
+        .map(|(op, disposition, n)| format!("{op}/{disposition} {n}"))
+        .collect();
+    println!(
+        "attempts the workers recorded ({}): {}",
+        f.attempts.iter().map(|(_, _, n)| n).sum::<i64>(),
+        attempts.join(", ")
+    );
     if f.unplanned_exits.is_empty() {
         println!("unplanned process exits: none");
     } else {

@@ -220,6 +220,7 @@ impl Env {
         Ok(Figures {
             progress,
             outcomes,
+            attempts: crate::db::attempts(&c.db).await.unwrap_or_default(),
             calls: c.admin.calls().await?,
             windows: c.windows.lock().await.clone(),
             finished,
