@@ -78,14 +78,14 @@ pub fn tail(s: &str, n: usize) -> &str {
     s[start..].trim()
 }
 
+/// True when the effective uid is 0 (Postgres refuses to run as root).
 fn is_root() -> bool {
-    std::env::var("USER").is_ok_and(|u| u == "root")
-        || std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                == Some("0")
-        })
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
 }
 
 /// The newest `/usr/lib/postgresql/<v>/bin` with `initdb`, else the folder of `initdb` on PATH.
@@ -147,7 +147,7 @@ impl Postgres {
             )
             .await?;
         }
-        let pg = Self {
+        let mut pg = Self {
             bin,
             dir,
             port,
@@ -173,7 +173,6 @@ impl Postgres {
              -c max_connections=200 -c fsync=off -c synchronous_commit=off",
             pg.dir.display()
         );
-        let mut pg = pg;
         run(
             "pg_ctl start",
             pg.ctl().args(["-o", &opts, "-w", "-t", "60", "start"]),
@@ -186,13 +185,16 @@ impl Postgres {
 
     fn cmd(&self, prog: &str) -> Command {
         let path = self.bin.join(prog);
-        if self.as_postgres {
+        let mut c = if self.as_postgres {
             let mut c = Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(path);
             c
         } else {
             Command::new(path)
-        }
+        };
+        // A folder the postgres user can enter (the caller's may be closed to it).
+        c.current_dir(&self.dir);
+        c
     }
 
     fn ctl(&self) -> Command {
