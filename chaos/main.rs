@@ -78,7 +78,7 @@ pub struct Opts {
     #[arg(long, default_value_t = 30.0)]
     pub max_recovery_secs: f64,
     /// Give up this many seconds after the start when jobs are still open (default 900,
-    /// short 180).
+    /// short 200).
     #[arg(long)]
     pub time_limit_secs: Option<u64>,
 }
@@ -102,7 +102,7 @@ impl Opts {
     }
     fn time_limit(&self) -> u64 {
         self.time_limit_secs
-            .unwrap_or(if self.short { 180 } else { 900 })
+            .unwrap_or(if self.short { 200 } else { 900 })
     }
 }
 
