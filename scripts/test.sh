@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, clippy, unit and integration tests against real
-# PostgreSQL, RabbitMQ and the embedded ABDM sandbox. Starts (or installs) what it needs.
+# PostgreSQL, RabbitMQ and the embedded ABDM sandbox, then the short chaos run. Starts (or
+# installs) what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -30,3 +31,7 @@ else
   echo "== cargo test (cargo-nextest not installed)" >&2
   cargo test --no-fail-fast "$@"
 fi
+# Last: the short chaos run (docs/reliability.md): real processes, their own PostgreSQL and
+# RabbitMQ, each fault once; fails when a bound breaks.
+echo "== chaos run (short)" >&2
+./scripts/chaos.sh --short

@@ -254,6 +254,21 @@ pub struct SandboxArgs {
     /// Latency added to every answer, milliseconds.
     #[arg(long)]
     pub latency_ms: Option<u64>,
+    /// How long a timeout fault holds its answer, milliseconds (above the client's request
+    /// timeout, or the answer is merely late rather than lost).
+    #[arg(long)]
+    pub timeout_hold_ms: Option<u64>,
+    /// At start, write one CSV per job kind into this folder that succeeds against this
+    /// sandbox (it seeds the links and children the rows need); benefit: the first of
+    /// sandbox.benefits. Same seed, population and options → the same files and world.
+    #[arg(long, value_name = "DIR")]
+    pub write_samples: Option<PathBuf>,
+    /// Rows over all kinds for --write-samples (default 10 000).
+    #[arg(long, requires = "write_samples")]
+    pub rows: Option<usize>,
+    /// Percentage of demo-like invalid rows in the samples (default 0).
+    #[arg(long, requires = "write_samples")]
+    pub invalid_percent: Option<f64>,
 }
 
 impl SandboxArgs {
@@ -274,6 +289,9 @@ impl SandboxArgs {
             let pem = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read --key-file {}", path.display()))?;
             cfg.key = KeySource::Pem(pem);
+        }
+        if let Some(ms) = self.timeout_hold_ms {
+            cfg.faults.timeout_hold_ms = ms;
         }
         Ok(cfg)
     }
@@ -354,6 +372,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 settings.sandbox.key_bits, cfg.population, cfg.seed
             );
             let sandbox = Sandbox::start(cfg).await?;
+            if let Some(dir) = &args.write_samples {
+                write_samples(&sandbox, dir, args, &settings)?;
+            }
             println!(
                 "ABDM sandbox on {} (base_url {}/abha/api, session_url {}/api/hiecm/gateway/v3/sessions)",
                 sandbox.addr(),
@@ -454,6 +475,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `sandbox --write-samples`: writes the files (seeding the world) and lists them.
+fn write_samples(
+    sandbox: &Sandbox,
+    dir: &std::path::Path,
+    args: &SandboxArgs,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    use crate::sandbox::samples::{SampleMix, write_samples_seeded};
+    let benefit = settings
+        .sandbox
+        .benefits
+        .first()
+        .context("--write-samples needs a benefit in sandbox.benefits")?;
+    let mix = SampleMix {
+        invalid_percent: args.invalid_percent.unwrap_or(0.0),
+        ..SampleMix::VALID
+    };
+    let rows = args.rows.unwrap_or(10_000);
+    let files = write_samples_seeded(sandbox.state(), dir, rows, benefit, mix)?;
+    for f in &files {
+        println!(
+            "sample: {} ({} rows) abha-bulk submit {} --kind {} --benefit {benefit}",
+            f.kind.as_str(),
+            f.rows,
+            f.path.display(),
+            f.kind.as_str()
+        );
+    }
+    Ok(())
 }
 
 fn exit(ok: bool) -> ExitCode {

@@ -8,22 +8,22 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use chrono::{NaiveDate, Utc};
-use rand::{Rng, RngExt, SeedableRng};
+use chrono::Utc;
+use rand::SeedableRng;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::abdm::AbdmClient;
 use crate::config::Settings;
 use crate::jobs::kind::JobKind;
-use crate::pii::{format_date, verhoeff};
 use crate::queue::Topology;
 use crate::ratelimit::RateLimiter;
+use crate::sandbox::samples::{SampleMix, write_samples};
 use crate::sandbox::{Faults, KeySource, Sandbox, SandboxConfig};
 use crate::store::{Store, Vault};
 use crate::submit::{SubmitRequest, submit};
@@ -54,198 +54,6 @@ impl Default for DemoOptions {
             faults: (1.0, 0.3, 0.3),
             benefit: "DEMO-BENEFIT".into(),
         }
-    }
-}
-
-/// Share of the rows per kind.
-const MIX: [(JobKind, f64); 9] = [
-    (JobKind::BenefitLink, 0.25),
-    (JobKind::BenefitSearch, 0.12),
-    (JobKind::BenefitLookup, 0.10),
-    (JobKind::BenefitDelink, 0.10),
-    (JobKind::ProfileUpdate, 0.10),
-    (JobKind::AbhaFind, 0.08),
-    (JobKind::AbhaCreateDemo, 0.10),
-    (JobKind::ChildCreate, 0.08),
-    (JobKind::ChildUpdate, 0.07),
-];
-
-/// Writes the sample file of one kind; returns its path. `base` keeps kinds on distinct
-/// beneficiaries. The sandbox is seeded with what some rows need (links to de-link, children
-/// to update).
-pub fn write_sample(
-    dir: &Path,
-    kind: JobKind,
-    rows: usize,
-    base: u64,
-    sandbox: &crate::sandbox::State,
-    benefit: &str,
-    rng: &mut impl Rng,
-) -> std::io::Result<PathBuf> {
-    let pop = sandbox.population().clone();
-    let path = dir.join(format!("{}.csv", kind.as_str()));
-    let mut w = csv::Writer::from_path(&path)?;
-    let header: Vec<&str> = match kind {
-        JobKind::BenefitSearch | JobKind::BenefitLink | JobKind::BenefitDelink => {
-            vec!["external_ref", "abha_number", "aadhaar"]
-        }
-        JobKind::BenefitLookup => vec!["external_ref", "abha_number"],
-        JobKind::ProfileUpdate => vec!["external_ref", "abha_number", "mobile", "account_status"],
-        JobKind::ChildCreate => vec![
-            "external_ref",
-            "parent_x_token",
-            "parent_abha_number",
-            "child_name",
-            "child_dob",
-            "child_gender",
-        ],
-        JobKind::ChildUpdate => vec!["external_ref", "abha_number", "name", "dob", "gender"],
-        JobKind::AbhaFind => vec!["external_ref", "mobile"],
-        JobKind::AbhaCreateDemo => vec![
-            "external_ref",
-            "aadhaar",
-            "name",
-            "dob",
-            "gender",
-            "state_code",
-            "district_code",
-        ],
-    };
-    w.write_record(&header)?;
-    let exp = Utc::now().timestamp() + 3600;
-    let child_names = [
-        "Anu", "Bala", "Chitra", "Dev", "Esha", "Faiz", "Gita", "Hari",
-    ];
-    let mut previous: Option<Vec<String>> = None;
-    for i in 0..rows {
-        // 0.5 % exact duplicates of the previous row: run once.
-        if let Some(prev) = previous.as_ref().filter(|_| rng.random_bool(0.005)) {
-            w.write_record(prev)?;
-            continue;
-        }
-        let idx = base + i as u64;
-        let p = pop.person(idx);
-        // 2 % valid but unknown to ABDM (ABDM-1114).
-        let unknown = rng.random_bool(0.02);
-        let abha = if unknown {
-            pop.abha(pop.size() + 5_000_000 + idx)
-        } else {
-            p.abha.clone()
-        };
-        let r = format!("DEMO-{}-{i:06}", kind.as_str());
-        let mut rec: Vec<String> = match kind {
-            JobKind::BenefitSearch | JobKind::BenefitLink | JobKind::BenefitDelink => {
-                if kind == JobKind::BenefitDelink && !unknown && rng.random_bool(0.9) {
-                    sandbox.set_linked(benefit, &p.abha.digits(), true);
-                }
-                if rng.random_bool(0.3) && !unknown {
-                    vec![r, String::new(), p.aadhaar.expose().to_string()]
-                } else {
-                    vec![r, abha.expose().to_string(), String::new()]
-                }
-            }
-            JobKind::BenefitLookup => vec![r, abha.expose().to_string()],
-            JobKind::ProfileUpdate => vec![
-                r,
-                abha.expose().to_string(),
-                pop.mobile(pop.size() + idx).expose().to_string(),
-                "ACTIVE".into(),
-            ],
-            JobKind::ChildCreate => {
-                let dob = NaiveDate::from_ymd_opt(
-                    2015 + (i % 10) as i32,
-                    1 + (i % 12) as u32,
-                    1 + (i % 28) as u32,
-                )
-                .expect("valid date");
-                vec![
-                    r,
-                    pop.x_token(&p.abha, exp),
-                    p.abha.expose().to_string(),
-                    format!(
-                        "{} {}",
-                        child_names[i % child_names.len()],
-                        p.name.expose().split(' ').next_back().unwrap_or("Kumar")
-                    ),
-                    format_date(dob),
-                    ["M", "F"][i % 2].into(),
-                ]
-            }
-            JobKind::ChildUpdate => {
-                let dob =
-                    NaiveDate::from_ymd_opt(2018, 6, 1 + (i % 28) as u32).expect("valid date");
-                let child = if unknown {
-                    abha.clone()
-                } else {
-                    sandbox.seed_child(&p.abha, "Baby Demo", dob, "F")
-                };
-                vec![
-                    r,
-                    child.expose().to_string(),
-                    format!("Baby {}", child_names[i % child_names.len()]),
-                    format_date(dob),
-                    "F".into(),
-                ]
-            }
-            JobKind::AbhaFind => vec![r, p.mobile.expose().to_string()],
-            JobKind::AbhaCreateDemo => {
-                // Half are new to ABDM (created), half already have an ABHA (existing).
-                let aadhaar = if i % 2 == 0 {
-                    pop.unknown_aadhaar(idx)
-                } else {
-                    p.aadhaar.clone()
-                };
-                vec![
-                    r,
-                    aadhaar.expose().to_string(),
-                    p.name.expose().to_string(),
-                    format_date(p.birth_date),
-                    p.gender.as_str().into(),
-                    p.state_code.clone(),
-                    p.district_code.clone(),
-                ]
-            }
-        };
-        // ~5 % invalid rows, each with one typical mistake.
-        if rng.random_bool(0.05) {
-            corrupt(kind, &mut rec, rng);
-        }
-        w.write_record(&rec)?;
-        previous = Some(rec);
-    }
-    w.flush()?;
-    Ok(path)
-}
-
-fn corrupt(kind: JobKind, rec: &mut [String], rng: &mut impl Rng) {
-    let bad_aadhaar = |s: &str| -> String {
-        if s.len() != 12 {
-            return "12345".into();
-        }
-        let body = &s[..11];
-        let good = verhoeff::check_digit(body);
-        format!("{body}{}", (good + 1) % 10)
-    };
-    match kind {
-        JobKind::BenefitSearch | JobKind::BenefitLink | JobKind::BenefitDelink => {
-            if !rec[2].is_empty() {
-                rec[2] = bad_aadhaar(&rec[2]);
-            } else {
-                rec[1] = rec[1][..10].to_string();
-            }
-        }
-        JobKind::BenefitLookup => rec[1] = "91-1234-5678".into(),
-        JobKind::ProfileUpdate => rec[2] = "5123456789".into(),
-        JobKind::ChildCreate => {
-            rec[4] = if rng.random_bool(0.5) {
-                "31-02-2020".into()
-            } else {
-                "01-01-2090".into()
-            }
-        }
-        JobKind::ChildUpdate => rec[4] = "X".into(),
-        JobKind::AbhaFind => rec[1] = "98765".into(),
-        JobKind::AbhaCreateDemo => rec[1] = bad_aadhaar(&rec[1]),
     }
 }
 
@@ -304,7 +112,8 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
     );
     let sandbox = Sandbox::start(SandboxConfig {
         key: KeySource::Generate(2048),
-        population: 200_000,
+        // Enough people for every kind to have its own (see samples::write_samples).
+        population: 200_000.max(opts.rows as u64 * 3),
         seed: 42,
         benefits: vec![opts.benefit.clone()],
         faults: Faults {
@@ -375,24 +184,23 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
     let input = opts.out_dir.join("input");
     std::fs::create_dir_all(&input).with_context(|| format!("creating {}", input.display()))?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let files = write_samples(
+        sandbox.state(),
+        &input,
+        opts.rows,
+        &opts.benefit,
+        SampleMix::DEMO,
+        &mut rng,
+    )?;
     let mut batches = Vec::new();
     let started = Instant::now();
-    for (n, (kind, share)) in MIX.iter().enumerate() {
-        let rows = ((opts.rows as f64) * share).round() as usize;
-        let path = write_sample(
-            &input,
-            *kind,
-            rows,
-            n as u64 * 20_000,
-            sandbox.state(),
-            &opts.benefit,
-            &mut rng,
-        )?;
+    for f in files {
+        let (kind, path) = (f.kind, f.path);
         let s = submit(
             &store,
             &SubmitRequest {
                 path: path.clone(),
-                kind: *kind,
+                kind,
                 benefit: opts.benefit.clone(),
                 force: true,
             },
@@ -408,7 +216,7 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
             s.duplicates,
             &s.batch.to_string()[..8]
         );
-        batches.push((*kind, s));
+        batches.push((kind, s));
     }
     let total_jobs: u64 = batches.iter().map(|(_, s)| s.accepted).sum();
     let bar = progress_bar(total_jobs);

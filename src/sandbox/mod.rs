@@ -7,18 +7,22 @@
 //! [`Population`]; expires tokens; enforces a rate with ABDM-1022; and injects faults.
 //! Tests start it in-process with [`Sandbox::start`]; `abha-bulk sandbox` runs it standalone.
 //!
-//! Admin endpoints (not ABDM's) under `/sandbox/`: `GET calls`, `PUT faults`,
-//! `POST script`, `POST expire-tokens`, `POST rotate-key`, `POST x-token`.
+//! Admin endpoints (not ABDM's) under `/sandbox/`: `GET calls`, `GET timeline`,
+//! `PUT faults`, `POST script`, `POST expire-tokens`, `PUT client-secret`, `POST rotate-key`,
+//! `POST x-token`.
 
 pub mod population;
 mod routes;
+pub mod samples;
 mod state;
+pub mod timeline;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use population::{Person, Population};
 pub use state::{CallLog, Faults, ScriptedResponse, State};
+pub use timeline::Second;
 
 use crate::abdm::crypto::{CryptoError, Decryptor};
 

@@ -40,6 +40,8 @@ pub(super) fn router(state: Arc<State>) -> Router {
         .route("/api/hiecm/gateway/v3/sessions", post(session))
         .nest("/abha/api", abha)
         .route("/sandbox/calls", get(admin_calls))
+        .route("/sandbox/timeline", get(admin_timeline))
+        .route("/sandbox/client-secret", put(admin_client_secret))
         .route("/sandbox/faults", put(admin_faults).get(admin_get_faults))
         .route("/sandbox/script", post(admin_script))
         .route("/sandbox/expire-tokens", post(admin_expire))
@@ -88,12 +90,13 @@ fn ok(st: &State, body: Value) -> Response {
 // ---------- gateway ----------
 
 async fn session(st: St, body: Bytes) -> Response {
+    st.count_received("session");
     st.count_request("session");
     let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let id = v.get("clientId").and_then(Value::as_str).unwrap_or("");
     let secret = v.get("clientSecret").and_then(Value::as_str).unwrap_or("");
-    if id != st.cfg.client_id || secret != st.cfg.client_secret {
-        st.count_answer("900901");
+    if !st.credentials_ok(id, secret) {
+        st.count_session_answer("900901");
         return reply(
             401,
             json!({"code": "900901", "message": "Invalid Credentials",
@@ -107,8 +110,9 @@ async fn session(st: St, body: Bytes) -> Response {
         .expect("world lock")
         .tokens
         .insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
-    ok(
-        &st,
+    st.count_session_answer("ok");
+    reply(
+        200,
         json!({"accessToken": token, "expiresIn": ttl, "refreshExpiresIn": 1800,
                "refreshToken": format!("sbx-refresh-{}", uuid::Uuid::new_v4().simple()),
                "tokenType": "bearer"}),
@@ -119,6 +123,11 @@ async fn session(st: St, body: Bytes) -> Response {
 
 async fn guard(st: St, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
+    st.count_received(if path.ends_with("/public/certificate") {
+        "certificate"
+    } else {
+        "api"
+    });
     if let Some(s) = st.take_script(&path) {
         return scripted(&st, s);
     }
@@ -883,6 +892,33 @@ async fn admin_calls(st: St) -> Response {
         200,
         serde_json::to_value(st.call_log()).unwrap_or(Value::Null),
     )
+}
+
+/// `?since=UNIX` (default: everything kept).
+async fn admin_timeline(
+    st: St,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let since = q.get("since").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    reply(200, json!({"now": now, "seconds": st.timeline(since)}))
+}
+
+/// `{"clientSecret": "..."}`: accept only this secret from now on and revoke every token.
+async fn admin_client_secret(st: St, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    match v.get("clientSecret").and_then(Value::as_str) {
+        Some(secret) if !secret.is_empty() => {
+            st.set_client_secret(secret);
+            reply(200, json!({"changed": true, "tokensExpired": true}))
+        }
+        _ => reply(
+            400,
+            json!({"clientSecret": "a non-empty string is required"}),
+        ),
+    }
 }
 
 async fn admin_get_faults(st: St) -> Response {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::SandboxConfig;
 use super::population::Population;
+use super::timeline::{Event, Second, Timeline};
 use crate::abdm::crypto::Decryptor;
 
 /// Faults and limits, changeable at run time with `PUT /sandbox/faults`.
@@ -153,10 +154,16 @@ pub struct CallLog {
     pub side_effects: BTreeMap<String, u64>,
     /// Side effects done more than once on the same subject, per operation.
     pub duplicate_side_effects: BTreeMap<String, u64>,
-    /// Answers by ABDM code (`ABDM-1022`, ...) or `ok`.
+    /// Answers to ABHA API requests by ABDM code (`ABDM-1022`, ...) or `ok`.
     pub answers: BTreeMap<String, u64>,
+    /// Answers to gateway session requests: `ok` or `900901` (wrong client id or secret).
+    pub session_answers: BTreeMap<String, u64>,
     /// Faults injected, by kind.
     pub faults: BTreeMap<String, u64>,
+    /// Requests received, by class: `session`, `certificate` and `api` (every other ABHA API
+    /// request, also those refused before a handler: throttled, unauthorised, 5xx faults).
+    /// `requests` counts only what reached a handler.
+    pub received: BTreeMap<String, u64>,
 }
 
 /// Shared sandbox state.
@@ -171,6 +178,10 @@ pub struct State {
     log: Mutex<CallLog>,
     /// (operation, subject) → times the side effect was done.
     effects: Mutex<HashMap<(String, String), u64>>,
+    /// Per-second traffic (`GET /sandbox/timeline`).
+    timeline: Mutex<Timeline>,
+    /// The client secret sessions are accepted with (changeable to play a rotated secret).
+    client_secret: Mutex<String>,
 }
 
 impl State {
@@ -189,6 +200,8 @@ impl State {
             script: Mutex::new(VecDeque::new()),
             log: Mutex::new(CallLog::default()),
             effects: Mutex::new(HashMap::new()),
+            timeline: Mutex::new(Timeline::default()),
+            client_secret: Mutex::new(cfg.client_secret.clone()),
             cfg,
         };
         state.set_faults(faults);
@@ -246,6 +259,45 @@ impl State {
     /// Revokes every access token (the next ABHA call gets 401).
     pub fn expire_tokens(&self) {
         self.world.lock().expect("world lock").tokens.clear();
+    }
+
+    /// Accepts only `secret` from now on and revokes every access token, as ABDM does when a
+    /// client secret is rotated: the chaos run plays a wrong-secret phase with it.
+    pub fn set_client_secret(&self, secret: &str) {
+        *self.client_secret.lock().expect("secret lock") = secret.to_string();
+        self.expire_tokens();
+    }
+
+    /// True when `id` and `secret` are the accepted client credentials.
+    pub(crate) fn credentials_ok(&self, id: &str, secret: &str) -> bool {
+        id == self.cfg.client_id && secret == *self.client_secret.lock().expect("secret lock")
+    }
+
+    /// The per-second traffic at or after `since` (unix seconds).
+    pub fn timeline(&self, since: u64) -> Vec<Second> {
+        self.timeline.lock().expect("timeline lock").since(since)
+    }
+
+    fn tick(&self, event: Event<'_>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.timeline
+            .lock()
+            .expect("timeline lock")
+            .record(now, event);
+    }
+
+    /// Counts a request on arrival, before any check (`session`, `certificate`, `api`).
+    pub(crate) fn count_received(&self, class: &str) {
+        *self
+            .log
+            .lock()
+            .expect("log lock")
+            .received
+            .entry(class.to_string())
+            .or_default() += 1;
+        self.tick(Event::Received(class));
     }
 
     /// Replaces the RSA key (clients must fetch the certificate again).
@@ -329,6 +381,18 @@ impl State {
             .answers
             .entry(code.to_string())
             .or_default() += 1;
+        self.tick(Event::Answer(code));
+    }
+
+    pub(crate) fn count_session_answer(&self, code: &str) {
+        *self
+            .log
+            .lock()
+            .expect("log lock")
+            .session_answers
+            .entry(code.to_string())
+            .or_default() += 1;
+        self.tick(Event::SessionAnswer(code));
     }
 
     pub(crate) fn count_fault(&self, kind: &str) {
@@ -339,6 +403,7 @@ impl State {
             .faults
             .entry(kind.to_string())
             .or_default() += 1;
+        self.tick(Event::Fault(kind));
     }
 
     pub(crate) fn side_effect(&self, op: &str, subject: &str) {
