@@ -7,7 +7,9 @@
 //!   `decrease_factor` (at most once a second, counted from the last decrease, not the last
 //!   throttled answer, so a steady storm still converges), empties the bucket and starts a
 //!   shared `Retry-After` pause; the rate climbs back by `increase_fraction` of the configured
-//!   rate every `increase_every` once no throttling came for `quiet`.
+//!   rate every `increase_every` once no throttling came for `quiet`, but for
+//!   `ceiling_memory` after a throttling answer not above 90 % of the rate that was throttled
+//!   (ABDM's limit lies below it), so it does not keep probing past the limit.
 //! - Without it (one worker only), the same AIMD runs on a local copy.
 
 use std::num::NonZeroU32;
@@ -27,6 +29,8 @@ struct State {
     last_throttle: Option<Instant>,
     last_change: Instant,
     paused_until: Option<Instant>,
+    /// The rate last throttled at (recovery stops below it while remembered).
+    ceiling: Option<f64>,
 }
 
 fn build(rate: f64, burst: u32) -> Arc<DefaultDirectRateLimiter> {
@@ -67,6 +71,7 @@ impl RateLimiter {
                 last_throttle: None,
                 last_change: Instant::now(),
                 paused_until: None,
+                ceiling: None,
             }),
             global,
         })
@@ -136,6 +141,7 @@ impl RateLimiter {
         if s.last_decrease
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
+            s.ceiling = Some(s.current);
             s.current = (s.current * self.aimd.decrease_factor)
                 .max(self.configured * self.aimd.min_fraction);
             s.limiter = build(s.current, self.burst.min(s.current.ceil() as u32));
@@ -175,12 +181,17 @@ impl RateLimiter {
         let quiet = s
             .last_throttle
             .is_none_or(|t| t.elapsed() >= self.aimd.quiet);
-        if s.current < self.configured
-            && quiet
-            && s.last_change.elapsed() >= self.aimd.increase_every
-        {
-            s.current =
-                (s.current + self.configured * self.aimd.increase_fraction).min(self.configured);
+        let cap = match (s.ceiling, s.last_throttle) {
+            (Some(c), Some(t)) if t.elapsed() < self.aimd.ceiling_memory => {
+                c * crate::store::budget::CEILING_MARGIN
+            }
+            _ => self.configured,
+        };
+        let target = (s.current + self.configured * self.aimd.increase_fraction)
+            .min(self.configured)
+            .min(cap);
+        if target > s.current && quiet && s.last_change.elapsed() >= self.aimd.increase_every {
+            s.current = target;
             s.limiter = build(s.current, self.burst.min(s.current.ceil() as u32));
             s.last_change = Instant::now();
             metrics::RATELIMIT_RATE.set(s.current);
@@ -304,6 +315,16 @@ mod tests {
         }
         r.recover().await;
         assert!((r.current_rate() - 54.0).abs() < 1e-9);
+        // Recovery stops at 90 % of the last throttled rate (70) while it is remembered.
+        for _ in 0..10 {
+            r.state.lock().unwrap().last_change = Instant::now() - Duration::from_secs(3);
+            r.recover().await;
+        }
+        assert!(
+            (r.current_rate() - 63.0).abs() < 1e-9,
+            "{}",
+            r.current_rate()
+        );
     }
 
     #[tokio::test]

@@ -108,6 +108,17 @@ impl SessionManager {
         stale: &Arc<Secret>,
         trace: &mut CallTrace,
     ) -> Result<Arc<Secret>, ClientError> {
+        // Forget the rejected token at once: the calls that start while the refresh runs
+        // (or after it failed) must not spend a request on a token ABDM already refused.
+        {
+            let mut cached = self.cached.write().await;
+            if cached
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(&c.token, stale))
+            {
+                *cached = None;
+            }
+        }
         self.refresh(Some(stale), trace).await
     }
 

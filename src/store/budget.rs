@@ -32,7 +32,13 @@ pub struct Aimd {
     pub increase_every: Duration,
     /// ... and only when no throttling answer came for this long.
     pub quiet: Duration,
+    /// For this long after a throttling answer, recovery stops at [`CEILING_MARGIN`] of the
+    /// rate that was throttled (ABDM's limit lies below it); afterwards it probes again.
+    pub ceiling_memory: Duration,
 }
+
+/// How close to the last throttled rate recovery may climb while it is remembered.
+pub const CEILING_MARGIN: f64 = 0.9;
 
 impl Default for Aimd {
     fn default() -> Self {
@@ -42,6 +48,7 @@ impl Default for Aimd {
             increase_fraction: 0.05,
             increase_every: Duration::from_secs(2),
             quiet: Duration::from_secs(4),
+            ceiling_memory: Duration::from_secs(60),
         }
     }
 }
@@ -133,6 +140,7 @@ impl Store {
                 tokens = CASE WHEN cur.may THEN 0 ELSE b.tokens END,
                 updated_at = CASE WHEN cur.may THEN clock_timestamp() ELSE b.updated_at END,
                 last_decrease_at = CASE WHEN cur.may THEN clock_timestamp() ELSE b.last_decrease_at END,
+                ceiling = CASE WHEN cur.may THEN cur.rate ELSE b.ceiling END,
                 last_throttle_at = clock_timestamp(),
                 paused_until = CASE WHEN $5 > 0
                     THEN GREATEST(COALESCE(b.paused_until, clock_timestamp()), clock_timestamp() + make_interval(secs => $5))
@@ -152,7 +160,9 @@ impl Store {
     }
 
     /// Additive recovery of the shared rate: one step when no throttling answer came for
-    /// `quiet` and the last change is `increase_every` old. Any replica may call it; the
+    /// `quiet` and the last change is `increase_every` old, never above [`CEILING_MARGIN`] of
+    /// the last throttled rate while that is remembered (a step the ceiling holds back is no
+    /// step). Any replica may call it; the
     /// conditions make one step per interval in all. Returns the rate when it rose.
     pub async fn recover_rate(
         &self,
@@ -161,22 +171,32 @@ impl Store {
         aimd: &Aimd,
     ) -> Result<Option<f64>, StoreError> {
         let row = sqlx::query(
-            "UPDATE rate_budget SET rate = LEAST($2, COALESCE(rate, $2) + $2 * $3),
-                    last_increase_at = clock_timestamp()
-             WHERE client = $1 AND COALESCE(rate, $2) < $2
-               AND (last_throttle_at IS NULL OR last_throttle_at < clock_timestamp() - make_interval(secs => $4))
-               AND GREATEST(COALESCE(last_increase_at, '-infinity'), COALESCE(last_decrease_at, '-infinity'))
-                   < clock_timestamp() - make_interval(secs => $5)
-             RETURNING rate",
+            "WITH cur AS (
+                SELECT client, COALESCE(rate, $2) AS rate,
+                       LEAST($2, COALESCE(rate, $2) + $2 * $3,
+                             CASE WHEN ceiling IS NOT NULL
+                                       AND last_throttle_at > clock_timestamp() - make_interval(secs => $6)
+                                  THEN ceiling * $7 ELSE $2 END) AS target
+                FROM rate_budget
+                WHERE client = $1
+                  AND (last_throttle_at IS NULL OR last_throttle_at < clock_timestamp() - make_interval(secs => $4))
+                  AND GREATEST(COALESCE(last_increase_at, '-infinity'), COALESCE(last_decrease_at, '-infinity'))
+                      < clock_timestamp() - make_interval(secs => $5)
+                FOR UPDATE)
+             UPDATE rate_budget b SET rate = cur.target, last_increase_at = clock_timestamp()
+             FROM cur WHERE b.client = cur.client AND cur.target > cur.rate
+             RETURNING b.rate",
         )
         .bind(client)
         .bind(configured)
         .bind(aimd.increase_fraction)
         .bind(aimd.quiet.as_secs_f64())
         .bind(aimd.increase_every.as_secs_f64())
+        .bind(aimd.ceiling_memory.as_secs_f64())
+        .bind(CEILING_MARGIN)
         .fetch_optional(&self.pool)
         .await
         .ctx("raising the shared rate")?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(row.map(|r| r.get::<f64, _>(0)))
     }
 }

@@ -562,9 +562,11 @@ where
                     tracing::warn!(error = %e, what, "Postgres unavailable; holding the message until it answers");
                     warned = true;
                 }
-                let wait = backoff.next().unwrap_or(Duration::from_secs(10));
+                // At most 2 s between tries: a Postgres restart is usually over in seconds, and
+                // a held message costs one cheap query per try.
+                let wait = backoff.next().unwrap_or(Duration::from_secs(2));
                 tokio::select! {
-                    _ = tokio::time::sleep(wait.min(Duration::from_secs(10))) => {}
+                    _ = tokio::time::sleep(wait.min(Duration::from_secs(2))) => {}
                     _ = stop.cancelled() => return None,
                 }
             }
