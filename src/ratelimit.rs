@@ -112,10 +112,22 @@ impl RateLimiter {
 
     /// ABDM said "too many requests": lower the (shared) rate and pause for `retry_after`.
     pub async fn on_throttled(&self, retry_after: Option<Duration>) {
+        self.on_throttled_call(retry_after, None).await
+    }
+
+    /// ABDM throttled a call sent `sent_ago`: lower the rate unless it was lowered after the
+    /// call was sent (the call then reflects the old rate, and lowering again would count one
+    /// excess twice). Without `sent_ago`, the rate is lowered at most once a second.
+    pub async fn on_throttled_call(
+        &self,
+        retry_after: Option<Duration>,
+        sent_ago: Option<Duration>,
+    ) {
+        let gate = sent_ago.unwrap_or(Duration::from_secs(1));
         if let Some(g) = &self.global {
             match g
                 .store
-                .throttled(&g.client, self.configured, &self.aimd, retry_after)
+                .throttled(&g.client, self.configured, &self.aimd, retry_after, gate)
                 .await
             {
                 Ok((rate, lowered)) => {
@@ -127,19 +139,19 @@ impl RateLimiter {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot lower the shared rate; lowering locally");
-                    self.throttled_locally(retry_after);
+                    self.throttled_locally(retry_after, gate);
                 }
             }
             return;
         }
-        self.throttled_locally(retry_after);
+        self.throttled_locally(retry_after, gate);
     }
 
-    fn throttled_locally(&self, retry_after: Option<Duration>) {
+    fn throttled_locally(&self, retry_after: Option<Duration>, gate: Duration) {
         let mut s = self.state.lock().expect("rate state");
         let now = Instant::now();
         if s.last_decrease
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+            .is_none_or(|t| now.duration_since(t) >= gate)
         {
             s.ceiling = Some(s.current);
             s.current = (s.current * self.aimd.decrease_factor)

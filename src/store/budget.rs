@@ -119,9 +119,9 @@ impl Store {
         Ok(Take { taken, rate, wait })
     }
 
-    /// A throttling answer: lowers the shared rate by the AIMD factor unless it was lowered
-    /// less than a second ago (so a burst of throttled answers from calls already in flight
-    /// counts once), empties the bucket, and starts a shared pause of `retry_after`. Returns
+    /// A throttling answer to a call sent `gate` ago: lowers the shared rate by the AIMD
+    /// factor unless it was lowered since (answers to calls sent at the old rate count once;
+    /// a call sent after the decrease and still throttled lowers it again at once), empties the bucket, and starts a shared pause of `retry_after`. Returns
     /// the rate now and whether this call lowered it.
     pub async fn throttled(
         &self,
@@ -129,11 +129,12 @@ impl Store {
         configured: f64,
         aimd: &Aimd,
         retry_after: Option<Duration>,
+        gate: Duration,
     ) -> Result<(f64, bool), StoreError> {
         let row = sqlx::query(
             "WITH cur AS (
                 SELECT client, COALESCE(rate, $2) AS rate,
-                       (last_decrease_at IS NULL OR last_decrease_at < clock_timestamp() - interval '1 second') AS may
+                       (last_decrease_at IS NULL OR last_decrease_at < clock_timestamp() - make_interval(secs => $6)) AS may
                 FROM rate_budget WHERE client = $1 FOR UPDATE)
              UPDATE rate_budget b SET
                 rate = CASE WHEN cur.may THEN GREATEST($2 * $4, cur.rate * $3) ELSE cur.rate END,
@@ -153,6 +154,7 @@ impl Store {
         .bind(aimd.decrease_factor)
         .bind(aimd.min_fraction)
         .bind(retry_after.map_or(0.0, |d| d.as_secs_f64().min(300.0)))
+        .bind(gate.as_secs_f64())
         .fetch_optional(&self.pool)
         .await
         .ctx("lowering the shared rate")?;

@@ -425,7 +425,10 @@ impl Worker {
                     if let Err(e) = &result
                         && e.disposition() == Disposition::Throttled
                     {
-                        self.limiter.on_throttled(e.retry_after()).await;
+                        let sent_ago = trace.last().map(|a| a.duration);
+                        self.limiter
+                            .on_throttled_call(e.retry_after(), sent_ago)
+                            .await;
                     }
                     self.classify(job, result, open)
                 }
