@@ -18,6 +18,9 @@ use common::{BENEFIT, PipelineOpts, TestEnv};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
+/// Where the screenshots of each step are kept.
+const SHOTS: &str = "target/test-output/console";
+
 fn driver_path() -> Option<PathBuf> {
     std::env::var_os("ABHA_BULK_CHROMEDRIVER")
         .map(PathBuf::from)
@@ -52,7 +55,7 @@ async fn browser(driver: &Path, profile: &Path) -> (tokio::process::Child, Clien
     let caps = json!({"goog:chromeOptions": {
         "binary": chromium_path(),
         "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1280,1000", format!("--user-data-dir={}", profile.display())],
+                 "--window-size=1280,1400", format!("--user-data-dir={}", profile.display())],
     }});
     let caps = caps.as_object().unwrap().clone();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -71,7 +74,7 @@ async fn browser(driver: &Path, profile: &Path) -> (tokio::process::Child, Clien
 }
 
 async fn shot(c: &Client, name: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-output/console");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(SHOTS);
     std::fs::create_dir_all(&dir).unwrap();
     let png = c.screenshot().await.expect("screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
@@ -200,6 +203,8 @@ async fn a_programme_uses_the_console_in_a_browser() {
         assert!(set.contains(attr), "{attr} in {set}");
     }
 
+    // Only this run's screenshots.
+    let _ = std::fs::remove_dir_all(Path::new(env!("CARGO_MANIFEST_DIR")).join(SHOTS));
     let profile = tempfile::tempdir().unwrap();
     let (mut chromedriver, c) = browser(&driver, profile.path()).await;
     c.goto(&format!("{base}/console")).await.unwrap();
@@ -267,27 +272,46 @@ async fn a_programme_uses_the_console_in_a_browser() {
     }
     shot(&c, "03-uploaded-rejected-rows").await;
 
-    // The progress bar, polled by app.js, reaches done while the pipeline runs.
-    let pipeline = env.start(PipelineOpts::default());
+    // The progress bar, polled by app.js every 2 s, moves while the pipeline runs (held to
+    // 4 rows/s, so the 20 rows take about 5 s and the page shows them part done), then
+    // reaches done.
+    assert!(
+        text(&c, "#progress-text")
+            .await
+            .contains("0 of 20 rows done (0%)")
+    );
+    let pipeline = env.start(PipelineOpts {
+        rate: 4.0,
+        burst: 1,
+        ..PipelineOpts::default()
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut part_done = None;
     loop {
         let bar = c.find(Locator::Id("progress")).await.unwrap();
         if bar.attr("data-done").await.unwrap().as_deref() == Some("true") {
             break;
         }
+        let value: f64 = bar.attr("value").await.unwrap().unwrap().parse().unwrap();
+        if part_done.is_none() && value > 0.0 && value < 20.0 {
+            part_done = Some(text(&c, "#progress-text").await);
+            shot(&c, "04-progress-running").await;
+        }
         assert!(
             Instant::now() < deadline,
             "the progress bar never reached done"
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let part_done = part_done.expect("the page showed the batch part done");
+    assert!(part_done.contains(" of 20 rows done ("), "{part_done}");
     assert!(
         text(&c, "#progress-text")
             .await
             .contains("20 of 20 rows done (100%)")
     );
     assert_eq!(text(&c, "#count-succeeded").await, "20");
-    shot(&c, "04-progress-done").await;
+    shot(&c, "05-progress-done").await;
     pipeline.stop().await;
     env.wait_until_done(&[batch]).await;
 
@@ -341,7 +365,7 @@ async fn a_programme_uses_the_console_in_a_browser() {
         .unwrap();
     assert_eq!(text(&c, "#problem").await, "Conflict");
     assert!(text(&c, ".error").await.contains("nothing left to cancel"));
-    shot(&c, "05-cancel-refused").await;
+    shot(&c, "06-cancel-refused").await;
     c.goto(&format!("{base}/console/batches/{id}"))
         .await
         .unwrap();
@@ -356,10 +380,34 @@ async fn a_programme_uses_the_console_in_a_browser() {
             .await
             .contains("0 failed rows queued again")
     );
-    shot(&c, "06-retry").await;
+    shot(&c, "07-retry").await;
     c.goto(&format!("{base}/console/batches")).await.unwrap();
     assert!(text(&c, "#batches").await.contains("benefit-link"));
-    shot(&c, "07-batches-list").await;
+    shot(&c, "08-batches-list").await;
+
+    // Revoking the key ends its console session at once.
+    let (_, spare) = env
+        .store
+        .create_api_key(Some("spare"), &[BENEFIT.into()], &scopes(&["read"]), None)
+        .await
+        .unwrap();
+    let spare_id = spare.split('_').nth(1).unwrap().to_string();
+    let r = http
+        .get(format!("{base}/console/batches"))
+        .header("cookie", format!("abha_console={}.{spare}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(env.store.revoke_api_key(&spare_id).await.unwrap());
+    let r = http
+        .get(format!("{base}/console/batches"))
+        .header("cookie", format!("abha_console={}.{spare}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/console/sign-in");
 
     // Sign out: the batch page sends the browser back to sign in.
     c.find(Locator::Id("sign-out"))
@@ -381,7 +429,7 @@ async fn a_programme_uses_the_console_in_a_browser() {
         .await
         .unwrap();
     assert_eq!(text(&c, "#problem").await, "Not found");
-    shot(&c, "08-other-programme-404").await;
+    shot(&c, "09-other-programme-404").await;
     let cookie = session_cookie(&c).await;
     for path in ["", "/report", "/progress"] {
         let r = http
