@@ -354,6 +354,33 @@ async fn a_programme_uses_the_console_in_a_browser() {
         .unwrap();
     assert_eq!(r.status(), 403);
 
+    // So is an upload with a wrong token: refused before the file is read, nothing stored.
+    let form = |csrf: &str| {
+        format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n\
+             --XyZ\r\nContent-Disposition: form-data; name=\"kind\"\r\n\r\nbenefit-link\r\n\
+             --XyZ\r\nContent-Disposition: form-data; name=\"benefit\"\r\n\r\n{BENEFIT}\r\n\
+             --XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"other.csv\"\r\n\
+             Content-Type: text/csv\r\n\r\nexternal_ref,abha_number\r\nX1,{}\r\n--XyZ--\r\n",
+            pop.abha(1).expose()
+        )
+    };
+    let r = http
+        .post(format!("{base}/console/batches"))
+        .header("cookie", &cookie)
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(form(&"ab".repeat(32)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let ours = env
+        .store
+        .batches_of(&[BENEFIT.into()], None, 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(ours.len(), 1, "nothing stored");
+
     // Retry and cancel are there; cancelling a finished batch is refused.
     env.store.finish_batches().await.unwrap();
     c.find(Locator::Id("retry")).await.unwrap();
