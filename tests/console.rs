@@ -40,8 +40,22 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// chromedriver as a child process (killed when dropped) and a browser session through it.
-async fn browser(driver: &Path, profile: &Path) -> (tokio::process::Child, Client) {
+/// chromedriver and the Chromium it starts, in a process group of their own: killed whole
+/// when dropped, so a failing test leaves no browser behind.
+struct Driver(tokio::process::Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
+    }
+}
+
+/// chromedriver as a child process and a browser session through it.
+async fn browser(driver: &Path, profile: &Path) -> (Driver, Client) {
     // Two rustls providers are linked in; fantoccini needs one chosen for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let port = free_port();
@@ -49,8 +63,10 @@ async fn browser(driver: &Path, profile: &Path) -> (tokio::process::Child, Clien
         .arg(format!("--port={port}"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
+        .map(Driver)
         .expect("chromedriver starts");
     let caps = json!({"goog:chromeOptions": {
         "binary": chromium_path(),
@@ -206,7 +222,7 @@ async fn a_programme_uses_the_console_in_a_browser() {
     // Only this run's screenshots.
     let _ = std::fs::remove_dir_all(Path::new(env!("CARGO_MANIFEST_DIR")).join(SHOTS));
     let profile = tempfile::tempdir().unwrap();
-    let (mut chromedriver, c) = browser(&driver, profile.path()).await;
+    let (chromedriver, c) = browser(&driver, profile.path()).await;
     c.goto(&format!("{base}/console")).await.unwrap();
     heading(&c, "Sign in").await;
     shot(&c, "01-sign-in").await;
@@ -469,7 +485,7 @@ async fn a_programme_uses_the_console_in_a_browser() {
     }
 
     c.close().await.unwrap();
-    let _ = chromedriver.kill().await;
+    drop(chromedriver);
     server.abort();
     env.cleanup().await;
 }
