@@ -22,6 +22,9 @@ if ! "$ST" --version 2>/dev/null | grep -q "$ST_VERSION"; then
   target/tools/venv/bin/pip install -q "schemathesis==$ST_VERSION"
 fi
 export ABHA_BULK_SCHEMATHESIS="$PWD/$ST"
+echo "== chromium and chromedriver (the console's browser test)" >&2
+if [ ! -x /usr/bin/chromedriver ]; then apt_install chromium chromium-driver; fi
+export ABHA_BULK_CHROMEDRIVER=/usr/bin/chromedriver
 echo "== promtool: alert rules and their unit tests" >&2
 ./scripts/promtool.sh
 if cargo nextest --version >/dev/null 2>&1; then

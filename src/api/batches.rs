@@ -53,7 +53,12 @@ fn batch_json(b: &BatchInfo) -> Value {
 }
 
 /// A batch id from the path: 400 when malformed, 404 when missing or of another programme.
-async fn visible_batch(st: &ApiState, caller: &Caller, id: &str) -> Result<BatchInfo, Problem> {
+/// Shared with the console, so both answer another programme's batch the same way.
+pub(crate) async fn visible_batch(
+    st: &ApiState,
+    caller: &Caller,
+    id: &str,
+) -> Result<BatchInfo, Problem> {
     let id = Uuid::parse_str(id).map_err(|_| {
         Problem::bad_request("bad-id", "a batch id is a UUID such as 3f2a9c1e-…").field("id")
     })?;
@@ -63,9 +68,13 @@ async fn visible_batch(st: &ApiState, caller: &Caller, id: &str) -> Result<Batch
     }
 }
 
-/// Streams the body into a private file; refuses bodies over the limit (413), idle longer than
-/// the read timeout (408), cut short (400) or empty (400).
-async fn spool_body(st: &ApiState, body: Body, file_name: &str) -> Result<Spool, Problem> {
+/// Streams the body (a raw request body, or a console form's file part) into a private file;
+/// refuses bodies over the limit (413), idle longer than the read timeout (408), cut short
+/// (400) or empty (400).
+async fn spool_body<S, E>(st: &ApiState, stream: S, file_name: &str) -> Result<Spool, Problem>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>>,
+{
     let dir = st
         .spool
         .join(format!("abha-upload-{}", Uuid::new_v4().simple()));
@@ -84,7 +93,7 @@ async fn spool_body(st: &ApiState, body: Body, file_name: &str) -> Result<Spool,
         opts.mode(0o600);
     }
     let mut file = std::io::BufWriter::new(opts.open(&path).map_err(io)?);
-    let mut stream = body.into_data_stream();
+    let mut stream = std::pin::pin!(stream);
     let mut size = 0u64;
     loop {
         let next = tokio::time::timeout(st.read_timeout, stream.next())
@@ -144,27 +153,7 @@ pub async fn upload(
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), Problem> {
     caller.require("submit")?;
-    let kind = q.kind.as_deref().and_then(JobKind::parse).ok_or_else(|| {
-        Problem::bad_request(
-            "bad-parameter",
-            format!(
-                "kind must be one of {}",
-                JobKind::ALL.map(|k| k.as_str()).join(", ")
-            ),
-        )
-        .field("kind")
-    })?;
-    let benefit = BenefitName::parse_served(q.benefit.as_deref().unwrap_or(""), &st.served)
-        .map_err(|e| Problem::bad_request("bad-parameter", e.to_string()).field("benefit"))?;
-    if !caller.0.sees(benefit.as_str()) {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "Forbidden",
-            "this API key may not submit for that benefit",
-        )
-        .field("benefit"));
-    }
+    let (kind, benefit) = upload_target(&st, &caller, q.kind.as_deref(), q.benefit.as_deref())?;
     let csv = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -205,7 +194,14 @@ pub async fn upload(
             }
         }
     }
-    let answer = run_upload(&st, kind, &benefit, q.file_name.as_deref(), body).await;
+    let answer = run_upload(
+        &st,
+        kind,
+        &benefit,
+        q.file_name.as_deref(),
+        body.into_data_stream(),
+    )
+    .await;
     if let Ok((_, Json(v))) = &answer
         && let Some(batch) = v["batch"].as_str().and_then(|b| Uuid::parse_str(b).ok())
     {
@@ -224,13 +220,50 @@ pub async fn upload(
     answer
 }
 
-async fn run_upload(
+/// Checks an upload's kind and benefit for `caller` (the API's query parameters or the
+/// console's form fields): 400 for a bad one, 403 for another programme's benefit.
+pub(crate) fn upload_target(
+    st: &ApiState,
+    caller: &Caller,
+    kind: Option<&str>,
+    benefit: Option<&str>,
+) -> Result<(JobKind, BenefitName), Problem> {
+    let kind = kind.and_then(JobKind::parse).ok_or_else(|| {
+        Problem::bad_request(
+            "bad-parameter",
+            format!(
+                "kind must be one of {}",
+                JobKind::ALL.map(|k| k.as_str()).join(", ")
+            ),
+        )
+        .field("kind")
+    })?;
+    let benefit = BenefitName::parse_served(benefit.unwrap_or(""), &st.served)
+        .map_err(|e| Problem::bad_request("bad-parameter", e.to_string()).field("benefit"))?;
+    if !caller.0.sees(benefit.as_str()) {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            "this API key may not submit for that benefit",
+        )
+        .field("benefit"));
+    }
+    Ok((kind, benefit))
+}
+
+/// Spools `body` and submits it atomically (the CLI's `submit_until`); the answer is the
+/// upload's JSON document, which the console renders as a page.
+pub(crate) async fn run_upload<S, E>(
     st: &ApiState,
     kind: JobKind,
     benefit: &BenefitName,
     file_name: Option<&str>,
-    body: Body,
-) -> Result<(StatusCode, Json<Value>), Problem> {
+    body: S,
+) -> Result<(StatusCode, Json<Value>), Problem>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>>,
+{
     let name = file_name
         .and_then(|n| std::path::Path::new(n).file_name())
         .and_then(|n| n.to_str())
@@ -355,7 +388,7 @@ pub async fn show(
 }
 
 /// `GET /v1/batches/{id}/report` parameters (reveal needs the `reveal` scope and a reason).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct ReportQuery {
     #[serde(default)]
     reveal: bool,
@@ -423,7 +456,7 @@ pub async fn report(
 }
 
 /// `POST /v1/batches/{id}/retry-failed?code=…` parameters.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct RetryQuery {
     code: Option<String>,
 }

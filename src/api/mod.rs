@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod batches;
+pub mod console;
 pub mod problem;
 pub mod webhooks;
 
@@ -74,6 +75,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/batches/{id}/cancel", post(batches::cancel))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok\n" }))
+        .merge(console::routes(state.max_upload))
         .fallback(|| async {
             problem::Problem::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -1,0 +1,491 @@
+//! The web console (`/console`) in a real browser: headless Chromium driven through
+//! chromedriver (WebDriver, by fantoccini). Signs in with an API key, uploads a CSV, sees its
+//! rejected rows, watches the progress bar reach done against the sandbox, downloads the masked
+//! report, finds retry and cancel, and checks that another programme's key gets a 404 page.
+//! A screenshot of each step is kept under `target/test-output/console/`.
+//!
+//! `scripts/test.sh` installs `chromium` and `chromium-driver` and sets
+//! `ABHA_BULK_CHROMEDRIVER`; under CI the test fails without a driver, elsewhere it says it
+//! skipped.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use abha_bulk::api::{ApiState, router};
+use common::{BENEFIT, PipelineOpts, TestEnv};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+/// Where the screenshots of each step are kept.
+const SHOTS: &str = "target/test-output/console";
+
+fn driver_path() -> Option<PathBuf> {
+    std::env::var_os("ABHA_BULK_CHROMEDRIVER")
+        .map(PathBuf::from)
+        .or_else(|| Some(PathBuf::from("/usr/bin/chromedriver")))
+        .filter(|p| p.exists())
+}
+
+fn chromium_path() -> String {
+    std::env::var("ABHA_BULK_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// chromedriver and the Chromium it starts, in a process group of their own: killed whole
+/// when dropped, so a failing test leaves no browser behind.
+struct Driver(tokio::process::Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
+    }
+}
+
+/// chromedriver as a child process and a browser session through it.
+async fn browser(driver: &Path, profile: &Path) -> (Driver, Client) {
+    // Two rustls providers are linked in; fantoccini needs one chosen for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port();
+    let child = tokio::process::Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map(Driver)
+        .expect("chromedriver starts");
+    let caps = json!({"goog:chromeOptions": {
+        "binary": chromium_path(),
+        "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1280,1400", format!("--user-data-dir={}", profile.display())],
+    }});
+    let caps = caps.as_object().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let builder = ClientBuilder::rustls()
+            .expect("TLS roots")
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await;
+        match builder {
+            Ok(c) => return (child, c),
+            Err(e) if Instant::now() > deadline => panic!("no browser session: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
+async fn shot(c: &Client, name: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(SHOTS);
+    std::fs::create_dir_all(&dir).unwrap();
+    let png = c.screenshot().await.expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits (up to 10 s) for the page's heading to read `want` (a click's navigation is
+/// asynchronous: the old page may still be there).
+async fn heading(c: &Client, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h1 = match c.find(Locator::Css("h1")).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if h1 == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "heading {h1:?}, not {want:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn sign_in(c: &Client, base: &str, key: &str) {
+    c.goto(&format!("{base}/console")).await.unwrap();
+    c.wait()
+        .for_element(Locator::Id("key"))
+        .await
+        .unwrap()
+        .send_keys(key)
+        .await
+        .unwrap();
+    c.find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    heading(c, "Batches").await;
+    let url = c.current_url().await.unwrap();
+    assert!(
+        !url.as_str().contains(key),
+        "the key is never in an address"
+    );
+}
+
+async fn session_cookie(c: &Client) -> String {
+    let cookie = c.get_named_cookie("abha_console").await.expect("cookie");
+    assert_eq!(cookie.http_only(), Some(true));
+    assert_eq!(cookie.secure(), Some(true));
+    format!("abha_console={}", cookie.value())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_programme_uses_the_console_in_a_browser() {
+    let Some(driver) = driver_path() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "chromedriver not found: run the suite with scripts/test.sh (it installs it)"
+        );
+        eprintln!("skipped: no chromedriver (scripts/test.sh installs chromium-driver)");
+        return;
+    };
+    let env = TestEnv::new().await;
+    let state = ApiState {
+        store: env.store.clone(),
+        served: vec![],
+        max_upload: 1 << 20,
+        read_timeout: Duration::from_secs(5),
+        spool: env.dir.path().to_path_buf(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // localhost: a browser keeps `Secure` cookies over plain HTTP only there.
+    let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
+    let server = tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let scopes = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let (_, pmjay) = env
+        .store
+        .create_api_key(
+            Some("console"),
+            &[BENEFIT.into()],
+            &scopes(&["submit", "read"]),
+            None,
+        )
+        .await
+        .unwrap();
+    let (_, other) = env
+        .store
+        .create_api_key(
+            Some("other"),
+            &["COVIN".into()],
+            &scopes(&["submit", "read"]),
+            None,
+        )
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // Every console answer carries the security headers.
+    let r = http
+        .get(format!("{base}/console/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let h = r.headers();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
+    assert!(csp.contains("frame-ancestors 'none'"));
+    assert_eq!(h["x-frame-options"], "DENY");
+    let set = h["set-cookie"].to_str().unwrap();
+    for attr in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/console"] {
+        assert!(set.contains(attr), "{attr} in {set}");
+    }
+
+    // Only this run's screenshots.
+    let _ = std::fs::remove_dir_all(Path::new(env!("CARGO_MANIFEST_DIR")).join(SHOTS));
+    let profile = tempfile::tempdir().unwrap();
+    let (chromedriver, c) = browser(&driver, profile.path()).await;
+    c.goto(&format!("{base}/console")).await.unwrap();
+    heading(&c, "Sign in").await;
+    shot(&c, "01-sign-in").await;
+    // A wrong key is refused on the page.
+    c.find(Locator::Id("key"))
+        .await
+        .unwrap()
+        .send_keys("abk_00000000_nope")
+        .await
+        .unwrap();
+    c.find(Locator::Id("sign-in"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(text(&c, ".error").await.contains("unknown API key"));
+
+    sign_in(&c, &base, &pmjay).await;
+    assert!(text(&c, "#no-batches").await.contains("No batches"));
+    shot(&c, "02-batches").await;
+
+    // Upload 20 good rows and a bad one; the batch page lists the rejected row.
+    let pop = env.pop();
+    let mut csv = String::from("external_ref,abha_number\n");
+    for i in 100..120 {
+        csv.push_str(&format!("L{i},{}\n", pop.abha(i).expose()));
+    }
+    csv.push_str("BAD,12345\n");
+    let file = env.write_file("links.csv", &csv);
+    c.find(Locator::Id("kind"))
+        .await
+        .unwrap()
+        .select_by_value("benefit-link")
+        .await
+        .unwrap();
+    c.find(Locator::Id("file"))
+        .await
+        .unwrap()
+        .send_keys(file.to_str().unwrap())
+        .await
+        .unwrap();
+    c.find(Locator::Id("upload"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let rejected = text(&c, "#rejected").await;
+    assert!(
+        rejected.contains("21") && rejected.contains("abha_number"),
+        "{rejected}"
+    );
+    let url = c.current_url().await.unwrap();
+    let id = url.path().rsplit('/').next().unwrap().to_string();
+    let batch: uuid::Uuid = id.parse().expect("a batch page");
+    for v in [pop.abha(100).expose().to_string(), pmjay.clone()] {
+        assert!(
+            !c.source().await.unwrap().contains(&v),
+            "no identifier or key on the page"
+        );
+        assert!(!url.as_str().contains(&v));
+    }
+    shot(&c, "03-uploaded-rejected-rows").await;
+
+    // The progress bar, polled by app.js every 2 s, moves while the pipeline runs (held to
+    // 4 rows/s, so the 20 rows take about 5 s and the page shows them part done), then
+    // reaches done.
+    assert!(
+        text(&c, "#progress-text")
+            .await
+            .contains("0 of 20 rows done (0%)")
+    );
+    let pipeline = env.start(PipelineOpts {
+        rate: 4.0,
+        burst: 1,
+        ..PipelineOpts::default()
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut part_done = None;
+    loop {
+        let bar = c.find(Locator::Id("progress")).await.unwrap();
+        if bar.attr("data-done").await.unwrap().as_deref() == Some("true") {
+            break;
+        }
+        let value: f64 = bar.attr("value").await.unwrap().unwrap().parse().unwrap();
+        if part_done.is_none() && value > 0.0 && value < 20.0 {
+            part_done = Some(text(&c, "#progress-text").await);
+            shot(&c, "04-progress-running").await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the progress bar never reached done"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let part_done = part_done.expect("the page showed the batch part done");
+    assert!(part_done.contains(" of 20 rows done ("), "{part_done}");
+    assert!(
+        text(&c, "#progress-text")
+            .await
+            .contains("20 of 20 rows done (100%)")
+    );
+    assert_eq!(text(&c, "#count-succeeded").await, "20");
+    shot(&c, "05-progress-done").await;
+    pipeline.stop().await;
+    env.wait_until_done(&[batch]).await;
+
+    // The report link answers the masked CSV to the browser's session.
+    let href = c
+        .find(Locator::Id("report"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    let cookie = session_cookie(&c).await;
+    let r = http
+        .get(format!("{base}{href}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    let report = r.text().await.unwrap();
+    assert_eq!(report.lines().count(), 22, "header + 21 rows");
+    assert!(
+        !report.contains(pop.abha(100).expose()),
+        "identifiers masked"
+    );
+    // A form without this session's CSRF token is refused.
+    let r = http
+        .post(format!("{base}/console/batches/{id}/cancel"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", "00")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // So is an upload with a wrong token: refused before the file is read, nothing stored.
+    let form = |csrf: &str| {
+        format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"csrf\"\r\n\r\n{csrf}\r\n\
+             --XyZ\r\nContent-Disposition: form-data; name=\"kind\"\r\n\r\nbenefit-link\r\n\
+             --XyZ\r\nContent-Disposition: form-data; name=\"benefit\"\r\n\r\n{BENEFIT}\r\n\
+             --XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"other.csv\"\r\n\
+             Content-Type: text/csv\r\n\r\nexternal_ref,abha_number\r\nX1,{}\r\n--XyZ--\r\n",
+            pop.abha(1).expose()
+        )
+    };
+    let r = http
+        .post(format!("{base}/console/batches"))
+        .header("cookie", &cookie)
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(form(&"ab".repeat(32)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let ours = env
+        .store
+        .batches_of(&[BENEFIT.into()], None, 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(ours.len(), 1, "nothing stored");
+
+    // Retry and cancel are there; cancelling a finished batch is refused.
+    env.store.finish_batches().await.unwrap();
+    c.find(Locator::Id("retry")).await.unwrap();
+    c.find(Locator::Id("cancel"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(text(&c, "#problem").await, "Conflict");
+    assert!(text(&c, ".error").await.contains("nothing left to cancel"));
+    shot(&c, "06-cancel-refused").await;
+    c.goto(&format!("{base}/console/batches/{id}"))
+        .await
+        .unwrap();
+    c.find(Locator::Id("retry"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        text(&c, "#notice")
+            .await
+            .contains("0 failed rows queued again")
+    );
+    shot(&c, "07-retry").await;
+    c.goto(&format!("{base}/console/batches")).await.unwrap();
+    assert!(text(&c, "#batches").await.contains("benefit-link"));
+    shot(&c, "08-batches-list").await;
+
+    // Revoking the key ends its console session at once.
+    let (_, spare) = env
+        .store
+        .create_api_key(Some("spare"), &[BENEFIT.into()], &scopes(&["read"]), None)
+        .await
+        .unwrap();
+    let spare_id = spare.split('_').nth(1).unwrap().to_string();
+    let r = http
+        .get(format!("{base}/console/batches"))
+        .header("cookie", format!("abha_console={}.{spare}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(env.store.revoke_api_key(&spare_id).await.unwrap());
+    let r = http
+        .get(format!("{base}/console/batches"))
+        .header("cookie", format!("abha_console={}.{spare}", "0".repeat(64)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/console/sign-in");
+
+    // Sign out: the batch page sends the browser back to sign in.
+    c.find(Locator::Id("sign-out"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    heading(&c, "Sign in").await;
+    c.goto(&format!("{base}/console/batches/{id}"))
+        .await
+        .unwrap();
+    heading(&c, "Sign in").await;
+
+    // Another programme's key: an empty list and a 404 page for this batch.
+    sign_in(&c, &base, &other).await;
+    assert!(text(&c, "#no-batches").await.contains("No batches"));
+    c.goto(&format!("{base}/console/batches/{id}"))
+        .await
+        .unwrap();
+    assert_eq!(text(&c, "#problem").await, "Not found");
+    shot(&c, "09-other-programme-404").await;
+    let cookie = session_cookie(&c).await;
+    for path in ["", "/report", "/progress"] {
+        let r = http
+            .get(format!("{base}/console/batches/{id}{path}"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+
+    c.close().await.unwrap();
+    drop(chromedriver);
+    server.abort();
+    env.cleanup().await;
+}
