@@ -308,32 +308,32 @@ mod tests {
     async fn throttling_lowers_once_a_second_and_recovery_is_gradual() {
         let r = RateLimiter::new(100.0, 10, None);
         r.on_throttled(None).await;
-        assert_eq!(r.current_rate(), 70.0);
+        assert_eq!(r.current_rate(), 50.0);
         r.on_throttled(None).await; // within a second of the decrease: counted once
-        assert_eq!(r.current_rate(), 70.0);
+        assert_eq!(r.current_rate(), 50.0);
         {
             // A steady storm: throttled answers keep coming, yet a second later it lowers again.
             let mut s = r.state.lock().unwrap();
             s.last_decrease = Some(Instant::now() - Duration::from_millis(1100));
         }
         r.on_throttled(None).await;
-        assert!((r.current_rate() - 49.0).abs() < 1e-9);
+        assert!((r.current_rate() - 25.0).abs() < 1e-9);
         r.recover().await; // not quiet yet
-        assert!((r.current_rate() - 49.0).abs() < 1e-9);
+        assert!((r.current_rate() - 25.0).abs() < 1e-9);
         {
             let mut s = r.state.lock().unwrap();
             s.last_throttle = Some(Instant::now() - Duration::from_secs(5));
             s.last_change = Instant::now() - Duration::from_secs(3);
         }
         r.recover().await;
-        assert!((r.current_rate() - 54.0).abs() < 1e-9);
-        // Recovery stops at 90 % of the last throttled rate (70) while it is remembered.
+        assert!((r.current_rate() - 30.0).abs() < 1e-9);
+        // Recovery stops at 90 % of the last throttled rate (50) while it is remembered.
         for _ in 0..10 {
             r.state.lock().unwrap().last_change = Instant::now() - Duration::from_secs(3);
             r.recover().await;
         }
         assert!(
-            (r.current_rate() - 63.0).abs() < 1e-9,
+            (r.current_rate() - 45.0).abs() < 1e-9,
             "{}",
             r.current_rate()
         );

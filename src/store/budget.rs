@@ -43,7 +43,7 @@ pub const CEILING_MARGIN: f64 = 0.9;
 impl Default for Aimd {
     fn default() -> Self {
         Self {
-            decrease_factor: 0.7,
+            decrease_factor: 0.5,
             min_fraction: 0.05,
             increase_fraction: 0.05,
             increase_every: Duration::from_secs(2),

@@ -238,8 +238,17 @@ impl Worker {
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         };
-        // Stop consuming; finish what is in flight within the grace period.
         drop(deliveries);
+        if result.is_err() {
+            // The broker connection is gone, so no ack can reach it: let the jobs in flight
+            // finish in the background (their outcomes still commit, and their redelivered
+            // messages find them running or final) and reconnect at once. Aborting them would
+            // leave claimed jobs waiting for their lease to expire.
+            tasks.detach_all();
+            let _ = conn.close(200, "reconnecting".into()).await;
+            return result;
+        }
+        // Stopping: finish what is in flight within the grace period.
         let in_flight = tasks.len();
         if in_flight > 0 {
             tracing::info!(
