@@ -48,23 +48,47 @@ impl<T> AmqpContext<T> for Result<T, lapin::Error> {
 /// otherwise hang for the TCP timeout).
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Opens a connection (within [`CONNECT_TIMEOUT`]); a success is recorded in [`link`].
+/// Heartbeat asked of the broker unless the URL sets one (`?heartbeat=N`).
+///
+/// Why 10 s: a consumer that only waits for deliveries sends nothing, so after a broker
+/// restart its dead connection would go unnoticed until the next heartbeat; with RabbitMQ's
+/// default of 60 s a worker sat idle on a dead connection for a minute.
+const HEARTBEAT_SECS: u32 = 10;
+
+/// `url` with `heartbeat=` [`HEARTBEAT_SECS`] added when it has none.
+fn with_heartbeat(url: &str) -> String {
+    if url.contains("heartbeat=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&heartbeat={HEARTBEAT_SECS}")
+    } else {
+        format!("{url}?heartbeat={HEARTBEAT_SECS}")
+    }
+}
+
+/// Opens a connection (within [`CONNECT_TIMEOUT`], with a [`HEARTBEAT_SECS`] heartbeat); a
+/// success is recorded in [`link`].
 pub async fn connect(url: &str) -> Result<lapin::Connection, QueueError> {
     let props = lapin::ConnectionProperties::default()
         .with_connection_name(format!("abha-bulk-{}", std::process::id()).into());
-    let conn =
-        match tokio::time::timeout(CONNECT_TIMEOUT, lapin::Connection::connect(url, props)).await {
-            Ok(r) => r.ctx("connecting")?,
-            Err(_) => {
-                return Err(QueueError::Amqp {
-                    what: "connecting",
-                    cause: lapin::Error::from(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
-                    )),
-                });
-            }
-        };
+    let with_heartbeat = with_heartbeat(url);
+    let conn = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        lapin::Connection::connect(&with_heartbeat, props),
+    )
+    .await
+    {
+        Ok(r) => r.ctx("connecting")?,
+        Err(_) => {
+            return Err(QueueError::Amqp {
+                what: "connecting",
+                cause: lapin::Error::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                )),
+            });
+        }
+    };
     link::up(url);
     Ok(conn)
 }
