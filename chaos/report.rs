@@ -49,11 +49,13 @@ pub fn print(mode: &str, f: &Figures, bounds: &[Bound]) {
     let injected: u64 = f.calls.faults.values().sum();
     println!(
         "\nABDM traffic: {api} ABHA API requests for {jobs} jobs; {} sessions, {} certificate fetches (not counted per row); \
-         {injected} faults injected {:?}; {} calls cut by worker kills; allowance {allowed:.4} per row",
+         {injected} faults injected {:?}; {} calls cut by worker kills; {} look-first lists after lost child creations; \
+         allowance {allowed:.4} per row",
         f.calls.received.get("session").copied().unwrap_or(0),
         f.calls.received.get("certificate").copied().unwrap_or(0),
         f.calls.faults,
-        f.cut_by_kills
+        f.cut_by_kills,
+        measure::look_first_lists(f)
     );
     let answers: Vec<String> = f
         .calls

@@ -327,7 +327,7 @@ mod tests {
         }
         r.recover().await;
         assert!((r.current_rate() - 30.0).abs() < 1e-9);
-        // Recovery stops at 90 % of the last throttled rate (50) while it is remembered.
+        // Recovery stops at 90 % of the last throttled rate (50) while it is remembered (20 s).
         for _ in 0..10 {
             r.state.lock().unwrap().last_change = Instant::now() - Duration::from_secs(3);
             r.recover().await;

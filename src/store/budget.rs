@@ -48,7 +48,7 @@ impl Default for Aimd {
             increase_fraction: 0.05,
             increase_every: Duration::from_secs(2),
             quiet: Duration::from_secs(4),
-            ceiling_memory: Duration::from_secs(60),
+            ceiling_memory: Duration::from_secs(20),
         }
     }
 }
