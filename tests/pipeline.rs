@@ -1075,3 +1075,44 @@ async fn graceful_shutdown_finishes_in_flight_jobs_and_loses_nothing() {
     }
     env.cleanup().await;
 }
+
+/// A producer's envelope on its last delivery before the queue's limit (it kept crashing its
+/// workers) is dead-lettered by the worker as a redacted summary, before RabbitMQ would
+/// dead-letter it verbatim with its identifiers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_at_its_delivery_limit_is_dead_lettered_without_identifiers() {
+    use lapin::options::BasicPublishOptions;
+    use lapin::types::{AMQPValue, FieldTable};
+    let env = TestEnv::new().await;
+    let abha = env.pop().abha(9).expose().to_string();
+    let conn = abha_bulk::queue::connect(&env.amqp_url).await.unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-delivery-count".into(),
+        AMQPValue::LongLongInt(i64::from(env.topology.delivery_limit) - 1),
+    );
+    ch.basic_publish(
+        env.topology.exchange.as_str().into(),
+        "benefit-link".into(),
+        BasicPublishOptions::default(),
+        &external_link("limit-1", &abha),
+        lapin::BasicProperties::default().with_headers(headers),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let pipeline = env.start(PipelineOpts::default());
+    let got = dead_letters(&env, 1).await;
+    pipeline.stop().await;
+    assert!(got[0].1.contains("delivery limit"), "{got:?}");
+    assert!(
+        !got[0].0.contains(&abha),
+        "the identifier stays out: {}",
+        got[0].0
+    );
+    assert!(external_jobs(&env, "limit-1").await.is_empty());
+    let _ = conn.close(200, "done".into()).await;
+    env.cleanup().await;
+}

@@ -294,6 +294,20 @@ impl Worker {
                     .await;
             }
         };
+        // A producer's envelope carries identifiers. If this is its last delivery before the
+        // queue's limit, RabbitMQ would dead-letter it verbatim after a crash: dead-letter the
+        // redacted summary now instead (stored-job envelopes carry only a job id).
+        if matches!(envelope, Envelope::External { .. })
+            && delivery_count(&delivery) + 1 >= i64::from(self.topology.delivery_limit)
+        {
+            return self
+                .dead_letter(
+                    &delivery,
+                    publisher,
+                    "delivery limit reached: the message kept failing to be processed",
+                )
+                .await;
+        }
         let job_id = match &envelope {
             Envelope::Stored { job_id, .. } => *job_id,
             Envelope::External {
@@ -583,6 +597,21 @@ where
                 }
             }
         }
+    }
+}
+
+/// How often RabbitMQ delivered this message before (`x-delivery-count` of quorum queues).
+fn delivery_count(d: &Delivery) -> i64 {
+    use lapin::types::AMQPValue;
+    let Some(headers) = d.properties.headers() else {
+        return 0;
+    };
+    match headers.inner().get("x-delivery-count") {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+        _ => 0,
     }
 }
 
