@@ -20,12 +20,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 mod claims;
+mod classify;
 mod gate;
 mod outcomes;
+mod support;
 
 use std::sync::atomic::AtomicBool;
 
-use crate::abdm::{AbdmClient, CallTrace, ClientError, Disposition};
+use crate::abdm::{AbdmClient, CallTrace, Disposition};
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::jobs::execute::execute;
 use crate::jobs::kind::{Job, JobKind};
@@ -34,12 +36,13 @@ use crate::queue::publish::Publisher;
 use crate::queue::{self, Topology};
 use crate::ratelimit::RateLimiter;
 use crate::relay::{reconnect_backoff, sleep_or_stop};
+use crate::store::Store;
 use crate::store::jobs::{Claim, ClaimedJob, ExternalJob, Outcome};
-use crate::store::{Store, StoreError};
 use crate::telemetry::metrics;
 use claims::Claimer;
 pub use gate::JobGate;
 use outcomes::OutcomeWriter;
+use support::{delivery_count, persist};
 
 /// Worker settings.
 #[derive(Debug, Clone)]
@@ -483,76 +486,6 @@ impl Worker {
         true
     }
 
-    /// What to record for a job's result. Attempts count only answers about the row: a refused
-    /// login, a refused connection, throttling, a call the gate stopped, and any transient
-    /// failure while the circuit breaker is open (`breaker_open`) cost the job no attempt.
-    fn classify(
-        &self,
-        job: &ClaimedJob,
-        result: Result<crate::jobs::execute::Success, ClientError>,
-        breaker_open: bool,
-    ) -> Outcome {
-        let e = match result {
-            Ok(s) => {
-                return Outcome::Succeeded {
-                    outcome: s.outcome.to_string(),
-                    code: s.code,
-                    result: s.result,
-                    result_masked: s.result_masked,
-                };
-            }
-            Err(e) => e,
-        };
-        let code = e.code();
-        let message = e.stored_message();
-        let disposition = e.disposition();
-        // Never about the row: the call was not sent, ABDM throttled us, no session could be
-        // had, or ABDM could not be reached at all.
-        let systemic = matches!(
-            e,
-            ClientError::NotSent(_) | ClientError::Session(_) | ClientError::Connect(_)
-        ) || disposition == Disposition::Throttled
-            || (breaker_open && matches!(disposition, Disposition::Transient | Disposition::Auth));
-        match disposition {
-            Disposition::Success | Disposition::IdempotentSuccess => Outcome::Succeeded {
-                outcome: "already_done".into(),
-                code: Some(code),
-                result: None,
-                result_masked: None,
-            },
-            Disposition::Permanent => Outcome::Failed { code, message },
-            _ if systemic => {
-                metrics::RETRIES
-                    .with_label_values(&[job.kind.as_str(), "postponed"])
-                    .inc();
-                let wait = e
-                    .retry_after()
-                    .unwrap_or(self.cfg.backoff_base)
-                    .mul_f64(1.0 + rand::random::<f64>());
-                Outcome::Postpone {
-                    due_at: Utc::now() + wait,
-                    code,
-                    message,
-                }
-            }
-            Disposition::Transient | Disposition::Throttled | Disposition::Auth => {
-                if job.attempt as u32 >= self.cfg.max_attempts {
-                    Outcome::Dead { code, message }
-                } else {
-                    metrics::RETRIES
-                        .with_label_values(&[job.kind.as_str(), disposition.as_str()])
-                        .inc();
-                    let delay = self.cfg.retry_delay(job.attempt as u32, e.retry_after());
-                    Outcome::Retry {
-                        due_at: Utc::now() + delay,
-                        code,
-                        message,
-                    }
-                }
-            }
-        }
-    }
-
     async fn dead_letter(&self, delivery: &Delivery, publisher: &Publisher, reason: &str) {
         tracing::warn!(reason, "malformed message sent to the dead-letter queue");
         match publisher.dead_letter(&delivery.data, reason).await {
@@ -562,56 +495,6 @@ impl Worker {
                 reject(delivery, true).await
             }
         }
-    }
-}
-
-/// Runs a Postgres operation until it succeeds (backing off, one WARN per outage) or `stop`
-/// fires (`None`). Holding on instead of failing is what keeps a Postgres outage of any length
-/// from losing or dead-lettering a job.
-async fn persist<T, F, Fut>(what: &'static str, stop: &CancellationToken, mut op: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut backoff = reconnect_backoff();
-    let mut warned = false;
-    loop {
-        match op().await {
-            Ok(v) => {
-                if warned {
-                    tracing::info!(what, "Postgres answers again");
-                }
-                return Some(v);
-            }
-            Err(e) => {
-                if !warned {
-                    tracing::warn!(error = %e, what, "Postgres unavailable; holding the message until it answers");
-                    warned = true;
-                }
-                // At most 2 s between tries: a Postgres restart is usually over in seconds, and
-                // a held message costs one cheap query per try.
-                let wait = backoff.next().unwrap_or(Duration::from_secs(2));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait.min(Duration::from_secs(2))) => {}
-                    _ = stop.cancelled() => return None,
-                }
-            }
-        }
-    }
-}
-
-/// How often RabbitMQ delivered this message before (`x-delivery-count` of quorum queues).
-fn delivery_count(d: &Delivery) -> i64 {
-    use lapin::types::AMQPValue;
-    let Some(headers) = d.properties.headers() else {
-        return 0;
-    };
-    match headers.inner().get("x-delivery-count") {
-        Some(AMQPValue::LongLongInt(n)) => *n,
-        Some(AMQPValue::LongInt(n)) => i64::from(*n),
-        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
-        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
-        _ => 0,
     }
 }
 

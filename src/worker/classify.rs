@@ -1,0 +1,81 @@
+//! From a job's result to the outcome to record: success, a permanent failure, a retry with
+//! backoff, death after the last attempt, or a postponement that costs no attempt.
+
+use chrono::Utc;
+
+use super::Worker;
+use crate::abdm::{ClientError, Disposition};
+use crate::store::jobs::{ClaimedJob, Outcome};
+use crate::telemetry::metrics;
+
+impl Worker {
+    /// What to record for a job's result. Attempts count only answers about the row: a refused
+    /// login, a refused connection, throttling, a call the gate stopped, and any transient
+    /// failure while the circuit breaker is open (`breaker_open`) cost the job no attempt.
+    pub(super) fn classify(
+        &self,
+        job: &ClaimedJob,
+        result: Result<crate::jobs::execute::Success, ClientError>,
+        breaker_open: bool,
+    ) -> Outcome {
+        let e = match result {
+            Ok(s) => {
+                return Outcome::Succeeded {
+                    outcome: s.outcome.to_string(),
+                    code: s.code,
+                    result: s.result,
+                    result_masked: s.result_masked,
+                };
+            }
+            Err(e) => e,
+        };
+        let code = e.code();
+        let message = e.stored_message();
+        let disposition = e.disposition();
+        // Never about the row: the call was not sent, ABDM throttled us, no session could be
+        // had, or ABDM could not be reached at all.
+        let systemic = matches!(
+            e,
+            ClientError::NotSent(_) | ClientError::Session(_) | ClientError::Connect(_)
+        ) || disposition == Disposition::Throttled
+            || (breaker_open && matches!(disposition, Disposition::Transient | Disposition::Auth));
+        match disposition {
+            Disposition::Success | Disposition::IdempotentSuccess => Outcome::Succeeded {
+                outcome: "already_done".into(),
+                code: Some(code),
+                result: None,
+                result_masked: None,
+            },
+            Disposition::Permanent => Outcome::Failed { code, message },
+            _ if systemic => {
+                metrics::RETRIES
+                    .with_label_values(&[job.kind.as_str(), "postponed"])
+                    .inc();
+                let wait = e
+                    .retry_after()
+                    .unwrap_or(self.cfg.backoff_base)
+                    .mul_f64(1.0 + rand::random::<f64>());
+                Outcome::Postpone {
+                    due_at: Utc::now() + wait,
+                    code,
+                    message,
+                }
+            }
+            Disposition::Transient | Disposition::Throttled | Disposition::Auth => {
+                if job.attempt as u32 >= self.cfg.max_attempts {
+                    Outcome::Dead { code, message }
+                } else {
+                    metrics::RETRIES
+                        .with_label_values(&[job.kind.as_str(), disposition.as_str()])
+                        .inc();
+                    let delay = self.cfg.retry_delay(job.attempt as u32, e.retry_after());
+                    Outcome::Retry {
+                        due_at: Utc::now() + delay,
+                        code,
+                        message,
+                    }
+                }
+            }
+        }
+    }
+}
