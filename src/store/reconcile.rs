@@ -165,8 +165,8 @@ impl Store {
         Ok(rows.into_iter().collect())
     }
 
-    /// Open jobs of `kind` that lost their message (no outbox row, not leased, untouched for
-    /// `stale_secs`) get a new outbox row. Call only when the kind's queue is empty, so that a
+    /// Open jobs of `kind` in `active` batches that lost their message (no outbox row, not
+    /// leased, untouched for `stale_secs`) get a new outbox row. Call only when the kind's queue is empty, so that a
     /// message still waiting there is not mistaken for a lost one. Returns how many.
     pub async fn repair_lost_messages(
         &self,
@@ -180,6 +180,8 @@ impl Store {
                   AND j.updated_at < now() - make_interval(secs => $2)
                   AND (j.next_due_at IS NULL OR j.next_due_at < now() - make_interval(secs => $2))
                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id)
+                  -- never the rows of a submit still running or abandoned: they are not due
+                  AND EXISTS (SELECT 1 FROM batches b WHERE b.id = j.batch_id AND b.state = 'active')
                 FOR UPDATE OF j SKIP LOCKED),
              touched AS (UPDATE jobs SET updated_at = now() WHERE id IN (SELECT id FROM lost)),
              ins AS (INSERT INTO outbox (job_id, kind) SELECT id, kind FROM lost)
