@@ -22,6 +22,7 @@ use tracing::Instrument;
 mod claims;
 mod classify;
 mod gate;
+mod group;
 mod outcomes;
 mod support;
 
