@@ -15,7 +15,7 @@
 //! | [`sandbox`] | the embedded ABDM simulator (axum) used by the demo, tests and benchmarks |
 //! | [`jobs`] | job kinds, payload validation ([`jobs::kind`]), one job → one outcome ([`jobs::execute`]) |
 //! | [`ingest`] | streaming CSV → validated rows and rejections |
-//! | [`store`] | Postgres: vault, batches, jobs, attempts, outbox, rate budget, reconcile runs |
+//! | [`store`] | Postgres: vault, batches, submits, claims, outcomes, jobs, outbox, rate budget, circuit breaker, API keys, webhooks, reconcile runs |
 //! | [`queue`] | RabbitMQ topology, job envelope v1, confirmed publishing |
 //! | [`ratelimit`] | governor + global Postgres token bucket + AIMD on the shared rate |
 //! | [`breaker`] | the ABDM circuit breaker shared by every replica (outages, refused secrets) |

@@ -207,15 +207,7 @@ pub async fn batch_gauges(store: &Store) {
         }
     }
     if let Ok(counts) = store.active_rows_by_state().await {
-        for state in [
-            "queued",
-            "running",
-            "retrying",
-            "succeeded",
-            "failed",
-            "dead",
-            "cancelled",
-        ] {
+        for state in crate::store::batches::StateCounts::STATES {
             metrics::BATCH_ROWS
                 .with_label_values(&[state])
                 .set(counts.get(state) as f64);

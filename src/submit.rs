@@ -23,7 +23,8 @@ use uuid::Uuid;
 
 use crate::ingest::csv::{CsvIngest, IngestError, RowResult};
 use crate::jobs::kind::JobKind;
-use crate::store::batches::{NewBatch, PreparedRow, RejectedRow, UploadConflict};
+use crate::store::batches::{NewBatch, PreparedRow, RejectedRow};
+use crate::store::submits::UploadConflict;
 use crate::store::{Store, StoreError};
 
 /// Rows per insert transaction.

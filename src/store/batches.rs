@@ -66,15 +66,6 @@ pub struct ChunkOutcome {
     pub duplicates: u64,
 }
 
-/// Why an upload's batch was not created.
-#[derive(Debug, Clone)]
-pub enum UploadConflict {
-    /// The same file is being submitted right now (this batch).
-    InProgress(BatchInfo),
-    /// The same file was submitted before (this batch).
-    Done(BatchInfo),
-}
-
 /// A batch as stored.
 #[derive(Debug, Clone)]
 pub struct BatchInfo {
@@ -109,6 +100,17 @@ pub struct BatchInfo {
 pub struct StateCounts(pub BTreeMap<String, i64>);
 
 impl StateCounts {
+    /// Every job state, in the order status pages and gauges show them.
+    pub const STATES: [&'static str; 7] = [
+        "queued",
+        "running",
+        "retrying",
+        "succeeded",
+        "failed",
+        "dead",
+        "cancelled",
+    ];
+
     /// Count of one state.
     pub fn get(&self, state: &str) -> i64 {
         self.0.get(state).copied().unwrap_or(0)
@@ -215,61 +217,6 @@ impl Store {
         Ok(id)
     }
 
-    /// Creates the batch of an uploaded file unless the same file (same kind and benefit) is
-    /// being submitted right now, or (without `force`) was submitted before. The check and the
-    /// insert hold a transaction-level advisory lock on the file's hash, so two uploads of one
-    /// file at the same moment make one batch.
-    pub async fn create_upload_batch(
-        &self,
-        b: NewBatch<'_>,
-        force: bool,
-    ) -> Result<Result<Uuid, UploadConflict>, StoreError> {
-        let sha = b.file_sha256.unwrap_or_default();
-        let mut tx = self.pool.begin().await.ctx("starting a batch")?;
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
-            .bind(format!("{sha}|{}|{}", b.kind.as_str(), b.benefit))
-            .execute(&mut *tx)
-            .await
-            .ctx("locking the upload")?;
-        let sql = format!(
-            "SELECT {BATCH_COLUMNS} FROM batches WHERE file_sha256 = $1 AND kind = $2 AND benefit = $3
-             AND (state IN ('active', 'finished') OR (state = 'submitting'
-                  AND COALESCE(heartbeat_at, created_at) > now() - interval '10 minutes'))
-             ORDER BY (state = 'submitting') DESC, created_at DESC LIMIT 1"
-        );
-        let earlier = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(sha)
-            .bind(b.kind.as_str())
-            .bind(b.benefit)
-            .fetch_optional(&mut *tx)
-            .await
-            .ctx("looking for an earlier upload of the file")?
-            .as_ref()
-            .map(batch_from_row);
-        match earlier {
-            Some(e) if e.state == "submitting" => return Ok(Err(UploadConflict::InProgress(e))),
-            Some(e) if !force => return Ok(Err(UploadConflict::Done(e))),
-            _ => {}
-        }
-        let id = Uuid::new_v4();
-        sqlx::query(
-            "INSERT INTO batches (id, kind, benefit, source, file_name, file_sha256, parent_batch, heartbeat_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, now())",
-        )
-        .bind(id)
-        .bind(b.kind.as_str())
-        .bind(b.benefit)
-        .bind(b.source)
-        .bind(b.file_name)
-        .bind(b.file_sha256)
-        .bind(b.parent)
-        .execute(&mut *tx)
-        .await
-        .ctx("creating a batch")?;
-        tx.commit().await.ctx("creating a batch")?;
-        Ok(Ok(id))
-    }
-
     /// The most recent earlier completed upload (`active` or `finished`) of the same file for
     /// the same kind and benefit. Aborted and cancelled uploads do not count.
     pub async fn previous_upload(
@@ -294,7 +241,7 @@ impl Store {
 
     /// Inserts a chunk of jobs in one transaction (and refreshes the batch's heartbeat). Rows
     /// identical to an earlier row of the batch are recorded as duplicates of it instead. No
-    /// outbox row is written: nothing of a batch runs before [`Self::finish_submit`] makes the
+    /// outbox row is written: nothing of a batch runs before `finish_submit` (`store::submits`) makes the
     /// whole file due at once.
     pub async fn insert_jobs(
         &self,
@@ -408,107 +355,6 @@ impl Store {
         .await
         .ctx("recording rejected rows")?;
         Ok(())
-    }
-
-    /// Marks the end of a submission, in one transaction: the counts, an outbox row for every
-    /// job of the batch, and `active` (or `finished` when nothing was accepted). This is the
-    /// moment the batch's rows become due: a submit that fails or is interrupted before it
-    /// leaves no row that could run. Refuses a batch that is no longer `submitting` (aborted).
-    pub async fn finish_submit(
-        &self,
-        batch: Uuid,
-        total: u64,
-        accepted: u64,
-        rejected: u64,
-        duplicates: u64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .ctx("starting to activate the batch")?;
-        let updated = sqlx::query(
-            "UPDATE batches SET total_rows = $2, accepted_rows = $3, rejected_rows = $4,
-                    duplicate_rows = $5, submitted_at = now(), heartbeat_at = now(),
-                    state = CASE WHEN $3 = 0 THEN 'finished' ELSE 'active' END,
-                    finished_at = CASE WHEN $3 = 0 THEN now() END
-             WHERE id = $1 AND state = 'submitting'",
-        )
-        .bind(batch)
-        .bind(total as i64)
-        .bind(accepted as i64)
-        .bind(rejected as i64)
-        .bind(duplicates as i64)
-        .execute(&mut *tx)
-        .await
-        .ctx("finishing the submission")?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::Refused(format!(
-                "batch {batch} is no longer being submitted (it was aborted); submit the file again"
-            )));
-        }
-        sqlx::query(
-            "INSERT INTO outbox (job_id, kind)
-             SELECT id, kind FROM jobs WHERE batch_id = $1 AND state = 'queued' ORDER BY id",
-        )
-        .bind(batch)
-        .execute(&mut *tx)
-        .await
-        .ctx("queueing the batch's jobs")?;
-        tx.commit().await.ctx("activating the batch")?;
-        Ok(())
-    }
-
-    /// Marks a submission that failed or was interrupted as `aborted`: its jobs become
-    /// `cancelled` (code `submit_aborted`) and never run, and the file may be submitted again.
-    /// Returns false when the batch was not `submitting` any more.
-    pub async fn abort_submit(&self, batch: Uuid, why: &str) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await.ctx("starting an abort")?;
-        let aborted = sqlx::query(
-            "UPDATE batches SET state = 'aborted', finished_at = now() WHERE id = $1 AND state = 'submitting'",
-        )
-        .bind(batch)
-        .execute(&mut *tx)
-        .await
-        .ctx("aborting the batch")?;
-        if aborted.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', last_code = 'submit_aborted', last_message = $2,
-                    finished_at = now(), updated_at = now()
-             WHERE batch_id = $1 AND state = 'queued'",
-        )
-        .bind(batch)
-        .bind(why)
-        .execute(&mut *tx)
-        .await
-        .ctx("cancelling the aborted batch's jobs")?;
-        tx.commit().await.ctx("committing an abort")?;
-        Ok(true)
-    }
-
-    /// Aborts `submitting` batches whose submit stopped writing `stale_secs` ago (killed
-    /// without a chance to abort itself). Returns how many.
-    pub async fn abort_abandoned_submits(&self, stale_secs: u64) -> Result<u64, StoreError> {
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM batches WHERE state = 'submitting'
-               AND COALESCE(heartbeat_at, created_at) < now() - make_interval(secs => $1)",
-        )
-        .bind(stale_secs as f64)
-        .fetch_all(&self.pool)
-        .await
-        .ctx("finding abandoned submits")?;
-        let mut n = 0;
-        for id in ids {
-            if self
-                .abort_submit(id, "the submit stopped before the whole file was stored")
-                .await?
-            {
-                n += 1;
-            }
-        }
-        Ok(n)
     }
 
     /// One batch.

@@ -15,6 +15,7 @@ pub mod outcomes;
 pub mod reconcile;
 pub mod rekey;
 pub mod startup;
+pub mod submits;
 pub mod vault;
 pub mod webhooks;
 

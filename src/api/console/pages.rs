@@ -189,23 +189,15 @@ async fn batch_body(
             )
         })
         .unwrap_or_default();
-    let counts: String = [
-        "queued",
-        "running",
-        "retrying",
-        "succeeded",
-        "failed",
-        "dead",
-        "cancelled",
-    ]
-    .iter()
-    .map(|k| {
-        format!(
-            r#"<tr><th>{k}</th><td class="num" id="count-{k}">{}</td></tr>"#,
-            status.counts.get(k)
-        )
-    })
-    .collect();
+    let counts: String = crate::store::batches::StateCounts::STATES
+        .iter()
+        .map(|k| {
+            format!(
+                r#"<tr><th>{k}</th><td class="num" id="count-{k}">{}</td></tr>"#,
+                status.counts.get(k)
+            )
+        })
+        .collect();
     let rejected_table = if rejected.is_empty() {
         r#"<p id="no-rejected">No rows were rejected.</p>"#.to_string()
     } else {
