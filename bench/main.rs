@@ -1,48 +1,54 @@
-//! `abha-bulk-bench`: the benchmarks behind `bench/RESULTS.md`. Each prints its figures.
+//! `abha-bulk-bench`: the benchmarks behind `bench/RESULTS.md` (run them with `bench/run.sh`).
+//!
+//! Every figure comes from the shipped `abha-bulk` binary running as separate processes with
+//! its shipped defaults (`config/default.toml`), set up only through documented settings:
+//! a sandbox with a 1024-bit key, N `abha-bulk worker` processes (each running the outbox relay,
+//! as shipped) and `abha-bulk submit`, against this machine's PostgreSQL and RabbitMQ, each run
+//! with a database and queue names of its own (dropped afterwards).
 //!
 //! ```text
-//! abha-bulk-bench gen    --rows 1000000 --out /tmp/link-1m.csv     # a benefit-link file
-//! abha-bulk-bench submit --file /tmp/link-1m.csv                    # rows/s and peak RSS
-//! abha-bulk-bench e2e    --rows 20000                               # jobs/s, rate limit off
-//! abha-bulk-bench e2e    --rows 3000 --rate 100 --sandbox-limit 100 # rate-limited run
+//! abha-bulk-bench all --out-dir bench                     # everything + the two pictures
+//! abha-bulk-bench throughput --rows 20000 --workers 1,2   # jobs/s, CPU/job, commits/job
+//! abha-bulk-bench rated --rates 50,200 --workers 1,2,4    # the rate held, ABDM limit = R
+//! abha-bulk-bench overload --rates 50,200 --workers 1,2,4 # configured 2R, ABDM limit R
+//! abha-bulk-bench submit --rows 1000000                   # rows/s and peak RSS of submit
+//! abha-bulk-bench inprocess --rows 20000                  # labelled: the tuned in-process set-up
 //! ```
-//! Every run uses its own database (`abha_bench_<id>`, dropped afterwards) and queue names
-//! (`bench-<id>.*`), the real Postgres and RabbitMQ, and the embedded sandbox.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
 
-use abha_bulk::abdm::AbdmClient;
-use abha_bulk::jobs::kind::JobKind;
-use abha_bulk::queue::Topology;
-use abha_bulk::ratelimit::RateLimiter;
-use abha_bulk::sandbox::{Faults, KeySource, Population, Sandbox, SandboxConfig};
-use abha_bulk::store::{Store, Vault};
-use abha_bulk::submit::{SubmitRequest, submit};
-use abha_bulk::worker::{Worker, WorkerConfig};
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use sqlx::migrate::MigrateDatabase;
-use tokio_util::sync::CancellationToken;
+
+#[allow(dead_code)]
+#[path = "../chaos/error.rs"]
+mod error;
+mod inprocess;
+mod measure;
+mod plot;
+#[allow(dead_code)]
+#[path = "../chaos/procs.rs"]
+mod procs;
+mod report;
+mod rig;
+mod runs;
+#[allow(dead_code)]
+#[path = "../chaos/sandbox_api.rs"]
+mod sandbox_api;
+
+use rig::{POPULATION, SEED, Services};
 
 #[derive(Parser)]
-#[command(about = "abha-bulk benchmarks")]
+#[command(about = "abha-bulk benchmarks: the shipped binary as separate processes")]
 struct Cli {
-    /// Admin Postgres URL (a database per run is created next to it).
-    #[arg(
-        long,
-        env = "ABHA_BULK_TEST_DATABASE_URL",
-        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
-    )]
-    database: String,
-    /// AMQP URL.
-    #[arg(
-        long,
-        env = "ABHA_BULK_TEST_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
+    /// PostgreSQL host:port (user `postgres` without a password; a database per run).
+    #[arg(long, default_value = "127.0.0.1:5432")]
+    pg: String,
+    /// RabbitMQ host:port (guest/guest; queue names per run).
+    #[arg(long, default_value = "127.0.0.1:5672")]
     amqp: String,
+    /// The `abha-bulk` binary (default: next to this one).
+    #[arg(long)]
+    bin: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -56,32 +62,70 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Submit a file into a fresh database; print rows/s and peak RSS.
+    /// `abha-bulk submit` of N generated rows: rows/s and peak RSS.
     Submit {
-        #[arg(long)]
-        file: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
     },
-    /// Submit N link rows and run relay + worker against the sandbox until all are final.
-    E2e {
+    /// N link rows through 1..k worker processes, rate limit off.
+    Throughput {
         #[arg(long, default_value_t = 20_000)]
         rows: u64,
-        /// Worker rate (calls/s); omitted = unlimited.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        workers: Vec<usize>,
+        /// Run the relay as its own process (`worker --no-relay` + `relay`).
         #[arg(long)]
-        rate: Option<f64>,
-        /// Sandbox limit (ABDM-1022 above it); omitted = none.
-        #[arg(long)]
-        sandbox_limit: Option<f64>,
-        /// Worker in-flight calls.
-        #[arg(long, default_value_t = 64)]
-        in_flight: u16,
+        separate_relay: bool,
+        /// Extra settings for every process, e.g. ABHA_BULK__WORKER__IN_FLIGHT=64.
+        #[arg(long = "set", value_parser = parse_kv)]
+        set: Vec<(String, String)>,
+    },
+    /// Rate R configured, ABDM limit R, R × secs rows.
+    Rated {
+        #[arg(long, value_delimiter = ',', default_value = "50,200")]
+        rates: Vec<f64>,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        workers: Vec<usize>,
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+    },
+    /// Rate 2R configured, ABDM limit R, R × secs rows.
+    Overload {
+        #[arg(long, value_delimiter = ',', default_value = "50,200")]
+        rates: Vec<f64>,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        workers: Vec<usize>,
+        #[arg(long, default_value_t = 30)]
+        secs: u64,
+    },
+    /// Every benchmark above with its defaults; the pictures go to OUT_DIR.
+    All {
+        #[arg(long, default_value = "bench")]
+        out_dir: PathBuf,
+        /// Rows of the large submit (constant memory check).
+        #[arg(long, default_value_t = 10_000_000)]
+        big_submit: u64,
+    },
+    /// Labelled second figure: relay + worker + sandbox in this process, tuned settings.
+    Inprocess {
+        #[arg(long, default_value_t = 20_000)]
+        rows: u64,
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        database: String,
+        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        amqp_url: String,
     },
 }
 
-const POPULATION: u64 = 2_000_000;
-const SEED: u64 = 42;
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+}
 
-fn gen_file(rows: u64, out: &PathBuf) -> anyhow::Result<()> {
-    let pop = Population::new(POPULATION, SEED);
+/// Writes a benefit-link CSV of `rows` distinct seeded beneficiaries.
+pub fn gen_file(rows: u64, out: &Path) -> anyhow::Result<()> {
+    let pop = abha_bulk::sandbox::Population::new(POPULATION, SEED);
     let mut w = csv::Writer::from_path(out)?;
     w.write_record(["external_ref", "abha_number"])?;
     for i in 0..rows {
@@ -94,237 +138,94 @@ fn gen_file(rows: u64, out: &PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Submits a benefit-link file through the normal path.
-async fn submit_links(
-    store: &Store,
-    file: &std::path::Path,
-) -> anyhow::Result<abha_bulk::submit::SubmitSummary> {
-    Ok(submit(
-        store,
-        &SubmitRequest {
-            path: file.to_path_buf(),
-            kind: JobKind::BenefitLink,
-            benefit: "BENCH".into(),
-            force: false,
-        },
-        Arc::new(()),
-    )
-    .await?)
-}
+/// A generated file that is removed when dropped.
+struct TempCsv(PathBuf);
 
-/// Peak resident set size of this process, MiB (Linux VmHWM).
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-struct Db {
-    url: String,
-}
-
-impl Db {
-    async fn create(admin: &str) -> anyhow::Result<Self> {
-        let mut u = reqwest::Url::parse(admin).context("--database")?;
-        u.set_path(&format!("/abha_bench_{}", uuid::Uuid::new_v4().simple()));
-        let url = u.to_string();
-        Store::migrate(&url).await?;
-        Ok(Self { url })
+impl TempCsv {
+    fn new(rows: u64) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "abha-bench-{rows}-{}.csv",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let t = std::time::Instant::now();
+        gen_file(rows, &path)?;
+        eprintln!(
+            "[bench] generated {rows} link rows in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        Ok(Self(path))
     }
-    async fn drop(self) {
-        let _ = sqlx::Postgres::force_drop_database(&self.url).await;
+}
+
+impl Drop for TempCsv {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.cmd {
-        Cmd::Gen { rows, out } => {
-            let t = Instant::now();
-            gen_file(rows, &out)?;
-            println!(
-                "wrote {rows} rows to {} in {:.1} s",
-                out.display(),
-                t.elapsed().as_secs_f64()
-            );
-        }
-        Cmd::Submit { file } => {
-            let db = Db::create(&cli.database).await?;
-            let store = Store::connect_url(
-                &db.url,
-                4,
-                Duration::from_secs(30),
-                Arc::new(Vault::from_bytes(&[3; 32])),
-            )
-            .await?;
-            let rss_before = peak_rss_mib();
-            let s = submit_links(&store, &file).await?;
-            let secs = s.elapsed.as_secs_f64();
-            println!(
-                "submit {}: {} rows ({} accepted, {} rejected, {} duplicates) in {:.2} s = {:.0} rows/s; peak RSS {:.0} MiB (before submit {:.0} MiB)",
-                file.display(),
-                s.total,
-                s.accepted,
-                s.rejected,
-                s.duplicates,
-                secs,
-                s.total as f64 / secs,
-                peak_rss_mib(),
-                rss_before
-            );
-            store.pool.close().await;
-            db.drop().await;
-        }
-        Cmd::E2e {
-            rows,
-            rate,
-            sandbox_limit,
-            in_flight,
-        } => {
-            e2e(
-                &cli.database,
-                &cli.amqp,
-                rows,
-                rate,
-                sandbox_limit,
-                in_flight,
-            )
-            .await?
-        }
-    }
-    Ok(())
-}
-
-async fn e2e(
-    admin: &str,
-    amqp: &str,
-    rows: u64,
-    rate: Option<f64>,
-    sandbox_limit: Option<f64>,
-    in_flight: u16,
-) -> anyhow::Result<()> {
-    // A 1024-bit sandbox key: the sandbox's RSA decryption would otherwise dominate a 2-core
-    // machine that also runs Postgres, RabbitMQ and the worker (ABDM's own key is 4096 bits,
-    // and its decryption happens on ABDM's machines, not ours).
-    let sandbox = Sandbox::start(SandboxConfig {
-        key: KeySource::Generate(1024),
-        population: POPULATION,
-        seed: SEED,
-        benefits: vec!["BENCH".into()],
-        faults: Faults {
-            rate_limit: sandbox_limit.unwrap_or(0.0),
-            ..Faults::default()
+    let services = Services {
+        pg: cli.pg.clone(),
+        amqp: cli.amqp.clone(),
+        bin: match &cli.bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()?.with_file_name("abha-bulk"),
         },
-        ..SandboxConfig::default()
-    })
-    .await?;
-    let db = Db::create(admin).await?;
-    let store = Store::connect_url(
-        &db.url,
-        16,
-        Duration::from_secs(30),
-        Arc::new(Vault::from_bytes(&[3; 32])),
-    )
-    .await?;
-    let id = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let topology = Topology::named(&format!("bench-{id}.jobs"), &format!("bench-{id}"), 20);
-    let conn = abha_bulk::queue::connect(amqp).await?;
-    topology.declare(&conn.create_channel().await?).await?;
-    let file = std::env::temp_dir().join(format!("abha-bench-{id}.csv"));
-    gen_file(rows, &file)?;
-    let client = Arc::new(AbdmClient::new(
-        &abha_bulk::abdm::client::settings_for_sandbox(&sandbox.url()),
-    )?);
-    let limited = rate.unwrap_or(1_000_000.0);
-    let burst = rate.map_or(1000, |r| (r / 10.0).ceil().max(1.0) as u32);
-    let limiter = RateLimiter::new(limited, burst, None);
-    let mut cfg = WorkerConfig::from_settings(
-        &abha_bulk::config::Settings::load_with_env(
-            &abha_bulk::config::ConfigSource {
-                dir: PathBuf::from("/nonexistent"),
-                env: "bench".into(),
-                file: None,
-            },
-            Vec::new(),
-        )?
-        .worker,
-    );
-    cfg.in_flight = in_flight;
-    cfg.backoff_base = Duration::from_millis(200);
-    cfg.backoff_cap = Duration::from_secs(2);
-    let worker = Worker::new(
-        store.clone(),
-        client,
-        limiter.clone(),
-        topology.clone(),
-        cfg,
-    );
-    let stop = CancellationToken::new();
-    let started = Instant::now();
-    let relay = tokio::spawn(abha_bulk::relay::run(
-        store.clone(),
-        amqp.to_string(),
-        topology.clone(),
-        abha_bulk::relay::RelayConfig {
-            batch: 1000,
-            idle: Duration::from_millis(20),
-            housekeeping: Duration::from_secs(1),
-            ..Default::default()
-        },
-        stop.clone(),
-    ));
-    let consumer = tokio::spawn(worker.clone().run(amqp.to_string(), stop.clone()));
-    let s = submit_links(&store, &file).await?;
-    let _ = std::fs::remove_file(&file);
-    let submitted = started.elapsed();
-    loop {
-        let c = store.batch_counts(s.batch).await?;
-        if c.open() == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let elapsed = started.elapsed();
-    stop.cancel();
-    let _ = consumer.await;
-    let _ = relay.await;
-    let counts = store.batch_counts(s.batch).await?;
-    let log = sandbox.state().call_log();
-    let throttled = log.answers.get("ABDM-1022").copied().unwrap_or(0);
-    let jobs = counts.done();
+    };
     println!(
-        "e2e: {jobs} jobs final in {:.2} s = {:.0} jobs/s (submit took {:.2} s); succeeded {}, failed {}, dead {}; worker rate {}, sandbox limit {}, in-flight {}; ABDM-1022 answers {throttled}; sandbox requests {}",
-        elapsed.as_secs_f64(),
-        jobs as f64 / elapsed.as_secs_f64(),
-        submitted.as_secs_f64(),
-        counts.get("succeeded"),
-        counts.get("failed"),
-        counts.get("dead"),
-        rate.map_or("off".to_string(), |r| format!("{r}/s")),
-        sandbox_limit.map_or("off".to_string(), |r| format!("{r}/s")),
-        in_flight,
-        log.requests.values().sum::<u64>(),
+        "== machine: {} cores, {}; binary {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        report::memory(),
+        services.bin.display()
     );
-    if let Some(r) = rate {
-        let ideal = rows as f64 / r;
-        println!(
-            "rate-limited: wall {:.2} s vs rows/rate {:.2} s ({:+.1} %)",
-            elapsed.as_secs_f64(),
-            ideal,
-            (elapsed.as_secs_f64() / ideal - 1.0) * 100.0
-        );
+    match cli.cmd {
+        Cmd::Gen { rows, out } => gen_file(rows, &out)?,
+        Cmd::Submit { rows } => {
+            let file = TempCsv::new(rows)?;
+            runs::submit(&services, &file.0).await?;
+        }
+        Cmd::Throughput {
+            rows,
+            workers,
+            separate_relay,
+            set,
+        } => {
+            let file = TempCsv::new(rows)?;
+            for n in workers {
+                let opts = rig::RigOpts {
+                    workers: n,
+                    separate_relay,
+                    env: set.clone(),
+                    ..Default::default()
+                };
+                runs::throughput(&services, &opts, &file.0).await?;
+            }
+        }
+        Cmd::Rated {
+            rates,
+            workers,
+            secs,
+        } => {
+            report::rated(&services, &rates, &workers, secs, 1.0).await?;
+        }
+        Cmd::Overload {
+            rates,
+            workers,
+            secs,
+        } => {
+            report::rated(&services, &rates, &workers, secs, 2.0).await?;
+        }
+        Cmd::All {
+            out_dir,
+            big_submit,
+        } => report::all(&services, &out_dir, big_submit).await?,
+        Cmd::Inprocess {
+            rows,
+            database,
+            amqp_url,
+        } => inprocess::e2e(&database, &amqp_url, rows, None, None, 64).await?,
     }
-    topology.delete(&conn.create_channel().await?).await?;
-    let _ = conn.close(200, "bench done".into()).await;
-    store.pool.close().await;
-    db.drop().await;
-    sandbox.shutdown().await;
     Ok(())
 }
