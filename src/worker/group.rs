@@ -80,3 +80,66 @@ impl<Q: Send + 'static, R: Send + 'static> Grouped<Q, R> {
             .map_err(StoreError::Refused)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// Under paused time: a lone request goes at once, and what arrives while a group is being
+    /// written goes together in the next group (one statement, one commit), never waiting for
+    /// a timer.
+    #[tokio::test(start_paused = true)]
+    async fn what_arrives_during_a_write_goes_in_the_next_group() {
+        let groups = Arc::new(Mutex::new(Vec::<Vec<u32>>::new()));
+        let seen = groups.clone();
+        let g: Grouped<u32, u32> = Grouped::start("test writer", move |reqs: Vec<u32>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(reqs.clone());
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok(reqs.into_iter().map(|r| r * 2).collect())
+            }
+        });
+        let started = tokio::time::Instant::now();
+        assert_eq!(g.call(1).await.unwrap(), 2);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(10),
+            "no waiting for a timer"
+        );
+        let first = tokio::spawn({
+            let g = g.clone();
+            async move { g.call(10).await.unwrap() }
+        });
+        tokio::task::yield_now().await;
+        let rest: Vec<_> = (11..15)
+            .map(|i| {
+                let g = g.clone();
+                tokio::spawn(async move { g.call(i).await.unwrap() })
+            })
+            .collect();
+        assert_eq!(first.await.unwrap(), 20);
+        for (i, h) in (11..15).zip(rest) {
+            assert_eq!(
+                h.await.unwrap(),
+                i * 2,
+                "each answer goes to its own request"
+            );
+        }
+        assert_eq!(
+            *groups.lock().unwrap(),
+            vec![vec![1], vec![10], vec![11, 12, 13, 14]]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_fails_every_request_of_its_group() {
+        let g: Grouped<u32, u32> = Grouped::start("test writer", |_reqs: Vec<u32>| async {
+            Err(StoreError::Refused("disk full".into()))
+        });
+        let err = g.call(1).await.unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
+    }
+}

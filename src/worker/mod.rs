@@ -12,8 +12,7 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use futures::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +23,7 @@ mod classify;
 mod gate;
 mod group;
 mod outcomes;
+pub mod source;
 mod support;
 
 use std::sync::atomic::AtomicBool;
@@ -43,14 +43,16 @@ use crate::telemetry::metrics;
 use claims::Claimer;
 pub use gate::JobGate;
 use outcomes::OutcomeWriter;
-use support::{delivery_count, persist};
+pub use source::{DeadLetters, Inbound, MemoryQueue, Settled};
+use support::persist;
 
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Lease owner name (host + pid by default).
     pub id: String,
-    /// Calls in flight at once; also the prefetch per queue.
+    /// Calls in flight at once; also the prefetch (of the shared work queue, or of each
+    /// kind's queue with `rabbitmq.queue_per_kind`).
     pub in_flight: u16,
     /// Lease length. The lease invariant: a job's lease is re-checked and extended to
     /// `lease_secs` right before every call that changes something at ABDM, and one HTTP
@@ -200,11 +202,11 @@ impl Worker {
             .ctx("setting the prefetch")?;
         let publisher = Publisher::open(&conn, self.topology.clone()).await?;
         let mut consumers = Vec::new();
-        for kind in &self.cfg.kinds {
+        for queue in self.topology.queues_for(&self.cfg.kinds) {
             let c = ch
                 .basic_consume(
-                    self.topology.queue(*kind).as_str().into(),
-                    format!("{}-{}", self.cfg.id, kind.as_str()).as_str().into(),
+                    queue.as_str().into(),
+                    format!("{}-{queue}", self.cfg.id).as_str().into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
@@ -212,7 +214,39 @@ impl Worker {
                 .ctx("starting a consumer")?;
             consumers.push(c);
         }
-        let mut deliveries = futures::stream::select_all(consumers);
+        let deliveries = futures::stream::select_all(consumers).map(|d| {
+            d.map(source::lapin_inbound)
+                .map_err(|cause| queue::QueueError::Amqp {
+                    what: "receiving",
+                    cause,
+                })
+        });
+        let result = self
+            .serve(deliveries, Arc::new(publisher.clone()), stop)
+            .await;
+        if result.is_ok() {
+            publisher.close().await;
+            let _ = ch.close(200, "worker stopping".into()).await;
+        }
+        let _ = conn.close(200, "worker stopping".into()).await;
+        result
+    }
+
+    /// The consume loop over any [`source`] of messages: each delivery runs as its own task,
+    /// at most `in_flight` at once. `Ok` when stopped (in-flight jobs finished within the
+    /// grace period), `Err` when the source failed (in-flight jobs go on in the background:
+    /// their outcomes still commit, and their redelivered messages find them running or
+    /// final; aborting them would leave claimed jobs waiting for their lease to expire).
+    pub async fn serve<S>(
+        self: Arc<Self>,
+        deliveries: S,
+        dead: Arc<dyn DeadLetters>,
+        stop: &CancellationToken,
+    ) -> Result<(), queue::QueueError>
+    where
+        S: futures::Stream<Item = Result<Inbound, queue::QueueError>> + Send,
+    {
+        let mut deliveries = std::pin::pin!(deliveries);
         let permits = Arc::new(Semaphore::new(self.cfg.in_flight as usize));
         let writer = OutcomeWriter::start(self.store.clone(), self.cfg.id.clone());
         let claimer = Claimer::start(self.store.clone(), self.cfg.id.clone(), self.cfg.lease_secs);
@@ -228,28 +262,22 @@ impl Worker {
                             _ = stop.cancelled() => break Ok(()),
                         };
                         let me = self.clone();
-                        let publisher = publisher.clone();
+                        let dead = dead.clone();
                         let stop = stop.clone();
                         let (writer, claimer) = (writer.clone(), claimer.clone());
                         tasks.spawn(async move {
-                            me.handle(delivery, &publisher, &claimer, &writer, &stop).await;
+                            me.handle(delivery, dead.as_ref(), &claimer, &writer, &stop).await;
                             drop(permit);
                         });
                     }
-                    Some(Err(e)) => break Err(queue::QueueError::Amqp { what: "receiving", cause: e }),
+                    Some(Err(e)) => break Err(e),
                     None => break Err(queue::QueueError::NotConfirmed { count: 0, reason: "consumer cancelled by the broker" }),
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         };
-        drop(deliveries);
         if result.is_err() {
-            // The broker connection is gone, so no ack can reach it: let the jobs in flight
-            // finish in the background (their outcomes still commit, and their redelivered
-            // messages find them running or final) and reconnect at once. Aborting them would
-            // leave claimed jobs waiting for their lease to expire.
             tasks.detach_all();
-            let _ = conn.close(200, "reconnecting".into()).await;
             return result;
         }
         // Stopping: finish what is in flight within the grace period.
@@ -272,9 +300,6 @@ impl Worker {
             );
             tasks.abort_all();
         }
-        publisher.close().await;
-        let _ = ch.close(200, "worker stopping".into()).await;
-        let _ = conn.close(200, "worker stopping".into()).await;
         result
     }
 
@@ -284,8 +309,8 @@ impl Worker {
     /// taking more meanwhile. While the ABDM circuit breaker is open, likewise.
     async fn handle(
         &self,
-        delivery: Delivery,
-        publisher: &Publisher,
+        delivery: Inbound,
+        dead: &dyn DeadLetters,
         claimer: &Claimer,
         writer: &OutcomeWriter,
         stop: &CancellationToken,
@@ -293,21 +318,19 @@ impl Worker {
         let envelope = match Envelope::decode(&delivery.data) {
             Ok(e) => e,
             Err(reason) => {
-                return self
-                    .dead_letter(&delivery, publisher, &reason.to_string())
-                    .await;
+                return self.dead_letter(&delivery, dead, &reason.to_string()).await;
             }
         };
         // A producer's envelope carries identifiers. If this is its last delivery before the
         // queue's limit, RabbitMQ would dead-letter it verbatim after a crash: dead-letter the
         // redacted summary now instead (stored-job envelopes carry only a job id).
         if matches!(envelope, Envelope::External { .. })
-            && delivery_count(&delivery) + 1 >= i64::from(self.topology.delivery_limit)
+            && delivery.delivery_count + 1 >= i64::from(self.topology.delivery_limit)
         {
             return self
                 .dead_letter(
                     &delivery,
-                    publisher,
+                    dead,
                     "delivery limit reached: the message kept failing to be processed",
                 )
                 .await;
@@ -339,11 +362,7 @@ impl Worker {
                             .collect::<Vec<_>>()
                             .join("; ");
                         return self
-                            .dead_letter(
-                                &delivery,
-                                publisher,
-                                &format!("invalid payload: {reason}"),
-                            )
+                            .dead_letter(&delivery, dead, &format!("invalid payload: {reason}"))
                             .await;
                     }
                 };
@@ -351,7 +370,7 @@ impl Worker {
                 // here, with the reason, rather than failing every attempt at ABDM.
                 if let Err(e) = crate::jobs::benefit::BenefitName::parse(benefit) {
                     return self
-                        .dead_letter(&delivery, publisher, &format!("invalid benefit: {e}"))
+                        .dead_letter(&delivery, dead, &format!("invalid benefit: {e}"))
                         .await;
                 }
                 let ext = ExternalJob {
@@ -385,7 +404,7 @@ impl Worker {
                     .instrument(job_span(&job))
                     .await;
                 if recorded {
-                    ack(&delivery).await
+                    delivery.settle(Settled::Ack).await
                 }
             }
             Some(Claim::Finished(state)) => {
@@ -394,9 +413,11 @@ impl Worker {
                     state,
                     "redelivered job already finished; acked without calling ABDM"
                 );
-                ack(&delivery).await
+                delivery.settle(Settled::Ack).await
             }
-            Some(Claim::NotDue | Claim::Busy | Claim::Missing) => ack(&delivery).await,
+            Some(Claim::NotDue | Claim::Busy | Claim::Missing) => {
+                delivery.settle(Settled::Ack).await
+            }
         }
     }
 
@@ -487,13 +508,13 @@ impl Worker {
         true
     }
 
-    async fn dead_letter(&self, delivery: &Delivery, publisher: &Publisher, reason: &str) {
+    async fn dead_letter(&self, delivery: &Inbound, dead: &dyn DeadLetters, reason: &str) {
         tracing::warn!(reason, "malformed message sent to the dead-letter queue");
-        match publisher.dead_letter(&delivery.data, reason).await {
-            Ok(()) => ack(delivery).await,
+        match dead.dead_letter(&delivery.data, reason).await {
+            Ok(()) => delivery.settle(Settled::Ack).await,
             Err(e) => {
                 tracing::warn!(error = %e, "dead-lettering failed; message requeued");
-                reject(delivery, true).await
+                delivery.settle(Settled::Requeue).await
             }
         }
     }
@@ -502,18 +523,6 @@ impl Worker {
 /// The span of one job: ids and kind, never identifiers.
 fn job_span(job: &ClaimedJob) -> tracing::Span {
     tracing::info_span!("job", job_id = job.id, batch_id = %job.batch_id, kind = job.kind.as_str(), attempt = job.attempt)
-}
-
-async fn ack(d: &Delivery) {
-    if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
-        tracing::warn!(error = %e, "ack failed; the message will be redelivered and recognised as done");
-    }
-}
-
-async fn reject(d: &Delivery, requeue: bool) {
-    if let Err(e) = d.acker.reject(BasicRejectOptions { requeue }).await {
-        tracing::warn!(error = %e, "reject failed; the message will be redelivered");
-    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,7 @@
-//! Small helpers of the consume loop: holding on to Postgres, reading the delivery count.
+//! Holding on to Postgres through an outage, for the consume loop.
 
 use std::time::Duration;
 
-use lapin::message::Delivery;
 use tokio_util::sync::CancellationToken;
 
 use crate::relay::reconnect_backoff;
@@ -44,20 +43,5 @@ where
                 }
             }
         }
-    }
-}
-
-/// How often RabbitMQ delivered this message before (`x-delivery-count` of quorum queues).
-pub(super) fn delivery_count(d: &Delivery) -> i64 {
-    use lapin::types::AMQPValue;
-    let Some(headers) = d.properties.headers() else {
-        return 0;
-    };
-    match headers.inner().get("x-delivery-count") {
-        Some(AMQPValue::LongLongInt(n)) => *n,
-        Some(AMQPValue::LongInt(n)) => i64::from(*n),
-        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
-        Some(AMQPValue::ShortInt(n)) => i64::from(*n),
-        _ => 0,
     }
 }
