@@ -118,8 +118,9 @@ pub struct WorkerArgs {
     /// Do not run the outbox relay in this process (run `abha-bulk relay` separately).
     #[arg(long)]
     pub no_relay: bool,
-    /// Consume only these kinds (comma-separated; default: all). RabbitMQ gives each queue's
-    /// consumer `worker.in_flight` prefetch, so a worker of fewer kinds holds fewer messages.
+    /// Consume only these kinds (comma-separated; default: all). Needs
+    /// `rabbitmq.queue_per_kind = true`: each kind's queue then gets `worker.in_flight`
+    /// prefetch, so a worker of fewer kinds holds fewer messages.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub kinds: Vec<JobKind>,
 }

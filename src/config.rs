@@ -192,6 +192,9 @@ pub struct RabbitSettings {
     pub queue_prefix: String,
     /// Deliveries before a message is dead-lettered.
     pub delivery_limit: u32,
+    /// One queue per job kind instead of one shared work queue (see
+    /// [`crate::queue::Topology::per_kind`] for why shared is the default).
+    pub queue_per_kind: bool,
 }
 
 /// Worker throughput, retries and shutdown.

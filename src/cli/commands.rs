@@ -108,6 +108,13 @@ pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Re
 
 pub(super) async fn worker(settings: &Settings, args: &WorkerArgs) -> anyhow::Result<ExitCode> {
     let no_relay = args.no_relay;
+    if !args.kinds.is_empty() && !settings.rabbitmq.queue_per_kind {
+        anyhow::bail!(
+            "--kinds needs a queue per kind: set rabbitmq.queue_per_kind = true \
+             (ABHA_BULK__RABBITMQ__QUEUE_PER_KIND=true) on every process; the shared work \
+             queue carries every kind"
+        );
+    }
     let store = Store::connect(settings).await?;
     let client = Arc::new(AbdmClient::new(&settings.abdm)?);
     let amqp = settings.rabbitmq_url()?.expose().to_string();

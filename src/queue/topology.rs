@@ -20,16 +20,24 @@ pub struct Topology {
     pub dead_letter_exchange: String,
     /// Dead-letter queue.
     pub dead_letter_queue: String,
-    /// Prefix of the per-kind queues.
+    /// Prefix of the queue names.
     pub queue_prefix: String,
     /// Deliveries before RabbitMQ dead-letters a message.
     pub delivery_limit: u32,
+    /// One quorum queue per kind (`<prefix>.<kind>`) instead of one shared work queue
+    /// (`<prefix>.work`) bound to every kind's routing key. Shared is the default because
+    /// RabbitMQ applies a prefetch per consumer on quorum queues (no channel-wide limit): a
+    /// worker consuming nine queues could hold nine times `worker.in_flight` unacked messages,
+    /// starving the other replicas and burning delivery counts when it dies. Per kind is for
+    /// deployments that run worker groups per kind (`abha-bulk worker --kinds`).
+    pub per_kind: bool,
 }
 
 impl Topology {
     /// From the `[rabbitmq]` settings.
     pub fn from_settings(s: &RabbitSettings) -> Self {
-        Self::named(&s.exchange, &s.queue_prefix, s.delivery_limit)
+        let t = Self::named(&s.exchange, &s.queue_prefix, s.delivery_limit);
+        if s.queue_per_kind { t.per_kind() } else { t }
     }
 
     /// With explicit names (tests use a unique prefix each).
@@ -40,17 +48,43 @@ impl Topology {
             dead_letter_queue: format!("{queue_prefix}.dead-letter"),
             queue_prefix: queue_prefix.to_string(),
             delivery_limit,
+            per_kind: false,
         }
     }
 
-    /// The quorum queue of a kind: `<prefix>.<kind>`.
+    /// The same names with one queue per kind.
+    pub fn per_kind(mut self) -> Self {
+        self.per_kind = true;
+        self
+    }
+
+    /// The quorum queue that carries `kind`: `<prefix>.<kind>` per kind, else `<prefix>.work`.
     pub fn queue(&self, kind: JobKind) -> String {
-        format!("{}.{}", self.queue_prefix, kind.as_str())
+        if self.per_kind {
+            format!("{}.{}", self.queue_prefix, kind.as_str())
+        } else {
+            format!("{}.work", self.queue_prefix)
+        }
+    }
+
+    /// The job queues (one, or one per kind), without the dead-letter queue.
+    pub fn job_queues(&self) -> Vec<String> {
+        let mut q: Vec<String> = JobKind::ALL.iter().map(|k| self.queue(*k)).collect();
+        q.dedup();
+        q
+    }
+
+    /// The queues to consume for `kinds`, each once.
+    pub fn queues_for(&self, kinds: &[JobKind]) -> Vec<String> {
+        let mut q: Vec<String> = kinds.iter().map(|k| self.queue(*k)).collect();
+        q.sort();
+        q.dedup();
+        q
     }
 
     /// Every queue, the dead-letter queue last.
     pub fn all_queues(&self) -> Vec<String> {
-        let mut q: Vec<String> = JobKind::ALL.iter().map(|k| self.queue(*k)).collect();
+        let mut q = self.job_queues();
         q.push(self.dead_letter_queue.clone());
         q
     }
@@ -116,6 +150,8 @@ impl Topology {
             ch.queue_declare(name.as_str().into(), qopts, args)
                 .await
                 .ctx("declaring a job queue")?;
+            // The shared queue gets one binding per kind: a routing key that names no kind
+            // stays unroutable, so a producer's mandatory publish of it fails at once.
             ch.queue_bind(
                 name.as_str().into(),
                 self.exchange.as_str().into(),
@@ -165,5 +201,26 @@ impl Topology {
                 .ctx("deleting an exchange")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_layout_has_one_work_queue_and_per_kind_one_each() {
+        let shared = Topology::named("x.jobs", "x", 20);
+        assert_eq!(shared.queue(JobKind::BenefitLink), "x.work");
+        assert_eq!(shared.queue(JobKind::ChildCreate), "x.work");
+        assert_eq!(shared.all_queues(), vec!["x.work", "x.dead-letter"]);
+        assert_eq!(shared.queues_for(&JobKind::ALL), vec!["x.work"]);
+        let per_kind = shared.per_kind();
+        assert_eq!(per_kind.queue(JobKind::BenefitLink), "x.benefit-link");
+        assert_eq!(per_kind.job_queues().len(), JobKind::ALL.len());
+        assert_eq!(
+            per_kind.queues_for(&[JobKind::BenefitLink, JobKind::BenefitLink]),
+            vec!["x.benefit-link"]
+        );
     }
 }
