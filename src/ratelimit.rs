@@ -9,7 +9,10 @@
 //!   shared `Retry-After` pause; the rate climbs back by `increase_fraction` of the configured
 //!   rate every `increase_every` once no throttling came for `quiet`, but for
 //!   `ceiling_memory` after a throttling answer not above 90 % of the rate that was throttled
-//!   (ABDM's limit lies below it), so it does not keep probing past the limit.
+//!   (ABDM's limit lies below it), so it does not keep probing past the limit. A throttling
+//!   answer after a recovery step goes back to the rate that held before the step instead of
+//!   halving: ABDM's limit lies between the two, so an over-configured rate settles just
+//!   below the limit rather than sawing between the limit and half of it.
 //! - Without it (one worker only), the same AIMD runs on a local copy.
 
 use std::num::NonZeroU32;
@@ -31,6 +34,8 @@ struct State {
     paused_until: Option<Instant>,
     /// The rate last throttled at (recovery stops below it while remembered).
     ceiling: Option<f64>,
+    /// The last rate that held: a throttling answer after an increase goes back to it.
+    good: Option<f64>,
 }
 
 fn build(rate: f64, burst: u32) -> Arc<DefaultDirectRateLimiter> {
@@ -72,6 +77,7 @@ impl RateLimiter {
                 last_change: Instant::now(),
                 paused_until: None,
                 ceiling: None,
+                good: None,
             }),
             global,
         })
@@ -154,8 +160,14 @@ impl RateLimiter {
             .is_none_or(|t| now.duration_since(t) >= gate)
         {
             s.ceiling = Some(s.current);
-            s.current = (s.current * self.aimd.decrease_factor)
-                .max(self.configured * self.aimd.min_fraction);
+            let halved = s.current * self.aimd.decrease_factor;
+            s.current = match s.good {
+                Some(g) if g < s.current => g.max(halved),
+                _ => {
+                    s.good = None;
+                    halved.max(self.configured * self.aimd.min_fraction)
+                }
+            };
             s.limiter = build(s.current, self.burst.min(s.current.ceil() as u32));
             s.last_decrease = Some(now);
             s.last_change = now;
@@ -203,6 +215,7 @@ impl RateLimiter {
             .min(self.configured)
             .min(cap);
         if target > s.current && quiet && s.last_change.elapsed() >= self.aimd.increase_every {
+            s.good = Some(s.current);
             s.current = target;
             s.limiter = build(s.current, self.burst.min(s.current.ceil() as u32));
             s.last_change = Instant::now();
@@ -334,6 +347,22 @@ mod tests {
         }
         assert!(
             (r.current_rate() - 45.0).abs() < 1e-9,
+            "{}",
+            r.current_rate()
+        );
+        // Throttled after a step (40 → 45): back to the rate that held, not halved.
+        r.state.lock().unwrap().last_decrease = Some(Instant::now() - Duration::from_secs(2));
+        r.on_throttled(None).await;
+        assert!(
+            (r.current_rate() - 40.0).abs() < 1e-9,
+            "{}",
+            r.current_rate()
+        );
+        // Throttled again at that rate: ABDM's limit fell below it, so halve and forget it.
+        r.state.lock().unwrap().last_decrease = Some(Instant::now() - Duration::from_secs(2));
+        r.on_throttled(None).await;
+        assert!(
+            (r.current_rate() - 20.0).abs() < 1e-9,
             "{}",
             r.current_rate()
         );

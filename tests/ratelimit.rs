@@ -107,3 +107,43 @@ async fn throttling_lowers_the_shared_rate_for_every_replica_and_a_storm_converg
     );
     env.cleanup().await;
 }
+
+/// Over-configured against ABDM's limit, the shared rate settles on the last rate that held:
+/// throttled after a recovery step, it goes back to the rate before the step (not half of
+/// it); throttled at that rate too, ABDM's limit has fallen, so it halves and forgets it.
+#[tokio::test]
+async fn a_throttled_step_goes_back_to_the_rate_that_held() {
+    let env = TestEnv::new().await;
+    let aimd = abha_bulk::ratelimit::Aimd {
+        quiet: Duration::ZERO,
+        increase_every: Duration::ZERO,
+        ..Default::default()
+    };
+    let client = "good-rate-client";
+    env.store.ensure_budget(client, 10.0).await.unwrap();
+    let throttled = || {
+        env.store
+            .throttled(client, 100.0, &aimd, None, Duration::ZERO)
+    };
+    assert_eq!(
+        throttled().await.unwrap(),
+        (50.0, true),
+        "no rate held yet: halve"
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let stepped = env.store.recover_rate(client, 100.0, &aimd).await.unwrap();
+    assert_eq!(stepped, Some(55.0));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        throttled().await.unwrap(),
+        (50.0, true),
+        "back to what held"
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(
+        throttled().await.unwrap(),
+        (25.0, true),
+        "the limit fell: halve"
+    );
+    env.cleanup().await;
+}

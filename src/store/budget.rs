@@ -119,10 +119,15 @@ impl Store {
         Ok(Take { taken, rate, wait })
     }
 
-    /// A throttling answer to a call sent `gate` ago: lowers the shared rate by the AIMD
-    /// factor unless it was lowered since (answers to calls sent at the old rate count once;
-    /// a call sent after the decrease and still throttled lowers it again at once), empties the bucket, and starts a shared pause of `retry_after`. Returns
-    /// the rate now and whether this call lowered it.
+    /// A throttling answer to a call sent `gate` ago: lowers the shared rate unless it was
+    /// lowered since (answers to calls sent at the old rate count once; a call sent after the
+    /// decrease and still throttled lowers it again at once), empties the bucket, and starts a
+    /// shared pause of `retry_after`. Lowering goes back to the last rate that held
+    /// (`good_rate`, set by each recovery step) when that is below the throttled rate: ABDM's
+    /// limit lies between the two, and halving would waste half of it until recovery climbs
+    /// back. Without such a rate (or when the rate that held is throttled itself: ABDM's limit
+    /// fell) it multiplies by the AIMD factor and forgets the good rate. Returns the rate now
+    /// and whether this call lowered it.
     pub async fn throttled(
         &self,
         client: &str,
@@ -137,7 +142,10 @@ impl Store {
                        (last_decrease_at IS NULL OR last_decrease_at < clock_timestamp() - make_interval(secs => $6)) AS may
                 FROM rate_budget WHERE client = $1 FOR UPDATE)
              UPDATE rate_budget b SET
-                rate = CASE WHEN cur.may THEN GREATEST($2 * $4, cur.rate * $3) ELSE cur.rate END,
+                rate = CASE WHEN NOT cur.may THEN cur.rate
+                            WHEN b.good_rate < cur.rate THEN GREATEST(b.good_rate, cur.rate * $3)
+                            ELSE GREATEST($2 * $4, cur.rate * $3) END,
+                good_rate = CASE WHEN cur.may AND NOT (b.good_rate < cur.rate) THEN NULL ELSE b.good_rate END,
                 tokens = CASE WHEN cur.may THEN 0 ELSE b.tokens END,
                 updated_at = CASE WHEN cur.may THEN clock_timestamp() ELSE b.updated_at END,
                 last_decrease_at = CASE WHEN cur.may THEN clock_timestamp() ELSE b.last_decrease_at END,
@@ -162,7 +170,8 @@ impl Store {
     }
 
     /// Additive recovery of the shared rate: one step when no throttling answer came for
-    /// `quiet` and the last change is `increase_every` old, never above [`CEILING_MARGIN`] of
+    /// `quiet` and the last change is `increase_every` old (the rate it leaves held: it is
+    /// remembered as `good_rate`), never above [`CEILING_MARGIN`] of
     /// the last throttled rate while that is remembered (a step the ceiling holds back is no
     /// step). Any replica may call it; the
     /// conditions make one step per interval in all. Returns the rate when it rose.
@@ -185,7 +194,7 @@ impl Store {
                   AND GREATEST(COALESCE(last_increase_at, '-infinity'), COALESCE(last_decrease_at, '-infinity'))
                       < clock_timestamp() - make_interval(secs => $5)
                 FOR UPDATE)
-             UPDATE rate_budget b SET rate = cur.target, last_increase_at = clock_timestamp()
+             UPDATE rate_budget b SET rate = cur.target, good_rate = cur.rate, last_increase_at = clock_timestamp()
              FROM cur WHERE b.client = cur.client AND cur.target > cur.rate
              RETURNING b.rate",
         )
