@@ -18,6 +18,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::abdm::AbdmClient;
+use crate::jobs::kind::JobKind;
 use crate::store::Store;
 
 /// How long a `/readyz` answer is reused.
@@ -133,7 +134,7 @@ pub async fn serve(
     readiness: Readiness,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    crate::telemetry::metrics::register_all();
+    crate::telemetry::metrics::register_all(&JobKind::ALL.map(JobKind::as_str));
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

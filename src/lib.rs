@@ -13,7 +13,7 @@
 //! | [`pii`] | identifier types (Aadhaar, ABHA number, mobile, name, X-token) with masked output |
 //! | [`abdm`] | the ABDM V3 client: session, encryption, error taxonomy, typed operations |
 //! | [`sandbox`] | the embedded ABDM simulator (axum) used by the demo, tests and benchmarks |
-//! | [`jobs`] | job kinds, payload validation ([`jobs::kind`]), one job → one outcome ([`jobs::execute`]) |
+//! | [`jobs`] | the kind registry ([`jobs::kind`]) and one module per kind (columns, payload, validation, ABDM call, outcomes); shared column specs ([`jobs::columns`]), field parsers ([`jobs::fields`]), outcome mapping ([`jobs::execute`]) |
 //! | [`ingest`] | streaming CSV → validated rows and rejections |
 //! | [`store`] | Postgres: vault, batches, submits, claims, outcomes, jobs, outbox, rate budget, circuit breaker, API keys, webhooks, reconcile runs |
 //! | [`queue`] | RabbitMQ topology, job envelope v1, confirmed publishing |

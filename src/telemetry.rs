@@ -308,8 +308,10 @@ pub mod metrics {
         c
     });
 
-    /// Touches every metric so that `/metrics` lists them all from the start.
-    pub fn register_all() {
+    /// Touches every metric so that `/metrics` lists them all from the start. `kinds` are the
+    /// job kind labels: the caller passes them so that telemetry, which everything uses, does
+    /// not depend on the jobs registry.
+    pub fn register_all(kinds: &[&str]) {
         LazyLock::force(&CIRCUIT_OPEN);
         LazyLock::force(&CIRCUIT_PROBES);
         LazyLock::force(&ABDM_REQUESTS);
@@ -329,12 +331,12 @@ pub mod metrics {
         LazyLock::force(&RECONCILE_LAST_RUN);
         LazyLock::force(&RECONCILE_DRIFT);
         // Known label values start at 0, so rates and alerts see a series from the start.
-        for kind in crate::jobs::kind::JobKind::ALL {
+        for kind in kinds {
             for outcome in ["succeeded", "failed", "dead", "retrying", "cancelled"] {
-                JOBS.with_label_values(&[kind.as_str(), outcome]);
+                JOBS.with_label_values(&[kind, outcome]);
             }
             for reason in ["transient", "throttled", "auth"] {
-                RETRIES.with_label_values(&[kind.as_str(), reason]);
+                RETRIES.with_label_values(&[kind, reason]);
             }
         }
         RETRIES.with_label_values(&["any", "lease_expired"]);

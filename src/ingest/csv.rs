@@ -14,7 +14,9 @@ use std::io::{self, Chain, Cursor, Read};
 use chrono::NaiveDate;
 use csv::{ByteRecord, ReaderBuilder, Terminator, Trim};
 
-use crate::jobs::kind::{ColumnSpec, FieldError, Job, JobKind};
+use crate::jobs::columns::ColumnSpec;
+use crate::jobs::fields::FieldError;
+use crate::jobs::kind::{Job, JobKind};
 use crate::pii::scrub_digits;
 
 /// The optional column every file may carry: the programme's own reference for the row.
