@@ -966,8 +966,7 @@ async fn admin_rotate(st: St) -> Response {
         super::KeySource::Generate(b) => *b,
         super::KeySource::Pem(_) => 2048,
     };
-    match tokio::task::spawn_blocking(move || crate::abdm::crypto::Decryptor::generate(bits)).await
-    {
+    match tokio::task::spawn_blocking(move || super::key::Decryptor::generate(bits)).await {
         Ok(Ok(k)) => {
             st.rotate_key(k);
             reply(200, json!({"rotated": true}))
