@@ -391,7 +391,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             settings.sandbox.listen = "127.0.0.1:0".into();
             settings.sandbox.key_bits = 2048;
             let sandbox = Sandbox::start(SandboxConfig::from_settings(&settings)?).await?;
-            let mut abdm = crate::abdm::client::settings_for_sandbox(&sandbox.url());
+            let mut abdm = crate::sandbox::settings_for_sandbox(&sandbox.url());
             abdm.benefit_header = settings.abdm.benefit_header.clone();
             let client = AbdmClient::new(&abdm)?;
             let inputs =

@@ -153,7 +153,7 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
     let amqp = settings.rabbitmq_url()?.expose().to_string();
     let topology = Topology::named("abha-demo.jobs", "abha-demo", 20);
     reset_topology(&amqp, &topology, true).await?;
-    let mut abdm = crate::abdm::client::settings_for_sandbox(&sandbox.url());
+    let mut abdm = crate::sandbox::settings_for_sandbox(&sandbox.url());
     abdm.request_timeout_ms = 1_500;
     let client = Arc::new(AbdmClient::new(&abdm)?);
     let mut wcfg = WorkerConfig::from_settings(&settings.worker);

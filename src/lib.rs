@@ -11,8 +11,8 @@
 //! | [`cli`] | the `abha-bulk` commands (clap) and their dispatch |
 //! | [`config`] | typed settings, layered loading (defaults → `<env>.toml` → env), validation |
 //! | [`pii`] | identifier types (Aadhaar, ABHA number, mobile, name, X-token) with masked output |
-//! | [`abdm`] | the ABDM V3 client: session, encryption, error taxonomy, typed operations |
-//! | [`sandbox`] | the embedded ABDM simulator (axum) used by the demo, tests and benchmarks |
+//! | [`abdm`] | the ABDM V3 client: a small `client` façade over `transport` (headers, gate, retries of one call), `certificate` (public-key cache), `trace` (`CallTrace`, `AttemptRecord`), `session`, `crypto` (public key only), `error`; operations in `benefit`, `profile`, `child`, `enrol` |
+//! | [`sandbox`] | the embedded ABDM simulator (axum) used by the demo, tests and benchmarks: its private `key`, `settings_for_sandbox`, and `routes/` (`guard`, `errors`, one file per API area, `admin`) |
 //! | [`jobs`] | the kind registry ([`jobs::kind`]) and one module per kind (columns, payload, validation, ABDM call, outcomes); shared column specs ([`jobs::columns`]), field parsers ([`jobs::fields`]), outcome mapping ([`jobs::execute`]) |
 //! | [`ingest`] | streaming CSV → validated rows and rejections |
 //! | [`store`] | Postgres: vault, batches, submits, claims, outcomes, jobs, outbox, rate budget, circuit breaker, API keys, webhooks, reconcile runs |

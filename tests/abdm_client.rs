@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use abha_bulk::abdm::benefit::{Beneficiary, LinkAction};
 use abha_bulk::abdm::child::{ChildDetails, ChildUpdate};
-use abha_bulk::abdm::client::settings_for_sandbox;
 use abha_bulk::abdm::enrol::DemoAuthRequest;
 use abha_bulk::abdm::profile::{AccountStatus, ProfilePatch};
 use abha_bulk::abdm::{AbdmClient, CallTrace, ClientError, Disposition, Operation};
 use abha_bulk::config::{AbdmSettings, Secret};
 use abha_bulk::pii::{AbhaNumber, Gender, PersonName, XToken};
-use abha_bulk::sandbox::{Faults, KeySource, Sandbox, SandboxConfig, ScriptedResponse};
+use abha_bulk::sandbox::{
+    Faults, KeySource, Sandbox, SandboxConfig, ScriptedResponse, settings_for_sandbox,
+};
 use chrono::{NaiveDate, Utc};
 
 const KEY: &str = include_str!("fixtures/test-key-2048.pem");
@@ -590,7 +591,7 @@ async fn rotated_key_is_fetched_again_and_bad_ciphertext_is_rejected() {
     let who = Beneficiary::Abha(sb.state().population().abha(0));
     let mut t = CallTrace::default();
     c.benefit_search(&mut t, B, &who).await.unwrap();
-    let other = abha_bulk::abdm::crypto::Decryptor::generate(1024).unwrap();
+    let other = abha_bulk::sandbox::Decryptor::generate(1024).unwrap();
     sb.state().rotate_key(other);
     let mut t = CallTrace::default();
     c.benefit_search(&mut t, B, &who).await.unwrap();

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use abha_bulk::abdm::client::settings_for_sandbox;
 use abha_bulk::abdm::{AbdmClient, CallGate, Operation};
 use abha_bulk::jobs::kind::JobKind;
 use abha_bulk::pii::format_date;
+use abha_bulk::sandbox::settings_for_sandbox;
 use abha_bulk::store::jobs::Claim;
 use abha_bulk::submit::{SubmitError, SubmitRequest, submit_until};
 use abha_bulk::worker::JobGate;

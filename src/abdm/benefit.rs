@@ -1,8 +1,14 @@
 //! Benefit search, lookup, link and de-link (integrator guide §11.3, §11.5).
 
+use reqwest::Method;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use crate::abdm::client::AbdmClient;
+use crate::abdm::crypto::Encryptor;
+use crate::abdm::error::ClientError;
+use crate::abdm::trace::{CallTrace, Operation};
+use crate::abdm::transport::{Body, OneOrMany, Request};
 use crate::pii::{Aadhaar, AbhaNumber, Sensitive};
 
 /// Who a benefit call is about: an ABHA number or an Aadhaar number (ABDM's "xmlUid").
@@ -127,4 +133,90 @@ pub struct LinkResult {
     /// ABDM's status text.
     #[serde(default)]
     pub status: String,
+}
+
+impl AbdmClient {
+    /// `POST /v3/profile/benefit/search`: benefit records of an ABHA or Aadhaar holder.
+    pub async fn benefit_search(
+        &self,
+        trace: &mut CallTrace,
+        benefit: &str,
+        who: &Beneficiary,
+    ) -> Result<Vec<BenefitRecord>, ClientError> {
+        let build = |e: &Encryptor| {
+            Ok(json!({
+                "scope": ["search"],
+                "loginHint": who.search_hint(),
+                "loginId": e.encrypt(who.login_id())?,
+            }))
+        };
+        let answer: OneOrMany<BenefitRecord> = self
+            .execute(
+                trace,
+                Request {
+                    op: Operation::BenefitSearch,
+                    method: Method::POST,
+                    path: "/v3/profile/benefit/search".into(),
+                    benefit: Some(benefit),
+                    x_token: None,
+                    body: Body::Encrypted(&build),
+                },
+            )
+            .await?;
+        Ok(answer.into_vec())
+    }
+
+    /// `GET /v3/profile/benefit/abha/{abhaNumber}`: programmes an ABHA is linked to.
+    pub async fn benefit_lookup(
+        &self,
+        trace: &mut CallTrace,
+        benefit: &str,
+        abha: &AbhaNumber,
+    ) -> Result<BenefitProgrammes, ClientError> {
+        self.execute(
+            trace,
+            Request {
+                op: Operation::BenefitLookup,
+                method: Method::GET,
+                path: format!("/v3/profile/benefit/abha/{}", abha.expose()),
+                benefit: Some(benefit),
+                x_token: None,
+                body: Body::Empty,
+            },
+        )
+        .await
+    }
+
+    /// `POST /v3/profile/benefit/linkAndDelink`. ABDM-1140 (already linked) and ABDM-1138
+    /// (already de-linked) come back as `Err` with [`Disposition::IdempotentSuccess`].
+    pub async fn link(
+        &self,
+        trace: &mut CallTrace,
+        benefit: &str,
+        action: LinkAction,
+        who: &Beneficiary,
+    ) -> Result<LinkResult, ClientError> {
+        let build = |e: &Encryptor| {
+            Ok(json!({
+                "scope": [action.scope()],
+                "loginHint": who.link_hint(),
+                "loginId": e.encrypt(who.login_id())?,
+            }))
+        };
+        self.execute(
+            trace,
+            Request {
+                op: match action {
+                    LinkAction::Link => Operation::Link,
+                    LinkAction::Delink => Operation::Delink,
+                },
+                method: Method::POST,
+                path: "/v3/profile/benefit/linkAndDelink".into(),
+                benefit: Some(benefit),
+                x_token: None,
+                body: Body::Encrypted(&build),
+            },
+        )
+        .await
+    }
 }

@@ -1,9 +1,16 @@
 //! Child ABHA: create with the parent's X-token, list, update (integrator guide §11.7).
 
 use chrono::{Datelike, NaiveDate};
+use reqwest::Method;
 use serde::Deserialize;
+use serde_json::json;
 
-use crate::pii::{AbhaNumber, Gender, PersonName, Sensitive};
+use crate::abdm::client::AbdmClient;
+use crate::abdm::error::ClientError;
+use crate::abdm::profile::Profile;
+use crate::abdm::trace::{CallTrace, Operation};
+use crate::abdm::transport::{Body, Request};
+use crate::pii::{AbhaNumber, Gender, PersonName, Sensitive, XToken, format_date};
 
 /// A child to enrol under a parent.
 #[derive(Debug, Clone)]
@@ -132,6 +139,88 @@ pub struct ChildUpdate {
     pub birth_date: NaiveDate,
     /// Gender.
     pub gender: Gender,
+}
+
+impl AbdmClient {
+    /// `POST /v3/enrollment/enrol/byAadhaar` with `authMethods: ["child"]` and the parent's
+    /// X-token.
+    pub async fn create_child(
+        &self,
+        trace: &mut CallTrace,
+        benefit: &str,
+        parent: &XToken,
+        child: &ChildDetails,
+    ) -> Result<ChildCreated, ClientError> {
+        let body = json!({
+            "authData": { "authMethods": ["child"], "child": child.to_json() },
+            "consent": { "code": "abha-enrollment", "version": "1.4" },
+        });
+        self.execute(
+            trace,
+            Request {
+                op: Operation::ChildCreate,
+                method: Method::POST,
+                path: "/v3/enrollment/enrol/byAadhaar".into(),
+                benefit: Some(benefit),
+                x_token: Some(parent),
+                body: Body::Plain(body),
+            },
+        )
+        .await
+    }
+
+    /// `/v3/enrollment/profile/children` (GET or POST by configuration) with the parent's
+    /// X-token.
+    pub async fn list_children(
+        &self,
+        trace: &mut CallTrace,
+        benefit: &str,
+        parent: &XToken,
+    ) -> Result<Children, ClientError> {
+        self.execute(
+            trace,
+            Request {
+                op: Operation::ChildList,
+                method: if self.children_list_post {
+                    Method::POST
+                } else {
+                    Method::GET
+                },
+                path: "/v3/enrollment/profile/children".into(),
+                benefit: Some(benefit),
+                x_token: Some(parent),
+                body: Body::Empty,
+            },
+        )
+        .await
+    }
+
+    /// `PATCH /v3/profile/account` for a child: name, date of birth, gender.
+    pub async fn update_child(
+        &self,
+        trace: &mut CallTrace,
+        benefit: &str,
+        update: &ChildUpdate,
+    ) -> Result<Profile, ClientError> {
+        let body = json!({
+            "abhaNumber": update.abha_number.expose(),
+            "name": update.name.expose(),
+            "dob": format_date(update.birth_date),
+            "gender": update.gender.as_str(),
+        });
+        self.execute(
+            trace,
+            Request {
+                op: Operation::ChildUpdate,
+                method: Method::PATCH,
+                path: "/v3/profile/account".into(),
+                benefit: Some(benefit),
+                x_token: None,
+                body: Body::Plain(body),
+            },
+        )
+        .await
+    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use pkcs8::{DecodePublicKey, EncodePublicKey};
-use rsa::{PrivateKey, PublicKey};
+use pkcs8::DecodePublicKey;
+use rsa::PublicKey;
 use sha1::Sha1;
 
 /// The cipher name ABDM V3 publishes.
@@ -28,7 +28,7 @@ pub enum CryptoError {
     /// The plaintext does not fit the key.
     #[error("encryption failed: {0}")]
     Encrypt(String),
-    /// Ciphertext that is not base64 or does not decrypt (sandbox side).
+    /// Ciphertext that is not base64 or does not decrypt (the sandbox's `Decryptor`).
     #[error("ciphertext could not be decrypted")]
     Decrypt,
 }
@@ -120,103 +120,30 @@ impl Encryptor {
     }
 }
 
-/// The private side, used by the sandbox (and tests) to decrypt what clients send.
-pub struct Decryptor {
-    key: PrivateKey,
-    public_der_b64: String,
-}
-
-impl std::fmt::Debug for Decryptor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Decryptor(..)")
-    }
-}
-
-impl Decryptor {
-    /// Generates a fresh key of `bits` bits.
-    pub fn generate(bits: usize) -> Result<Self, CryptoError> {
-        let key = PrivateKey::new(&mut rand::rng(), bits)
-            .map_err(|e| CryptoError::BadKey(e.to_string()))?;
-        Self::from_private(key)
-    }
-
-    /// From a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`).
-    pub fn from_pkcs8_pem(pem: &str) -> Result<Self, CryptoError> {
-        use pkcs8::DecodePrivateKey;
-        let key =
-            PrivateKey::from_pkcs8_pem(pem).map_err(|e| CryptoError::BadKey(e.to_string()))?;
-        Self::from_private(key)
-    }
-
-    fn from_private(key: PrivateKey) -> Result<Self, CryptoError> {
-        let der = key
-            .to_public_key()
-            .to_public_key_der()
-            .map_err(|e| CryptoError::BadKey(e.to_string()))?;
-        Ok(Self {
-            key,
-            public_der_b64: B64.encode(der.as_bytes()),
-        })
-    }
-
-    /// The public key as ABDM publishes it: base64 DER SubjectPublicKeyInfo.
-    pub fn public_key_b64(&self) -> &str {
-        &self.public_der_b64
-    }
-
-    /// Decrypts base64 ciphertext made with `padding`.
-    pub fn decrypt(&self, ciphertext_b64: &str, padding: Padding) -> Result<String, CryptoError> {
-        let ct = B64
-            .decode(ciphertext_b64.trim().as_bytes())
-            .map_err(|_| CryptoError::Decrypt)?;
-        let pt = match padding {
-            Padding::OaepSha1 => self.key.oaep_decrypt::<Sha1>(&ct),
-            Padding::Pkcs1v15 => self.key.pkcs1v15_decrypt(&ct),
-        }
-        .map_err(|_| CryptoError::Decrypt)?;
-        String::from_utf8(pt).map_err(|_| CryptoError::Decrypt)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use rsa::PrivateKey;
+
     use super::*;
 
     /// A 2048-bit key generated once with OpenSSL, used only by tests.
-    pub(crate) const TEST_KEY_PEM: &str = include_str!("../../tests/fixtures/test-key-2048.pem");
+    const TEST_KEY_PEM: &str = include_str!("../../tests/fixtures/test-key-2048.pem");
 
-    fn pair() -> (Decryptor, Encryptor) {
-        let d = Decryptor::from_pkcs8_pem(TEST_KEY_PEM).unwrap();
-        let e = Encryptor::from_certificate(d.public_key_b64(), OAEP_SHA1).unwrap();
-        (d, e)
+    /// The test key's public half, as ABDM's certificate publishes it. (Decrypting is the
+    /// sandbox's business: the round trips are tested in `sandbox::key`.)
+    fn encryptor() -> Encryptor {
+        Encryptor::from_certificate(&public_key_b64(), OAEP_SHA1).unwrap()
     }
 
-    #[test]
-    fn round_trip_oaep_and_pkcs1() {
-        let (d, e) = pair();
-        let ct = e.encrypt("91-1234-5678-9012").unwrap();
-        assert_ne!(
-            ct,
-            e.encrypt("91-1234-5678-9012").unwrap(),
-            "OAEP is randomised"
-        );
-        assert_eq!(
-            d.decrypt(&ct, Padding::OaepSha1).unwrap(),
-            "91-1234-5678-9012"
-        );
-        let p = Encryptor::from_certificate(d.public_key_b64(), PKCS1).unwrap();
-        let ct = p.encrypt("9876543210").unwrap();
-        assert_eq!(d.decrypt(&ct, Padding::Pkcs1v15).unwrap(), "9876543210");
-        assert_eq!(
-            d.decrypt("not base64!", Padding::OaepSha1),
-            Err(CryptoError::Decrypt)
-        );
+    fn public_key_b64() -> String {
+        use pkcs8::{DecodePrivateKey, EncodePublicKey};
+        let key = PrivateKey::from_pkcs8_pem(TEST_KEY_PEM).unwrap();
+        B64.encode(key.to_public_key().to_public_key_der().unwrap().as_bytes())
     }
 
     #[test]
     fn unknown_algorithm_and_bad_key_are_clear_errors() {
-        let (d, _) = pair();
-        let err = Encryptor::from_certificate(d.public_key_b64(), "RSA/ECB/NoPadding").unwrap_err();
+        let err = Encryptor::from_certificate(&public_key_b64(), "RSA/ECB/NoPadding").unwrap_err();
         assert!(err.to_string().contains("RSA/ECB/NoPadding"), "{err}");
         assert!(matches!(
             Encryptor::from_certificate("AAAA", OAEP_SHA1),
@@ -237,7 +164,7 @@ mod tests {
             return;
         };
         assert!(version.status.success());
-        let (_, e) = pair();
+        let e = encryptor();
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("key.pem");
         let ct = dir.path().join("ct.bin");
@@ -265,44 +192,5 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(String::from_utf8(out.stdout).unwrap(), "234567890124");
-    }
-
-    /// And the other way: OpenSSL encrypts with the published key, the sandbox side decrypts.
-    #[test]
-    fn we_decrypt_what_openssl_encrypts() {
-        if std::process::Command::new("openssl")
-            .arg("version")
-            .output()
-            .is_err()
-        {
-            eprintln!("SKIPPED we_decrypt_what_openssl_encrypts: openssl is not installed");
-            return;
-        }
-        let (d, _) = pair();
-        let dir = tempfile::tempdir().unwrap();
-        let pubkey = dir.path().join("pub.der");
-        let pt = dir.path().join("pt.txt");
-        std::fs::write(&pubkey, B64.decode(d.public_key_b64()).unwrap()).unwrap();
-        std::fs::write(&pt, "9876543210").unwrap();
-        let out = std::process::Command::new("openssl")
-            .args(["pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey"])
-            .arg(&pubkey)
-            .arg("-in")
-            .arg(&pt)
-            .args([
-                "-pkeyopt",
-                "rsa_padding_mode:oaep",
-                "-pkeyopt",
-                "rsa_oaep_md:sha1",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ct = B64.encode(out.stdout);
-        assert_eq!(d.decrypt(&ct, Padding::OaepSha1).unwrap(), "9876543210");
     }
 }

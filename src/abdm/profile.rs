@@ -1,7 +1,14 @@
 //! Profile patch and find-ABHA-by-mobile (integrator guide §11.4, §11.6.1).
 
+use reqwest::Method;
 use serde::Deserialize;
+use serde_json::{Value, json};
 
+use crate::abdm::client::AbdmClient;
+use crate::abdm::crypto::Encryptor;
+use crate::abdm::error::ClientError;
+use crate::abdm::trace::{CallTrace, Operation};
+use crate::abdm::transport::{Body, OneOrMany, Request};
 use crate::pii::{AbhaNumber, Mobile, Sensitive};
 
 /// `accountStatus` values a benefit programme may set.
@@ -90,4 +97,70 @@ pub struct FoundAccounts {
     /// Accounts on that mobile.
     #[serde(rename = "ABHA", default)]
     pub abha: Vec<FoundAbha>,
+}
+
+impl AbdmClient {
+    /// `PATCH /v3/profile/account`: mobile (encrypted), account status, photo.
+    pub async fn update_profile(
+        &self,
+        trace: &mut CallTrace,
+        benefit: &str,
+        patch: &ProfilePatch,
+    ) -> Result<Profile, ClientError> {
+        let build = |e: &Encryptor| {
+            let mut body = serde_json::Map::new();
+            body.insert("abhaNumber".into(), json!(patch.abha_number.expose()));
+            if let Some(m) = &patch.mobile {
+                body.insert("mobile".into(), json!(e.encrypt(m.expose())?));
+            }
+            if let Some(s) = patch.account_status {
+                body.insert("accountStatus".into(), json!(s.as_str()));
+            }
+            if let Some(p) = &patch.profile_photo {
+                body.insert("profilePhoto".into(), json!(p.expose()));
+            }
+            Ok(Value::Object(body))
+        };
+        self.execute(
+            trace,
+            Request {
+                op: Operation::ProfileUpdate,
+                method: Method::PATCH,
+                path: "/v3/profile/account".into(),
+                benefit: Some(benefit),
+                x_token: None,
+                body: Body::Encrypted(&build),
+            },
+        )
+        .await
+    }
+
+    /// `POST /v3/profile/account/abha/search`: ABHA accounts on a mobile.
+    pub async fn find_by_mobile(
+        &self,
+        trace: &mut CallTrace,
+        benefit: &str,
+        mobile: &Mobile,
+    ) -> Result<Vec<FoundAccounts>, ClientError> {
+        let build = |e: &Encryptor| {
+            Ok(json!({
+                "scope": ["search-abha"],
+                "mobile": e.encrypt(mobile.expose())?,
+            }))
+        };
+        let answer: OneOrMany<FoundAccounts> = self
+            .execute(
+                trace,
+                Request {
+                    op: Operation::AbhaFind,
+                    method: Method::POST,
+                    path: "/v3/profile/account/abha/search".into(),
+                    benefit: Some(benefit),
+                    x_token: None,
+                    body: Body::Encrypted(&build),
+                },
+            )
+            .await?;
+        Ok(answer.into_vec())
+    }
 }

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 
-use crate::abdm::client::{CallTrace, Operation, standard_headers};
 use crate::abdm::error::{AbdmError, ClientError};
+use crate::abdm::trace::{CallTrace, Operation};
+use crate::abdm::transport::standard_headers;
 use crate::config::Secret;
 
 /// The gateway's answer to `POST .../v3/sessions`.

@@ -11,6 +11,7 @@
 //! `PUT faults`, `POST script`, `POST expire-tokens`, `PUT client-secret`, `POST rotate-key`,
 //! `POST x-token`.
 
+pub mod key;
 pub mod population;
 mod routes;
 pub mod samples;
@@ -20,16 +21,36 @@ pub mod timeline;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use key::Decryptor;
 pub use population::{Person, Population};
 pub use state::{CallLog, Faults, ScriptedResponse, State};
 pub use timeline::Second;
 
-use crate::abdm::crypto::{CryptoError, Decryptor};
+use crate::abdm::crypto::CryptoError;
+use crate::config::{AbdmSettings, Secret};
 
 /// Client id the sandbox accepts by default.
 pub const DEFAULT_CLIENT_ID: &str = "abha-bulk-sandbox";
 /// Client secret the sandbox accepts by default (public: it guards nothing real).
 pub const DEFAULT_CLIENT_SECRET: &str = "sandbox-secret";
+
+/// Client settings that reach a sandbox at `base` (`http://HOST:PORT`) with its default
+/// credentials: what tests, the demo and the benchmark give [`crate::abdm::AbdmClient::new`].
+pub fn settings_for_sandbox(base: &str) -> AbdmSettings {
+    AbdmSettings {
+        base_url: format!("{base}/abha/api"),
+        session_url: format!("{base}/api/hiecm/gateway/v3/sessions"),
+        client_id: DEFAULT_CLIENT_ID.into(),
+        client_secret: Secret::new(DEFAULT_CLIENT_SECRET),
+        cm_id: "sbx".into(),
+        benefit_header: "BENEFIT-NAME".into(),
+        children_list_method: "GET".into(),
+        connect_timeout_ms: 2000,
+        request_timeout_ms: 5000,
+        token_refresh_fraction: 0.8,
+        key_refresh_min_interval_secs: 0,
+    }
+}
 
 /// Where the sandbox's RSA key comes from.
 #[derive(Debug, Clone)]

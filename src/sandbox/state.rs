@@ -10,9 +10,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
 use super::SandboxConfig;
+use super::key::Decryptor;
 use super::population::Population;
 use super::timeline::{Event, Second, Timeline};
-use crate::abdm::crypto::Decryptor;
 
 /// Faults and limits, changeable at run time with `PUT /sandbox/faults`.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use abha_bulk::abdm::AbdmClient;
-use abha_bulk::abdm::client::settings_for_sandbox;
 use abha_bulk::jobs::kind::JobKind;
 use abha_bulk::queue::Topology;
 use abha_bulk::queue::publish::Publisher;
 use abha_bulk::ratelimit::RateLimiter;
 use abha_bulk::relay::RelayConfig;
-use abha_bulk::sandbox::{Faults, KeySource, Population, Sandbox, SandboxConfig};
+use abha_bulk::sandbox::{
+    Faults, KeySource, Population, Sandbox, SandboxConfig, settings_for_sandbox,
+};
 use abha_bulk::store::batches::StateCounts;
 use abha_bulk::store::{Store, Vault};
 use abha_bulk::submit::{SubmitError, SubmitRequest, SubmitSummary, submit};
