@@ -258,13 +258,16 @@ pub struct GlobalBudget {
 }
 
 impl GlobalBudget {
-    /// The bucket named `client` (the ABDM client id), holding at most `capacity` tokens. The
+    /// The bucket named `client` (the ABDM client id), holding at most `capacity` tokens (the
+    /// burst), or a tenth of a second's worth of `rate` when that is more: replicas lease
+    /// tokens in blocks of up to that size, and a block of a handful of tokens at a high rate
+    /// would cost a Postgres round trip (under this replica's lock) every few calls. The
     /// refill rate is the shared effective rate, at most the configured one.
-    pub fn new(store: Store, client: &str, _rate: f64, capacity: f64) -> Self {
+    pub fn new(store: Store, client: &str, rate: f64, capacity: f64) -> Self {
         Self {
             store,
             client: client.to_string(),
-            capacity: capacity.max(1.0),
+            capacity: capacity.max(rate * 0.1).max(1.0),
             local: tokio::sync::Mutex::new((0.0, None)),
         }
     }
