@@ -20,7 +20,7 @@
 //! | [`ratelimit`] | governor + global Postgres token bucket + AIMD on the shared rate |
 //! | [`breaker`] | the ABDM circuit breaker shared by every replica (outages, refused secrets) |
 //! | [`submit`] | CSV file → batch of jobs with outbox rows, in constant memory |
-//! | [`relay`] | outbox → RabbitMQ, lease expiry, batch closing, gauges |
+//! | [`relay`] | outbox → RabbitMQ; [`relay::housekeeping`]: lease expiry, batch closing, gauges |
 //! | [`worker`] | consume → claim → rate limit → ABDM → record → ack; graceful shutdown |
 //! | [`report`] | status, per-row CSV report, formula escaping |
 //! | [`reconcile`] | nightly roster vs ABDM comparison and repair of the service's own state |
