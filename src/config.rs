@@ -97,6 +97,8 @@ pub struct Settings {
     pub rabbitmq: RabbitSettings,
     /// Worker throughput, retries and shutdown.
     pub worker: WorkerSettings,
+    /// The outbox relay's pace.
+    pub relay: RelaySettings,
     /// Encryption of identifiers at rest.
     pub pii: PiiSettings,
     /// Logs.
@@ -258,6 +260,23 @@ impl WorkerSettings {
             ..Default::default()
         }
     }
+}
+
+/// The outbox relay's pace (`abha-bulk relay` and the relay inside `abha-bulk worker`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySettings {
+    /// Outbox rows leased and published per round: one transaction and one wait for confirms.
+    pub batch: u32,
+    /// Pause after a round that found nothing due, milliseconds: bounds the delay a new row
+    /// sees and the queries an idle relay makes.
+    pub idle_ms: u64,
+    /// Interval of the housekeeping (lease expiry, abandoned submits, batch closing,
+    /// webhooks), milliseconds: bounds how late a lost job is re-queued after its lease ends.
+    pub housekeeping_ms: u64,
+    /// How long a round waits for RabbitMQ's confirms before it reconnects, milliseconds; its
+    /// rows are leased for this plus 5 s, so a relay that dies mid-round delays them that long.
+    pub publish_timeout_ms: u64,
 }
 
 /// Encryption of identifiers at rest.
@@ -530,6 +549,17 @@ impl Settings {
                     self.telemetry.log_format
                 ),
             ));
+        }
+        let r = &self.relay;
+        for (key, value) in [
+            ("relay.batch", u64::from(r.batch)),
+            ("relay.idle_ms", r.idle_ms),
+            ("relay.housekeeping_ms", r.housekeeping_ms),
+            ("relay.publish_timeout_ms", r.publish_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
         }
         let s = &self.sandbox;
         check_addr("sandbox.listen", &s.listen)?;

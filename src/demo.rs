@@ -173,9 +173,11 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
         store.clone(),
         amqp.clone(),
         topology.clone(),
+        // Housekeeping closes finished batches: faster than configured, so the demo's report
+        // follows its last row without a visible pause.
         crate::relay::RelayConfig {
             housekeeping: Duration::from_millis(500),
-            ..Default::default()
+            ..crate::relay::RelayConfig::from_settings(&settings.relay)
         },
         stop.clone(),
     ));

@@ -156,7 +156,7 @@ pub(super) async fn worker(settings: &Settings, args: &WorkerArgs) -> anyhow::Re
             store.clone(),
             amqp.clone(),
             topology.clone(),
-            Default::default(),
+            crate::relay::RelayConfig::from_settings(&settings.relay),
             stop.clone(),
         ))
     });
@@ -202,7 +202,7 @@ pub(super) async fn relay(settings: &Settings) -> anyhow::Result<ExitCode> {
         store,
         settings.rabbitmq_url()?.expose().to_string(),
         Topology::from_settings(&settings.rabbitmq),
-        Default::default(),
+        crate::relay::RelayConfig::from_settings(&settings.relay),
         stop,
     )
     .await;

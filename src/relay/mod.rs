@@ -15,8 +15,8 @@ pub mod housekeeping;
 
 use housekeeping::GAUGE_INTERVAL;
 
-/// Relay settings.
-#[derive(Debug, Clone)]
+/// The relay's pace, from `[relay]` (see `config/default.toml` for why each value).
+#[derive(Debug, Clone, PartialEq)]
 pub struct RelayConfig {
     /// Rows per publish round.
     pub batch: i64,
@@ -30,6 +30,20 @@ pub struct RelayConfig {
     pub publish_timeout: Duration,
 }
 
+impl RelayConfig {
+    /// From the `[relay]` settings.
+    pub fn from_settings(s: &crate::config::RelaySettings) -> Self {
+        Self {
+            batch: i64::from(s.batch),
+            idle: Duration::from_millis(s.idle_ms),
+            housekeeping: Duration::from_millis(s.housekeeping_ms),
+            publish_timeout: Duration::from_millis(s.publish_timeout_ms),
+        }
+    }
+}
+
+/// The values of `config/default.toml` (tests and benchmarks that build a relay without
+/// settings; a unit test keeps the two equal).
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
@@ -148,5 +162,27 @@ pub async fn sleep_or_stop(d: Duration, stop: &CancellationToken) {
     tokio::select! {
         _ = tokio::time::sleep(d) => {}
         _ = stop.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_what_default_toml_says() {
+        let settings = crate::config::Settings::load_with_env(
+            &crate::config::ConfigSource {
+                dir: "/nonexistent".into(),
+                env: "local".into(),
+                file: None,
+            },
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            RelayConfig::from_settings(&settings.relay),
+            RelayConfig::default()
+        );
     }
 }
