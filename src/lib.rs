@@ -9,7 +9,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`cli`] | the `abha-bulk` commands (clap) and their dispatch |
-//! | [`config`] | typed settings, layered loading (defaults → `<env>.toml` → env), validation |
+//! | [`config`] | typed settings (enums, addresses, durations), layered loading (defaults → `<env>.toml` → env) and validation, secrets (`secrecy`) |
 //! | [`pii`] | identifier types (Aadhaar, ABHA number, mobile, name, X-token) with masked output |
 //! | [`abdm`] | the ABDM V3 client: session, encryption, error taxonomy, typed operations |
 //! | [`sandbox`] | the embedded ABDM simulator (axum) used by the demo, tests and benchmarks |

@@ -20,7 +20,7 @@ use crate::abdm::enrol::{DemoAuthCreated, DemoAuthRequest};
 use crate::abdm::error::{AbdmError, CLOCK_SKEW_CODE, ClientError, Disposition};
 use crate::abdm::profile::{FoundAccounts, Profile, ProfilePatch};
 use crate::abdm::session::{SessionConfig, SessionManager};
-use crate::config::{AbdmSettings, Secret};
+use crate::config::{AbdmSettings, ChildrenListMethod, ExposeSecret, SecretString};
 use crate::pii::{AbhaNumber, Mobile, XToken, format_date};
 
 /// Every ABDM call the client makes; the value is the `endpoint` label of metrics.
@@ -272,7 +272,7 @@ impl AbdmClient {
     /// Builds a client from settings. Fails when the benefit header name is invalid or the
     /// client secret is missing.
     pub fn new(settings: &AbdmSettings) -> Result<Self, crate::config::ConfigError> {
-        if settings.client_secret.is_empty() {
+        if settings.client_secret.expose_secret().is_empty() {
             return Err(crate::config::ConfigError::Invalid {
                 key: "abdm.client_secret".into(),
                 reason: "is required: set ABHA_BULK__ABDM__CLIENT_SECRET or ABHA_BULK__ABDM__CLIENT_SECRET_FILE".into(),
@@ -309,7 +309,7 @@ impl AbdmClient {
             http,
             base_url: settings.base_url.trim_end_matches('/').to_string(),
             benefit_header,
-            children_list_post: settings.children_list_method == "POST",
+            children_list_post: settings.children_list_method == ChildrenListMethod::Post,
             key_refresh_min_interval: Duration::from_secs(settings.key_refresh_min_interval_secs),
             session,
             key: RwLock::new(None),
@@ -423,7 +423,7 @@ impl AbdmClient {
             let (request_id, mut headers) = standard_headers();
             headers.insert(
                 reqwest::header::AUTHORIZATION,
-                bearer(token.expose()).map_err(|_| ClientError::Decode {
+                bearer(token.expose_secret()).map_err(|_| ClientError::Decode {
                     status: 0,
                     reason: "session token is not a valid header value".into(),
                 })?,
@@ -838,10 +838,10 @@ pub fn settings_for_sandbox(base: &str) -> AbdmSettings {
         base_url: format!("{base}/abha/api"),
         session_url: format!("{base}/api/hiecm/gateway/v3/sessions"),
         client_id: crate::sandbox::DEFAULT_CLIENT_ID.into(),
-        client_secret: Secret::new(crate::sandbox::DEFAULT_CLIENT_SECRET),
+        client_secret: SecretString::from(crate::sandbox::DEFAULT_CLIENT_SECRET),
         cm_id: "sbx".into(),
         benefit_header: "BENEFIT-NAME".into(),
-        children_list_method: "GET".into(),
+        children_list_method: ChildrenListMethod::Get,
         connect_timeout_ms: 2000,
         request_timeout_ms: 5000,
         token_refresh_fraction: 0.8,

@@ -35,9 +35,9 @@ impl RelayConfig {
     pub fn from_settings(s: &crate::config::RelaySettings) -> Self {
         Self {
             batch: i64::from(s.batch),
-            idle: Duration::from_millis(s.idle_ms),
-            housekeeping: Duration::from_millis(s.housekeeping_ms),
-            publish_timeout: Duration::from_millis(s.publish_timeout_ms),
+            idle: s.idle,
+            housekeeping: s.housekeeping,
+            publish_timeout: s.publish_timeout,
         }
     }
 }

@@ -85,16 +85,8 @@ impl Default for SandboxConfig {
 impl SandboxConfig {
     /// From the `[sandbox]` settings (and the benefit header name of `[abdm]`).
     pub fn from_settings(s: &crate::config::Settings) -> Result<Self, crate::config::ConfigError> {
-        let listen = s
-            .sandbox
-            .listen
-            .parse()
-            .map_err(|_| crate::config::ConfigError::Invalid {
-                key: "sandbox.listen".into(),
-                reason: "expected HOST:PORT".into(),
-            })?;
         Ok(Self {
-            listen,
+            listen: s.sandbox.listen,
             key: KeySource::Generate(s.sandbox.key_bits),
             population: s.sandbox.population,
             seed: s.sandbox.seed,
