@@ -95,9 +95,9 @@ pub async fn e2e(
     topology.declare(&conn.create_channel().await?).await?;
     let file = std::env::temp_dir().join(format!("abha-bench-{id}.csv"));
     gen_file(rows, &file)?;
-    let client = Arc::new(AbdmClient::new(
-        &abha_bulk::sandbox::settings_for_sandbox(&sandbox.url()),
-    )?);
+    let client = Arc::new(AbdmClient::new(&abha_bulk::sandbox::settings_for_sandbox(
+        &sandbox.url(),
+    ))?);
     let limited = rate.unwrap_or(1_000_000.0);
     let burst = rate.map_or(1000, |r| (r / 10.0).ceil().max(1.0) as u32);
     let limiter = RateLimiter::new(limited, burst, None);

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::abdm::AbdmClient;
-use crate::config::{ConfigSource, Settings};
+use crate::config::{ConfigSource, ExposeSecret, Settings};
 use crate::jobs::kind::JobKind;
 use crate::sandbox::{KeySource, Sandbox, SandboxConfig};
 use crate::store::Store;
@@ -224,7 +224,7 @@ pub struct DemoArgs {
 pub struct SandboxArgs {
     /// Listen address.
     #[arg(long)]
-    pub listen: Option<String>,
+    pub listen: Option<std::net::SocketAddr>,
     /// RSA key size (ABDM uses 4096; smaller starts faster).
     #[arg(long)]
     pub key_bits: Option<usize>,
@@ -362,6 +362,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config => {
             crate::store::Vault::from_secrets(&settings.pii.key, &settings.pii.previous_keys)?;
             out!("{settings:#?}");
+            for (key, set) in settings.secrets_set() {
+                out!("# {key}: {}", if set { "set" } else { "not set" });
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Sandbox(args) => {
@@ -388,7 +391,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tour(args) if args.embedded => {
-            settings.sandbox.listen = "127.0.0.1:0".into();
+            settings.sandbox.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
             settings.sandbox.key_bits = 2048;
             let sandbox = Sandbox::start(SandboxConfig::from_settings(&settings)?).await?;
             let mut abdm = crate::sandbox::settings_for_sandbox(&sandbox.url());
@@ -430,7 +433,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             let url = settings.database_url()?;
-            Store::migrate(url.expose()).await?;
+            Store::migrate(url.expose_secret()).await?;
             out!("database migrated");
             Ok(ExitCode::SUCCESS)
         }

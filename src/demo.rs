@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::abdm::AbdmClient;
-use crate::config::Settings;
+use crate::config::{ExposeSecret, Settings};
 use crate::jobs::kind::JobKind;
 use crate::queue::Topology;
 use crate::ratelimit::RateLimiter;
@@ -60,7 +60,7 @@ impl Default for DemoOptions {
 /// The demo database URL: the configured one with `_demo` appended to the database name.
 fn demo_database_url(settings: &Settings) -> anyhow::Result<String> {
     let url = settings.database_url()?;
-    let mut u = reqwest::Url::parse(url.expose()).context("database.url")?;
+    let mut u = reqwest::Url::parse(url.expose_secret()).context("database.url")?;
     let name = u.path().trim_start_matches('/').to_string();
     let name = if name.is_empty() {
         "abha_bulk".to_string()
@@ -150,7 +150,7 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
         }
     };
     let store = Store::connect_url(&db_url, 12, Duration::from_secs(30), Arc::new(vault)).await?;
-    let amqp = settings.rabbitmq_url()?.expose().to_string();
+    let amqp = settings.rabbitmq_url()?.expose_secret().to_string();
     let topology = Topology::named("abha-demo.jobs", "abha-demo", 20);
     reset_topology(&amqp, &topology, true).await?;
     let mut abdm = crate::sandbox::settings_for_sandbox(&sandbox.url());
@@ -173,9 +173,11 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
         store.clone(),
         amqp.clone(),
         topology.clone(),
+        // Housekeeping closes finished batches: faster than configured, so the demo's report
+        // follows its last row without a visible pause.
         crate::relay::RelayConfig {
             housekeeping: Duration::from_millis(500),
-            ..Default::default()
+            ..crate::relay::RelayConfig::from_settings(&settings.relay)
         },
         stop.clone(),
     ));

@@ -130,7 +130,7 @@ fn ok(b: bool) -> &'static str {
 
 /// Serves until `stop`. Returns the bound address.
 pub async fn serve(
-    listen: &str,
+    listen: impl tokio::net::ToSocketAddrs,
     readiness: Readiness,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {

@@ -9,7 +9,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`cli`] | the `abha-bulk` commands (clap) and their dispatch |
-//! | [`config`] | typed settings, layered loading (defaults → `<env>.toml` → env), validation |
+//! | [`config`] | typed settings (enums, addresses, durations), layered loading (defaults → `<env>.toml` → env) and validation, secrets (`secrecy`) |
 //! | [`pii`] | identifier types (Aadhaar, ABHA number, mobile, name, X-token) with masked output |
 //! | [`abdm`] | the ABDM V3 client: a small `client` façade over `transport` (headers, gate, retries of one call), `certificate` (public-key cache), `trace` (`CallTrace`, `AttemptRecord`), `session`, `crypto` (public key only), `error`; operations in `benefit`, `profile`, `child`, `enrol` |
 //! | [`sandbox`] | the embedded ABDM simulator (axum) used by the demo, tests and benchmarks: its private `key`, `settings_for_sandbox`, and `routes/` (`guard`, `errors`, one file per API area, `admin`) |
@@ -20,7 +20,7 @@
 //! | [`ratelimit`] | governor + global Postgres token bucket + AIMD on the shared rate |
 //! | [`breaker`] | the ABDM circuit breaker shared by every replica (outages, refused secrets) |
 //! | [`submit`] | CSV file → batch of jobs with outbox rows, in constant memory |
-//! | [`relay`] | outbox → RabbitMQ, lease expiry, batch closing, gauges |
+//! | [`relay`] | outbox → RabbitMQ; [`relay::housekeeping`]: lease expiry, batch closing, gauges |
 //! | [`worker`] | consume → claim → rate limit → ABDM → record → ack; graceful shutdown |
 //! | [`report`] | status, per-row CSV report, formula escaping |
 //! | [`reconcile`] | nightly roster vs ABDM comparison and repair of the service's own state |

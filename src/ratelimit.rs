@@ -8,11 +8,12 @@
 //!   throttled answer, so a steady storm still converges), empties the bucket and starts a
 //!   shared `Retry-After` pause; the rate climbs back by `increase_fraction` of the configured
 //!   rate every `increase_every` once no throttling came for `quiet`, but for
-//!   `ceiling_memory` after a throttling answer not above 90 % of the rate that was throttled
-//!   (ABDM's limit lies below it), so it does not keep probing past the limit. A throttling
-//!   answer after a recovery step goes back to the rate that held before the step instead of
-//!   halving: ABDM's limit lies between the two, so an over-configured rate settles just
-//!   below the limit rather than sawing between the limit and half of it.
+//!   `ceiling_memory` after a throttling answer not above `ceiling_margin` (90 %) of the rate
+//!   that was throttled (ABDM's limit lies below it), so it does not keep probing past the
+//!   limit. A throttling answer after a recovery step goes back to the rate that held before
+//!   the step instead of halving: ABDM's limit lies between the two, so an over-configured
+//!   rate settles just below the limit rather than sawing between the limit and half of it.
+//!   Every one of these is a `[worker]` `aimd_*` setting.
 //! - Without it (one worker only), the same AIMD runs on a local copy.
 
 use std::num::NonZeroU32;
@@ -207,7 +208,7 @@ impl RateLimiter {
             .is_none_or(|t| t.elapsed() >= self.aimd.quiet);
         let cap = match (s.ceiling, s.last_throttle) {
             (Some(c), Some(t)) if t.elapsed() < self.aimd.ceiling_memory => {
-                c * crate::store::budget::CEILING_MARGIN
+                c * self.aimd.ceiling_margin
             }
             _ => self.configured,
         };

@@ -155,9 +155,10 @@ struct Line {
     detail: String,
 }
 
-/// Repairs abha-bulk's own state: expired leases; outbox rows due but never published (the
-/// relay was down) are published, and jobs whose message was lost get a new outbox row (only
-/// for kinds whose queue is empty); batch counters. Returns (leases, outbox repairs, batches).
+/// Repairs abha-bulk's own state: expired leases; jobs whose message was lost get a new outbox
+/// row (only for kinds whose queue is empty); outbox rows due but never published (the relay
+/// was down, or just repaired) are published; batch counters. Returns (leases, outbox rows
+/// published, batches).
 pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) -> (u64, u64, u64) {
     let leases = store.requeue_expired_leases().await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "lease repair failed");
@@ -167,6 +168,21 @@ pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) 
     if let Some(url) = amqp_url
         && let Ok(conn) = crate::queue::connect(url).await
     {
+        // First, before this run publishes anything: a queued job with no outbox row whose
+        // queue is empty has lost its message. (A message waiting in a non-empty queue may be
+        // its own, however old: a large backlog drains slowly. With the shared work queue,
+        // "empty" means no job of any kind waits.) The new outbox rows go out below.
+        if let Ok(ch) = conn.create_channel().await {
+            if let Ok(depths) = topology.depths(&ch).await {
+                for kind in JobKind::ALL {
+                    let queue = topology.queue(kind);
+                    if depths.iter().any(|(q, n)| *q == queue && *n == 0) {
+                        let _ = store.repair_lost_messages(kind, 600).await;
+                    }
+                }
+            }
+            let _ = ch.close(200, "reconcile repair".into()).await;
+        }
         if let Ok(publisher) = crate::queue::publish::Publisher::open(&conn, topology.clone()).await
         {
             // Everything due now, in rounds; bounded so a huge backlog is left to the relay.
@@ -191,18 +207,6 @@ pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) 
                 }
             }
             publisher.close().await;
-        }
-        if let Ok(ch) = conn.create_channel().await {
-            if let Ok(depths) = topology.depths(&ch).await {
-                for kind in JobKind::ALL {
-                    let queue = topology.queue(kind);
-                    let empty = depths.iter().any(|(q, n)| *q == queue && *n == 0);
-                    if empty {
-                        lost += store.repair_lost_messages(kind, 600).await.unwrap_or(0);
-                    }
-                }
-            }
-            let _ = ch.close(200, "reconcile repair".into()).await;
         }
         let _ = conn.close(200, "reconcile repair".into()).await;
     }

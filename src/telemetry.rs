@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::TelemetrySettings;
+use crate::config::{LogFormat, TelemetrySettings};
 
 /// HTTP client crates log request URLs at debug level, and an ABDM lookup URL carries an ABHA
 /// number: these targets are capped at `info` whatever `RUST_LOG` says.
@@ -34,10 +34,10 @@ pub fn filter(settings: &TelemetrySettings) -> EnvFilter {
 /// Installs the global subscriber: human-readable on a terminal (or `human`), JSON lines
 /// otherwise (or `json`). Logs go to stderr so that command output on stdout stays clean.
 pub fn init(settings: &TelemetrySettings) {
-    let json = match settings.log_format.as_str() {
-        "json" => true,
-        "human" => false,
-        _ => !std::io::stderr().is_terminal(),
+    let json = match settings.log_format {
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let ansi = !json && std::io::stderr().is_terminal();
     init_with_writer(settings, json, ansi, std::io::stderr);

@@ -10,7 +10,7 @@ use abha_bulk::abdm::child::{ChildDetails, ChildUpdate};
 use abha_bulk::abdm::enrol::DemoAuthRequest;
 use abha_bulk::abdm::profile::{AccountStatus, ProfilePatch};
 use abha_bulk::abdm::{AbdmClient, CallTrace, ClientError, Disposition, Operation};
-use abha_bulk::config::{AbdmSettings, Secret};
+use abha_bulk::config::{AbdmSettings, SecretString};
 use abha_bulk::pii::{AbhaNumber, Gender, PersonName, XToken};
 use abha_bulk::sandbox::{
     Faults, KeySource, Sandbox, SandboxConfig, ScriptedResponse, settings_for_sandbox,
@@ -347,7 +347,7 @@ async fn a_401_twice_is_an_auth_error_not_a_loop() {
 #[tokio::test]
 async fn wrong_client_secret_is_a_session_error() {
     let sb = start(Faults::default()).await;
-    let c = client_with(&sb, |s| s.client_secret = Secret::new("wrong"));
+    let c = client_with(&sb, |s| s.client_secret = SecretString::from("wrong"));
     let mut t = CallTrace::default();
     let e = abha_err(
         c.benefit_search(
@@ -628,7 +628,7 @@ async fn benefit_header_name_and_children_method_are_configurable() {
     assert!(e.to_string().contains("BENEFIT_NAME"), "{e}");
     let right = client_with(&sb, |s| {
         s.benefit_header = "BENEFIT_NAME".into();
-        s.children_list_method = "POST".into();
+        s.children_list_method = abha_bulk::config::ChildrenListMethod::Post;
     });
     right.benefit_search(&mut t, B, &who).await.unwrap();
     let parent = XToken::parse(&pop.x_token(&pop.abha(1), Utc::now().timestamp() + 60)).unwrap();

@@ -35,7 +35,7 @@ fn client_with(env: &TestEnv, secret: Option<&str>, base: Option<&str>) -> Arc<A
     settings.request_timeout_ms = REQUEST_TIMEOUT_MS;
     settings.connect_timeout_ms = REQUEST_TIMEOUT_MS;
     if let Some(secret) = secret {
-        settings.client_secret = abha_bulk::config::Secret::new(secret);
+        settings.client_secret = abha_bulk::config::SecretString::from(secret);
     }
     Arc::new(AbdmClient::new(&settings).expect("client"))
 }

@@ -36,7 +36,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 async fn one_error_per_broker_state_change_and_no_noise() {
     let logs = Captured::default();
     let telemetry = abha_bulk::config::TelemetrySettings {
-        log_format: "human".into(),
+        log_format: abha_bulk::config::LogFormat::Human,
         log_filter: "info".into(),
     };
     abha_bulk::telemetry::init_with_writer(&telemetry, false, false, logs.clone());

@@ -29,8 +29,8 @@ async fn endpoints_answer_and_promtool_accepts_the_metrics() {
         .finish_reconcile(run, &drift, "r.csv", None, None, (0, 0, 0))
         .await
         .unwrap();
-    abha_bulk::relay::housekeeping(&env.store).await;
-    abha_bulk::relay::batch_gauges(&env.store).await;
+    abha_bulk::relay::housekeeping::round(&env.store).await;
+    abha_bulk::relay::housekeeping::batch_gauges(&env.store).await;
     abha_bulk::telemetry::metrics::QUEUE_MESSAGES
         .with_label_values(&[env.topology.dead_letter_queue.as_str()])
         .set(0.0);

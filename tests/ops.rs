@@ -241,7 +241,7 @@ async fn readyz_reuses_its_last_check_and_opens_no_connection_per_probe() {
     let env = TestEnv::new().await;
     // A client whose session request always fails: every uncached probe would ask again.
     let mut abdm = abha_bulk::sandbox::settings_for_sandbox(&env.sandbox.url());
-    abdm.client_secret = abha_bulk::config::Secret::new("wrong");
+    abdm.client_secret = abha_bulk::config::SecretString::from("wrong");
     let client = Arc::new(abha_bulk::abdm::AbdmClient::new(&abdm).unwrap());
     let stop = tokio_util::sync::CancellationToken::new();
     let addr = abha_bulk::http::serve(

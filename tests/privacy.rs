@@ -47,7 +47,7 @@ fn assert_absent(what: &str, haystack: &str, secrets: &[String]) {
 async fn no_identifier_in_logs_metrics_database_or_queue() {
     let logs = Captured::default();
     let telemetry = abha_bulk::config::TelemetrySettings {
-        log_format: "json".into(),
+        log_format: abha_bulk::config::LogFormat::Json,
         log_filter: "debug".into(),
     };
     abha_bulk::telemetry::init_with_writer(&telemetry, true, false, logs.clone());

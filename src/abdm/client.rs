@@ -14,7 +14,7 @@ use crate::abdm::certificate::KeyCache;
 use crate::abdm::error::ClientError;
 use crate::abdm::session::{SessionConfig, SessionManager};
 use crate::abdm::trace::CallTrace;
-use crate::config::AbdmSettings;
+use crate::config::{AbdmSettings, ExposeSecret};
 
 /// The ABDM V3 client. Cheap to share (`Arc`); every method is safe to call concurrently.
 pub struct AbdmClient {
@@ -39,7 +39,7 @@ impl AbdmClient {
     /// Builds a client from settings. Fails when the benefit header name is invalid or the
     /// client secret is missing.
     pub fn new(settings: &AbdmSettings) -> Result<Self, crate::config::ConfigError> {
-        if settings.client_secret.is_empty() {
+        if settings.client_secret.expose_secret().is_empty() {
             return Err(crate::config::ConfigError::Invalid {
                 key: "abdm.client_secret".into(),
                 reason: "is required: set ABHA_BULK__ABDM__CLIENT_SECRET or ABHA_BULK__ABDM__CLIENT_SECRET_FILE".into(),
@@ -76,7 +76,8 @@ impl AbdmClient {
             http,
             base_url: settings.base_url.trim_end_matches('/').to_string(),
             benefit_header,
-            children_list_post: settings.children_list_method == "POST",
+            children_list_post: settings.children_list_method
+                == crate::config::ChildrenListMethod::Post,
             session,
             keys: KeyCache::new(Duration::from_secs(settings.key_refresh_min_interval_secs)),
         })

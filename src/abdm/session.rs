@@ -9,7 +9,7 @@ use tokio::sync::{Mutex, RwLock};
 use crate::abdm::error::{AbdmError, ClientError};
 use crate::abdm::trace::{CallTrace, Operation};
 use crate::abdm::transport::standard_headers;
-use crate::config::Secret;
+use crate::config::{ExposeSecret, SecretString};
 
 /// The gateway's answer to `POST .../v3/sessions`.
 #[derive(Deserialize)]
@@ -21,7 +21,7 @@ struct SessionAnswer {
 
 /// A cached access token.
 struct Cached {
-    token: Arc<Secret>,
+    token: Arc<SecretString>,
     refresh_at: Instant,
 }
 
@@ -33,7 +33,7 @@ pub struct SessionConfig {
     /// Client id.
     pub client_id: String,
     /// Client secret.
-    pub client_secret: Secret,
+    pub client_secret: SecretString,
     /// `X-CM-ID` header.
     pub cm_id: String,
     /// Fraction of `expiresIn` after which the token is refreshed.
@@ -94,7 +94,7 @@ impl SessionManager {
     }
 
     /// A valid access token, fetching one when none is cached or the cached one is due.
-    pub async fn token(&self, trace: &mut CallTrace) -> Result<Arc<Secret>, ClientError> {
+    pub async fn token(&self, trace: &mut CallTrace) -> Result<Arc<SecretString>, ClientError> {
         if let Some(c) = self.cached.read().await.as_ref()
             && Instant::now() < c.refresh_at
         {
@@ -106,9 +106,9 @@ impl SessionManager {
     /// Replaces `stale` (a token ABDM just rejected) unless another task already did.
     pub async fn invalidate(
         &self,
-        stale: &Arc<Secret>,
+        stale: &Arc<SecretString>,
         trace: &mut CallTrace,
-    ) -> Result<Arc<Secret>, ClientError> {
+    ) -> Result<Arc<SecretString>, ClientError> {
         // Forget the rejected token at once: the calls that start while the refresh runs
         // (or after it failed) must not spend a request on a token ABDM already refused.
         {
@@ -124,7 +124,10 @@ impl SessionManager {
     }
 
     /// Fetches a new token now whatever is cached (the circuit breaker's probe).
-    pub async fn force_refresh(&self, trace: &mut CallTrace) -> Result<Arc<Secret>, ClientError> {
+    pub async fn force_refresh(
+        &self,
+        trace: &mut CallTrace,
+    ) -> Result<Arc<SecretString>, ClientError> {
         let _single_flight = self.refresh.lock().await;
         let token = self.fetch(trace).await.map_err(|e| match e {
             ClientError::NotSent(_) => e,
@@ -145,9 +148,9 @@ impl SessionManager {
 
     async fn refresh(
         &self,
-        stale: Option<&Arc<Secret>>,
+        stale: Option<&Arc<SecretString>>,
         trace: &mut CallTrace,
-    ) -> Result<Arc<Secret>, ClientError> {
+    ) -> Result<Arc<SecretString>, ClientError> {
         let _single_flight = self.refresh.lock().await;
         if let Some(c) = self.cached.read().await.as_ref() {
             let rejected = stale.is_some_and(|s| Arc::ptr_eq(s, &c.token));
@@ -175,13 +178,13 @@ impl SessionManager {
         Ok(token)
     }
 
-    async fn fetch(&self, trace: &mut CallTrace) -> Result<Arc<Secret>, ClientError> {
+    async fn fetch(&self, trace: &mut CallTrace) -> Result<Arc<SecretString>, ClientError> {
         trace.pass(Operation::Session).await?;
         let started = Instant::now();
         let (request_id, headers) = standard_headers();
         let body = serde_json::json!({
             "clientId": self.cfg.client_id,
-            "clientSecret": self.cfg.client_secret.expose(),
+            "clientSecret": self.cfg.client_secret.expose_secret(),
             "grantType": "client_credentials",
         });
         let sent = self
@@ -226,7 +229,7 @@ impl SessionManager {
             started,
         );
         let lifetime = Duration::from_secs(answer.expires_in.max(1));
-        let token = Arc::new(Secret::new(answer.access_token));
+        let token = Arc::new(SecretString::from(answer.access_token));
         *self.cached.write().await = Some(Cached {
             token: token.clone(),
             refresh_at: started + lifetime.mul_f64(self.cfg.refresh_fraction),

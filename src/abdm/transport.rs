@@ -17,6 +17,7 @@ use crate::abdm::client::AbdmClient;
 use crate::abdm::crypto::{CryptoError, Encryptor};
 use crate::abdm::error::{AbdmError, CLOCK_SKEW_CODE, ClientError, Disposition};
 use crate::abdm::trace::{CallTrace, Operation};
+use crate::config::ExposeSecret;
 use crate::pii::XToken;
 
 /// A fresh `REQUEST-ID` and the `TIMESTAMP` (UTC, milliseconds, `Z`).
@@ -85,7 +86,7 @@ impl AbdmClient {
             let (request_id, mut headers) = standard_headers();
             headers.insert(
                 reqwest::header::AUTHORIZATION,
-                bearer(token.expose()).map_err(|_| ClientError::Decode {
+                bearer(token.expose_secret()).map_err(|_| ClientError::Decode {
                     status: 0,
                     reason: "session token is not a valid header value".into(),
                 })?,

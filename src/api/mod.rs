@@ -23,29 +23,32 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
 
 /// `[api]` settings.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
     /// Listen address (loopback by default: put it behind the operator's ingress).
-    pub listen: String,
+    #[serde(deserialize_with = "crate::config::addr::deserialize")]
+    pub listen: std::net::SocketAddr,
     /// Largest upload, in MiB (larger bodies get 413).
     pub max_upload_mib: u64,
-    /// Seconds a client may leave the upload body idle before the upload is dropped (408).
-    pub read_timeout_secs: u64,
+    /// How long a client may leave the upload body idle before the upload is dropped (408),
+    /// so slow clients cannot hold uploads (and their spool files) open.
+    #[serde(rename = "read_timeout_secs", with = "crate::config::secs")]
+    pub read_timeout: std::time::Duration,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:8090".into(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8090)),
             max_upload_mib: 512,
-            read_timeout_secs: 30,
+            read_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

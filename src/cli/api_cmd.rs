@@ -136,16 +136,15 @@ pub(super) async fn api_key(settings: &Settings, cmd: &ApiKeyCommand) -> anyhow:
 
 pub(super) async fn serve(settings: &Settings) -> anyhow::Result<ExitCode> {
     let store = Store::connect(settings).await?;
-    let listen = settings
-        .api
-        .listen
-        .parse()
-        .with_context(|| format!("api.listen {:?}: expected HOST:PORT", settings.api.listen))?;
+    let listen = settings.api.listen;
     let state = crate::api::ApiState {
         store,
         served: settings.benefits.served.clone(),
         max_upload: settings.api.max_upload_mib.saturating_mul(1 << 20),
-        read_timeout: std::time::Duration::from_secs(settings.api.read_timeout_secs.max(1)),
+        read_timeout: settings
+            .api
+            .read_timeout
+            .max(std::time::Duration::from_secs(1)),
         spool: std::env::temp_dir(),
     };
     let stop = tokio_util::sync::CancellationToken::new();

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ReconcileArgs, ReportArgs, SubmitArgs, WorkerArgs, spawn_signal_handler};
 use crate::abdm::AbdmClient;
-use crate::config::Settings;
+use crate::config::{ExposeSecret, Settings};
 use crate::jobs::benefit::BenefitName;
 use crate::jobs::kind::JobKind;
 use crate::queue::Topology;
@@ -117,7 +117,7 @@ pub(super) async fn worker(settings: &Settings, args: &WorkerArgs) -> anyhow::Re
     }
     let store = Store::connect(settings).await?;
     let client = Arc::new(AbdmClient::new(&settings.abdm)?);
-    let amqp = settings.rabbitmq_url()?.expose().to_string();
+    let amqp = settings.rabbitmq_url()?.expose_secret().to_string();
     let topology = Topology::from_settings(&settings.rabbitmq);
     let w = &settings.worker;
     let global = w.global_rate_limit.then(|| {
@@ -163,7 +163,7 @@ pub(super) async fn worker(settings: &Settings, args: &WorkerArgs) -> anyhow::Re
             store.clone(),
             amqp.clone(),
             topology.clone(),
-            Default::default(),
+            crate::relay::RelayConfig::from_settings(&settings.relay),
             stop.clone(),
         ))
     });
@@ -207,9 +207,9 @@ pub(super) async fn relay(settings: &Settings) -> anyhow::Result<ExitCode> {
     spawn_signal_handler(stop.clone());
     crate::relay::run(
         store,
-        settings.rabbitmq_url()?.expose().to_string(),
+        settings.rabbitmq_url()?.expose_secret().to_string(),
         Topology::from_settings(&settings.rabbitmq),
-        Default::default(),
+        crate::relay::RelayConfig::from_settings(&settings.relay),
         stop,
     )
     .await;
@@ -323,7 +323,7 @@ pub(super) async fn reconcile(
             chrono::Utc::now().format("%Y%m%d-%H%M%S")
         ))
     });
-    let amqp = settings.rabbitmq_url()?.expose().to_string();
+    let amqp = settings.rabbitmq_url()?.expose_secret().to_string();
     let summary = crate::reconcile::run(
         &store,
         client,

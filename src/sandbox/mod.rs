@@ -27,7 +27,7 @@ pub use state::{CallLog, Faults, ScriptedResponse, State};
 pub use timeline::Second;
 
 use crate::abdm::crypto::CryptoError;
-use crate::config::{AbdmSettings, Secret};
+use crate::config::{AbdmSettings, ChildrenListMethod, SecretString};
 
 /// Client id the sandbox accepts by default.
 pub const DEFAULT_CLIENT_ID: &str = "abha-bulk-sandbox";
@@ -41,10 +41,10 @@ pub fn settings_for_sandbox(base: &str) -> AbdmSettings {
         base_url: format!("{base}/abha/api"),
         session_url: format!("{base}/api/hiecm/gateway/v3/sessions"),
         client_id: DEFAULT_CLIENT_ID.into(),
-        client_secret: Secret::new(DEFAULT_CLIENT_SECRET),
+        client_secret: SecretString::from(DEFAULT_CLIENT_SECRET),
         cm_id: "sbx".into(),
         benefit_header: "BENEFIT-NAME".into(),
-        children_list_method: "GET".into(),
+        children_list_method: ChildrenListMethod::Get,
         connect_timeout_ms: 2000,
         request_timeout_ms: 5000,
         token_refresh_fraction: 0.8,
@@ -106,16 +106,8 @@ impl Default for SandboxConfig {
 impl SandboxConfig {
     /// From the `[sandbox]` settings (and the benefit header name of `[abdm]`).
     pub fn from_settings(s: &crate::config::Settings) -> Result<Self, crate::config::ConfigError> {
-        let listen = s
-            .sandbox
-            .listen
-            .parse()
-            .map_err(|_| crate::config::ConfigError::Invalid {
-                key: "sandbox.listen".into(),
-                reason: "expected HOST:PORT".into(),
-            })?;
         Ok(Self {
-            listen,
+            listen: s.sandbox.listen,
             key: KeySource::Generate(s.sandbox.key_bits),
             population: s.sandbox.population,
             seed: s.sandbox.seed,

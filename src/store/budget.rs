@@ -19,7 +19,8 @@ pub struct Take {
     pub wait: Duration,
 }
 
-/// How the shared rate reacts (the `[worker]` `aimd_*` settings).
+/// How the shared rate reacts (the `[worker]` `aimd_*` settings; `config/default.toml` says
+/// why each value). `Default` is the same tuning, for limiters built without settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Aimd {
     /// The rate is multiplied by this on a throttling answer (at most once a second).
@@ -32,13 +33,12 @@ pub struct Aimd {
     pub increase_every: Duration,
     /// ... and only when no throttling answer came for this long.
     pub quiet: Duration,
-    /// For this long after a throttling answer, recovery stops at [`CEILING_MARGIN`] of the
+    /// How close to the last throttled rate recovery may climb while it is remembered.
+    pub ceiling_margin: f64,
+    /// For this long after a throttling answer, recovery stops at `ceiling_margin` of the
     /// rate that was throttled (ABDM's limit lies below it); afterwards it probes again.
     pub ceiling_memory: Duration,
 }
-
-/// How close to the last throttled rate recovery may climb while it is remembered.
-pub const CEILING_MARGIN: f64 = 0.9;
 
 impl Default for Aimd {
     fn default() -> Self {
@@ -48,6 +48,7 @@ impl Default for Aimd {
             increase_fraction: 0.05,
             increase_every: Duration::from_secs(2),
             quiet: Duration::from_secs(4),
+            ceiling_margin: 0.9,
             ceiling_memory: Duration::from_secs(20),
         }
     }
@@ -171,7 +172,7 @@ impl Store {
 
     /// Additive recovery of the shared rate: one step when no throttling answer came for
     /// `quiet` and the last change is `increase_every` old (the rate it leaves held: it is
-    /// remembered as `good_rate`), never above [`CEILING_MARGIN`] of
+    /// remembered as `good_rate`), never above `ceiling_margin` of
     /// the last throttled rate while that is remembered (a step the ceiling holds back is no
     /// step). Any replica may call it; the
     /// conditions make one step per interval in all. Returns the rate when it rose.
@@ -204,7 +205,7 @@ impl Store {
         .bind(aimd.quiet.as_secs_f64())
         .bind(aimd.increase_every.as_secs_f64())
         .bind(aimd.ceiling_memory.as_secs_f64())
-        .bind(CEILING_MARGIN)
+        .bind(aimd.ceiling_margin)
         .fetch_optional(&self.pool)
         .await
         .ctx("raising the shared rate")?;

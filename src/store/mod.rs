@@ -25,7 +25,7 @@ use std::time::Duration;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use crate::config::Settings;
+use crate::config::{ExposeSecret, Settings};
 pub use vault::{Vault, VaultError};
 
 /// Postgres errors, with what was being done.
@@ -137,9 +137,9 @@ impl Store {
         )?);
         let url = settings.database_url()?;
         Self::connect_url(
-            url.expose(),
+            url.expose_secret(),
             settings.database.max_connections,
-            Duration::from_secs(settings.database.acquire_timeout_secs),
+            settings.database.acquire_timeout,
             vault,
         )
         .await

@@ -13,7 +13,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::Secret;
+use crate::config::{ExposeSecret, SecretString};
 
 /// First byte of a versioned ciphertext.
 const MAGIC: u8 = 0xAB;
@@ -122,19 +122,20 @@ impl KeySlot {
 
 impl Vault {
     /// From the `pii.key` secret.
-    pub fn from_secret(key: &Secret) -> Result<Self, VaultError> {
-        Self::from_secrets(key, &Secret::default())
+    pub fn from_secret(key: &SecretString) -> Result<Self, VaultError> {
+        Self::from_secrets(key, &SecretString::default())
     }
 
     /// From `pii.key` and `pii.previous_keys` (base64 keys separated by commas, spaces or
     /// newlines).
-    pub fn from_secrets(key: &Secret, previous: &Secret) -> Result<Self, VaultError> {
+    pub fn from_secrets(key: &SecretString, previous: &SecretString) -> Result<Self, VaultError> {
+        let key = key.expose_secret();
         if key.is_empty() {
             return Err(VaultError::MissingKey);
         }
-        let mut vault = Self::from_bytes(&parse_key(key.expose(), "pii.key")?);
+        let mut vault = Self::from_bytes(&parse_key(key, "pii.key")?);
         for text in previous
-            .expose()
+            .expose_secret()
             .split(|c: char| c == ',' || c.is_whitespace())
             .filter(|t| !t.is_empty())
         {
@@ -341,24 +342,31 @@ mod tests {
 
     #[test]
     fn key_errors_name_the_setting() {
-        let e = Vault::from_secret(&Secret::default())
+        let e = Vault::from_secret(&SecretString::default())
             .unwrap_err()
             .to_string();
         assert!(e.contains("pii.key"), "{e}");
-        let e = Vault::from_secret(&Secret::new("c2hvcnQ="))
+        let e = Vault::from_secret(&SecretString::from("c2hvcnQ="))
             .unwrap_err()
             .to_string();
         assert!(e.contains("32 bytes"), "{e}");
         let good = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
-        let e = Vault::from_secrets(&Secret::new(&good), &Secret::new("nope"))
-            .unwrap_err()
-            .to_string();
+        let e = Vault::from_secrets(
+            &SecretString::from(good.as_str()),
+            &SecretString::from("nope"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("pii.previous_keys"), "{e}");
         let two = format!(
             "{good},\n{}",
             base64::engine::general_purpose::STANDARD.encode([2u8; 32])
         );
-        let v = Vault::from_secrets(&Secret::new(&good), &Secret::new(&two)).unwrap();
+        let v = Vault::from_secrets(
+            &SecretString::from(good.as_str()),
+            &SecretString::from(two.as_str()),
+        )
+        .unwrap();
         assert_eq!(
             v.previous.len(),
             1,

@@ -10,10 +10,13 @@ use tokio_util::sync::CancellationToken;
 use crate::queue::publish::Publisher;
 use crate::queue::{self, Topology};
 use crate::store::Store;
-use crate::telemetry::metrics;
 
-/// Relay settings.
-#[derive(Debug, Clone)]
+pub mod housekeeping;
+
+use housekeeping::GAUGE_INTERVAL;
+
+/// The relay's pace, from `[relay]` (see `config/default.toml` for why each value).
+#[derive(Debug, Clone, PartialEq)]
 pub struct RelayConfig {
     /// Rows per publish round.
     pub batch: i64,
@@ -27,6 +30,20 @@ pub struct RelayConfig {
     pub publish_timeout: Duration,
 }
 
+impl RelayConfig {
+    /// From the `[relay]` settings.
+    pub fn from_settings(s: &crate::config::RelaySettings) -> Self {
+        Self {
+            batch: i64::from(s.batch),
+            idle: s.idle,
+            housekeeping: s.housekeeping,
+            publish_timeout: s.publish_timeout,
+        }
+    }
+}
+
+/// The values of `config/default.toml` (tests and benchmarks that build a relay without
+/// settings; a unit test keeps the two equal).
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
@@ -70,12 +87,12 @@ pub async fn run(
                 return;
             }
             if last_housekeeping.elapsed() >= cfg.housekeeping {
-                housekeeping(&store).await;
+                housekeeping::round(&store).await;
                 crate::api::webhooks::round(&store, &webhooks).await;
                 last_housekeeping = Instant::now();
             }
             if last_gauges.elapsed() >= GAUGE_INTERVAL {
-                batch_gauges(&store).await;
+                housekeeping::batch_gauges(&store).await;
                 last_gauges = Instant::now();
             }
             let round = store
@@ -140,85 +157,32 @@ async fn connect(url: &str, topology: &Topology) -> Result<Publisher, queue::Que
     Publisher::open(&conn, topology.clone()).await
 }
 
-/// A `submitting` batch that wrote nothing for this long was abandoned (its submit was
-/// killed): housekeeping aborts it. Each chunk of a live submit refreshes the heartbeat within
-/// seconds, even on a loaded database.
-const ABANDONED_SUBMIT: Duration = Duration::from_secs(600);
-
-/// How often the gauges that count rows of active batches are refreshed (a scan of those
-/// batches' jobs: too heavy for every housekeeping round).
-const GAUGE_INTERVAL: Duration = Duration::from_secs(15);
-
-/// Lease expiry, batch closing and the outbox gauges. Errors are logged, never fatal.
-pub async fn housekeeping(store: &Store) {
-    match store.requeue_expired_leases().await {
-        Ok(0) => {}
-        Ok(n) => {
-            tracing::warn!(jobs = n, "re-queued jobs whose worker lease expired");
-            metrics::RETRIES
-                .with_label_values(&["any", "lease_expired"])
-                .inc_by(n);
-        }
-        Err(e) => tracing::warn!(error = %e, "lease expiry check failed"),
-    }
-    if let Err(e) = store.delete_final_tokens(1000).await {
-        tracing::warn!(error = %e, "deleting finished jobs' X-tokens failed");
-    }
-    match store
-        .abort_abandoned_submits(ABANDONED_SUBMIT.as_secs())
-        .await
-    {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(
-            batches = n,
-            "aborted submits that stopped writing (their rows never run; submit the files again)"
-        ),
-        Err(e) => tracing::warn!(error = %e, "checking for abandoned submits failed"),
-    }
-    if let Err(e) = store.finish_batches().await {
-        tracing::warn!(error = %e, "closing finished batches failed");
-    }
-    match store.outbox_stats().await {
-        Ok(s) => {
-            metrics::OUTBOX_PENDING.set(s.pending as f64);
-            metrics::OUTBOX_LAG.set(s.lag_secs);
-        }
-        Err(e) => tracing::warn!(error = %e, "reading outbox figures failed"),
-    }
-}
-
-/// `abha_batch_rows` and the `abha_reconcile_*` gauges.
-pub async fn batch_gauges(store: &Store) {
-    if let Ok(runs) = store.last_reconcile_runs().await {
-        for r in runs {
-            let b = r.benefit.as_str();
-            metrics::RECONCILE_LAST_RUN
-                .with_label_values(&[b])
-                .set(r.finished_at.timestamp() as f64);
-            for (class, n) in [
-                ("missing_link", r.counts.missing_link),
-                ("unexpected_link", r.counts.unexpected_link),
-                ("unknown", r.counts.unknown),
-            ] {
-                metrics::RECONCILE_DRIFT
-                    .with_label_values(&[b, class])
-                    .set(n as f64);
-            }
-        }
-    }
-    if let Ok(counts) = store.active_rows_by_state().await {
-        for state in crate::store::batches::StateCounts::STATES {
-            metrics::BATCH_ROWS
-                .with_label_values(&[state])
-                .set(counts.get(state) as f64);
-        }
-    }
-}
-
 /// Sleeps `d` or until `stop`.
 pub async fn sleep_or_stop(d: Duration, stop: &CancellationToken) {
     tokio::select! {
         _ = tokio::time::sleep(d) => {}
         _ = stop.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_what_default_toml_says() {
+        let settings = crate::config::Settings::load_with_env(
+            &crate::config::ConfigSource {
+                dir: "/nonexistent".into(),
+                env: "local".into(),
+                file: None,
+            },
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            RelayConfig::from_settings(&settings.relay),
+            RelayConfig::default()
+        );
     }
 }

@@ -1,0 +1,369 @@
+//! The settings types. Each value is parsed into the type its users need (an enum, a
+//! `SocketAddr`, a `Duration`), so a bad value fails at load time naming its key instead of
+//! wherever it is first used. `config/default.toml` says why each default is what it is.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// All settings of one process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// How to reach ABDM (or the embedded sandbox).
+    pub abdm: AbdmSettings,
+    /// Postgres.
+    pub database: DatabaseSettings,
+    /// RabbitMQ.
+    pub rabbitmq: RabbitSettings,
+    /// Worker throughput, retries and shutdown.
+    pub worker: WorkerSettings,
+    /// The outbox relay's pace.
+    pub relay: RelaySettings,
+    /// Encryption of identifiers at rest.
+    pub pii: PiiSettings,
+    /// Logs.
+    pub telemetry: TelemetrySettings,
+    /// Nightly reconciliation.
+    pub reconcile: ReconcileSettings,
+    /// The embedded ABDM simulator.
+    pub sandbox: SandboxSettings,
+    /// The benefit names this deployment serves.
+    #[serde(default)]
+    pub benefits: BenefitSettings,
+    /// The programme API (`abha-bulk serve`).
+    #[serde(default)]
+    pub api: crate::api::ApiSettings,
+}
+
+/// Benefit (programme) names; see `jobs::benefit`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenefitSettings {
+    /// `submit`/`reconcile --benefit` must be one of these; empty: any well-formed name.
+    #[serde(default)]
+    pub served: Vec<String>,
+}
+
+/// The HTTP method of ABDM's "list children" call: the NHA OpenAPI and the integrator guide
+/// disagree, so the deployment says which one its ABDM environment answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ChildrenListMethod {
+    /// `GET` (NHA OpenAPI).
+    Get,
+    /// `POST` (integrator guide).
+    Post,
+}
+
+/// How to reach ABDM.
+///
+/// The timeouts stay integers here because `abdm::client` builds and reads them directly;
+/// [`Self::connect_timeout`] and [`Self::request_timeout`] give them as durations.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbdmSettings {
+    /// Base URL of the ABHA V3 APIs (paths such as `/v3/profile/benefit/search` are appended).
+    pub base_url: String,
+    /// Gateway session URL (POST clientId/clientSecret).
+    pub session_url: String,
+    /// Gateway client id.
+    pub client_id: String,
+    /// Gateway client secret (secret: environment or secret file only).
+    #[serde(default)]
+    pub client_secret: SecretString,
+    /// `X-CM-ID` header of the session request.
+    pub cm_id: String,
+    /// Name of the header that carries the benefit name.
+    pub benefit_header: String,
+    /// HTTP method of the children list call.
+    pub children_list_method: ChildrenListMethod,
+    /// Connect timeout of every call, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Total timeout of one HTTP attempt, milliseconds: also bounds how long a call can
+    /// outlive the fence that let it go, hence the lease check in validation.
+    pub request_timeout_ms: u64,
+    /// Fraction of `expiresIn` after which the session token is refreshed.
+    pub token_refresh_fraction: f64,
+    /// Smallest interval between two fetches of the public key caused by rejected
+    /// ciphertext, seconds: an invalid identifier must not cost a certificate call per row.
+    pub key_refresh_min_interval_secs: u64,
+}
+
+impl AbdmSettings {
+    /// Connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    /// Total timeout of one attempt.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Postgres connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Connection URL without a password, e.g. `postgres://postgres@127.0.0.1:5432/abha_bulk`:
+    /// the URL is logged and shown in errors, so the password travels apart.
+    pub url: String,
+    /// Password, added to the URL when connecting (secret: environment or secret file only).
+    #[serde(default)]
+    pub password: SecretString,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long a query waits for a pooled connection before it fails.
+    #[serde(rename = "acquire_timeout_secs", with = "secs")]
+    pub acquire_timeout: Duration,
+}
+
+/// RabbitMQ connection and topology names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitSettings {
+    /// AMQP URL without a password, e.g. `amqp://guest@127.0.0.1:5672/%2f` (as for Postgres).
+    pub url: String,
+    /// Password, added to the URL when connecting (secret: environment or secret file only).
+    #[serde(default)]
+    pub password: SecretString,
+    /// Topic exchange of job envelopes.
+    pub exchange: String,
+    /// Prefix of queue names.
+    pub queue_prefix: String,
+    /// Deliveries before a message is dead-lettered: ends a poison message's loop without
+    /// losing it.
+    pub delivery_limit: u32,
+    /// One queue per job kind instead of one shared work queue (see
+    /// [`crate::queue::Topology::per_kind`] for why shared is the default).
+    pub queue_per_kind: bool,
+}
+
+/// Worker throughput, retries and shutdown.
+///
+/// `lease_secs`, `backoff_*_ms` and `grace_period_secs` stay integers because
+/// `worker::WorkerConfig::from_settings` reads them as such.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// ABDM calls per second across all replicas: the contract with ABDM.
+    pub rate_per_second: f64,
+    /// Calls allowed back to back after idling.
+    pub burst: u32,
+    /// Share `rate_per_second` with every replica through a token bucket in Postgres; off,
+    /// each replica would spend the whole rate on its own.
+    pub global_rate_limit: bool,
+    /// Calls in flight at once in one worker (and RabbitMQ prefetch).
+    pub in_flight: u16,
+    /// Attempts per job before it is dead.
+    pub max_attempts: u32,
+    /// First retry delay, milliseconds.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay, milliseconds.
+    pub backoff_cap_ms: u64,
+    /// Seconds a claimed job belongs to one worker. The invariant: the lease outlasts the
+    /// longest a worker acts on a job without renewing it, so no other worker can take a job
+    /// over while a call of its is in flight. That stretch is one HTTP attempt (at most
+    /// `abdm.request_timeout_ms`, validated at start to be at most half the lease) sent
+    /// either right after the claim or after the fence, which re-checks and extends the lease
+    /// before every call that changes something at ABDM once a quarter of the lease has
+    /// passed. Waiting for the rate does not count: the first token is taken before the
+    /// claim, later ones before the fence.
+    pub lease_secs: u64,
+    /// Seconds to finish in-flight work on shutdown.
+    pub grace_period_secs: u64,
+    /// Address of the metrics and health endpoints.
+    #[serde(deserialize_with = "addr::deserialize")]
+    pub http_listen: SocketAddr,
+    /// Refused gateway logins or connections in a row that open the circuit breaker.
+    pub circuit_systemic_threshold: u32,
+    /// 5xx answers, timeouts or broken connections in a row (across jobs) that open it.
+    pub circuit_suspect_threshold: u32,
+    /// Longest interval between probes while it is open.
+    #[serde(rename = "circuit_probe_max_secs", with = "secs")]
+    pub circuit_probe_max: Duration,
+    /// AIMD: the shared rate is multiplied by this on a throttling answer (0 < f < 1).
+    pub aimd_decrease_factor: f64,
+    /// AIMD: the rate never drops below this fraction of `rate_per_second`, so a throttling
+    /// storm slows the work down without stopping it.
+    pub aimd_min_fraction: f64,
+    /// AIMD: each recovery step adds this fraction of `rate_per_second`.
+    pub aimd_increase_fraction: f64,
+    /// AIMD: recovery steps come at most this often.
+    #[serde(rename = "aimd_increase_every_ms", with = "millis")]
+    pub aimd_increase_every: Duration,
+    /// AIMD: ... and only after this long without a throttling answer.
+    #[serde(rename = "aimd_quiet_ms", with = "millis")]
+    pub aimd_quiet: Duration,
+    /// AIMD: for `aimd_ceiling_memory` after a throttling answer, recovery stops at this
+    /// fraction of the rate that was throttled (ABDM's limit lies below it).
+    pub aimd_ceiling_margin: f64,
+    /// AIMD: how long the throttled rate is remembered as a ceiling; afterwards recovery
+    /// probes up to `rate_per_second` again (ABDM's limit may have been raised).
+    #[serde(rename = "aimd_ceiling_memory_ms", with = "millis")]
+    pub aimd_ceiling_memory: Duration,
+}
+
+impl WorkerSettings {
+    /// The AIMD tuning.
+    pub fn aimd(&self) -> crate::ratelimit::Aimd {
+        crate::ratelimit::Aimd {
+            decrease_factor: self.aimd_decrease_factor,
+            min_fraction: self.aimd_min_fraction,
+            increase_fraction: self.aimd_increase_fraction,
+            increase_every: self.aimd_increase_every,
+            quiet: self.aimd_quiet,
+            ceiling_margin: self.aimd_ceiling_margin,
+            ceiling_memory: self.aimd_ceiling_memory,
+        }
+    }
+
+    /// The circuit breaker tuning.
+    pub fn breaker(&self) -> crate::breaker::BreakerConfig {
+        crate::breaker::BreakerConfig {
+            systemic_threshold: self.circuit_systemic_threshold.max(1),
+            suspect_threshold: self.circuit_suspect_threshold.max(1),
+            probe_max: self.circuit_probe_max.max(Duration::from_secs(1)),
+            ..Default::default()
+        }
+    }
+}
+
+/// The outbox relay's pace (`abha-bulk relay` and the relay inside `abha-bulk worker`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySettings {
+    /// Outbox rows leased and published per round: one transaction and one wait for confirms.
+    pub batch: u32,
+    /// Pause after a round that found nothing due: bounds the delay a new row sees and the
+    /// queries an idle relay makes.
+    #[serde(rename = "idle_ms", with = "millis")]
+    pub idle: Duration,
+    /// Interval of the housekeeping (lease expiry, abandoned submits, batch closing,
+    /// webhooks): bounds how late a lost job is re-queued after its lease ends.
+    #[serde(rename = "housekeeping_ms", with = "millis")]
+    pub housekeeping: Duration,
+    /// How long a round waits for RabbitMQ's confirms before it reconnects; its rows are
+    /// leased for this plus 5 s, so a relay that dies mid-round delays them that long.
+    #[serde(rename = "publish_timeout_ms", with = "millis")]
+    pub publish_timeout: Duration,
+}
+
+/// Encryption of identifiers at rest.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PiiSettings {
+    /// base64 of 32 bytes (secret: environment or secret file only).
+    #[serde(default)]
+    pub key: SecretString,
+    /// Keys that still decrypt during a rotation: base64 keys separated by commas (secret).
+    #[serde(default)]
+    pub previous_keys: SecretString,
+}
+
+/// Nightly reconciliation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileSettings {
+    /// ABDM lookups per second (taken from the same global budget as the workers, so the
+    /// contract holds while both run).
+    pub rate_per_second: f64,
+    /// Lookups in flight at once.
+    pub concurrency: usize,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human on a terminal, JSON otherwise (what a log collector wants).
+    Auto,
+    /// Always human-readable.
+    Human,
+    /// Always JSON lines.
+    Json,
+}
+
+/// Logs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Filter used when `RUST_LOG` is not set.
+    pub log_filter: String,
+}
+
+/// The embedded ABDM simulator. `token_ttl_secs` and `latency_ms` stay integers: they go
+/// straight into the sandbox's fault settings, which its admin API shows in those units.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// Listen address.
+    #[serde(deserialize_with = "addr::deserialize")]
+    pub listen: SocketAddr,
+    /// RSA key size.
+    pub key_bits: usize,
+    /// Number of seeded beneficiaries.
+    pub population: u64,
+    /// Seed of the population.
+    pub seed: u64,
+    /// Known benefit names.
+    pub benefits: Vec<String>,
+    /// Access token lifetime, seconds.
+    pub token_ttl_secs: u64,
+    /// Accepted requests per second (0 = unlimited).
+    pub rate_limit: f64,
+    /// Percentage of calls answered 500 before any side effect.
+    pub fault_5xx_percent: f64,
+    /// Percentage of calls held back past the client timeout after the side effect.
+    pub fault_timeout_percent: f64,
+    /// Percentage of calls whose connection drops after the side effect.
+    pub fault_drop_percent: f64,
+    /// Added latency, milliseconds.
+    pub latency_ms: u64,
+}
+
+/// `key_ms = 1500` → 1.5 s: the unit stays in the key's name, the type in the field's.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Reads a whole number of milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// `"127.0.0.1:9187"` → a socket address, or an error that shows the expected form.
+pub(crate) mod addr {
+    use std::net::SocketAddr;
+
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer};
+
+    /// Reads `IP:PORT` (no host names: a listen address binds one interface).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|_| {
+            D::Error::custom(format!(
+                "expected IP:PORT such as 127.0.0.1:8089, got {text:?}"
+            ))
+        })
+    }
+}
+
+/// `key_secs = 30` → 30 s.
+pub(crate) mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Reads a whole number of seconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+}
