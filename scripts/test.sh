@@ -12,6 +12,15 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --quiet --all-targets -- -D warnings
+echo "== cargo deny: bans (one version of each crate, one TLS provider), licences, sources" >&2
+DENY_VERSION=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION"; then
+  cargo install --locked --quiet cargo-deny --version "$DENY_VERSION"
+fi
+# Advisories need the RustSec database from GitHub, which the build machines cannot reach:
+# run `cargo deny check advisories` where it can (deny.toml says which advisory is ignored and
+# why).
+cargo deny --log-level error check bans licenses sources
 echo "== schemathesis (API fuzzer) in target/tools" >&2
 ST_VERSION=4.32.5
 ST=target/tools/venv/bin/schemathesis

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use abha_bulk::api::{ApiState, router};
 use common::{BENEFIT, PipelineOpts, TestEnv};
 use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::json;
 
 /// Where the screenshots of each step are kept.
@@ -56,8 +57,6 @@ impl Drop for Driver {
 
 /// chromedriver as a child process and a browser session through it.
 async fn browser(driver: &Path, profile: &Path) -> (Driver, Client) {
-    // Two rustls providers are linked in; fantoccini needs one chosen for the process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let port = free_port();
     let child = tokio::process::Command::new(driver)
         .arg(format!("--port={port}"))
@@ -76,8 +75,8 @@ async fn browser(driver: &Path, profile: &Path) -> (Driver, Client) {
     let caps = caps.as_object().unwrap().clone();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let builder = ClientBuilder::rustls()
-            .expect("TLS roots")
+        // chromedriver listens on loopback over plain HTTP: no TLS connector needed.
+        let builder = ClientBuilder::new(HttpConnector::new())
             .capabilities(caps.clone())
             .connect(&format!("http://127.0.0.1:{port}"))
             .await;

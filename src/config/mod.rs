@@ -7,9 +7,9 @@
 //! `ABHA_BULK__SECTION__KEY_FILE`; a secret found in a TOML file is refused. Every failure
 //! names the key and what was expected.
 //!
-//! - [`settings`]: the types, parsed into what their users need (enums, addresses, durations);
-//! - [`load`]: the layers and the checks types cannot express;
-//! - [`secrets`]: which keys are secret, where they may come from, the URLs they go into.
+//! - `settings`: the types, parsed into what their users need (enums, addresses, durations);
+//! - `load`: the layers and the checks types cannot express;
+//! - `secrets`: which keys are secret, where they may come from, the URLs they go into.
 
 mod load;
 mod secrets;
