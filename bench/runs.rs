@@ -41,15 +41,7 @@ impl Throughput {
 async fn first_call(rig: &Rig, since: Instant, before: u64) -> Result<f64> {
     let deadline = since + Duration::from_secs(30);
     loop {
-        let api = rig
-            .admin
-            .calls()
-            .await?
-            .received
-            .get("api")
-            .copied()
-            .unwrap_or(0);
-        if api > before {
+        if api_requests(rig).await? > before {
             return Ok(since.elapsed().as_secs_f64() * 1000.0);
         }
         if Instant::now() > deadline {
@@ -59,6 +51,7 @@ async fn first_call(rig: &Rig, since: Instant, before: u64) -> Result<f64> {
     }
 }
 
+/// ABHA API requests the sandbox received so far.
 async fn api_requests(rig: &Rig) -> Result<u64> {
     Ok(rig
         .admin

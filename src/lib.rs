@@ -21,7 +21,7 @@
 //! | [`breaker`] | the ABDM circuit breaker shared by every replica (outages, refused secrets) |
 //! | [`submit`] | CSV file → batch of jobs with outbox rows, in constant memory |
 //! | [`relay`] | outbox → RabbitMQ; [`relay::housekeeping`]: lease expiry, batch closing, gauges |
-//! | [`worker`] | consume → claim → rate limit → ABDM → record → ack; graceful shutdown |
+//! | [`worker`] | consume (through the [`worker::source`] seam: RabbitMQ or an in-memory queue) → claim → rate limit → ABDM → record → ack; graceful shutdown |
 //! | [`report`] | status, per-row CSV report, formula escaping |
 //! | [`reconcile`] | nightly roster vs ABDM comparison and repair of the service's own state |
 //! | [`api`] | `abha-bulk serve`: the programme API (keys per programme, upload, status, report) |

@@ -130,7 +130,13 @@ impl RateLimiter {
         retry_after: Option<Duration>,
         sent_ago: Option<Duration>,
     ) {
-        let gate = sent_ago.unwrap_or(Duration::from_secs(1));
+        // The decrease must predate the call by ABDM's own pause (`Retry-After`) too: a call
+        // sent within the pause that followed a decrease met a bucket ABDM had not refilled
+        // yet, so its refusal says nothing about the new rate (halving again for it took an
+        // over-configured rate far below ABDM's limit: +91 % wall time in the overload bench).
+        let gate = sent_ago.map_or(Duration::from_secs(1), |d| {
+            d + retry_after.unwrap_or_default().min(Duration::from_secs(5))
+        });
         if let Some(g) = &self.global {
             match g
                 .store

@@ -153,6 +153,7 @@ fn gate(env: &TestEnv, job_id: i64, owner: &str) -> JobGate {
         owner: owner.into(),
         lease_secs: 30,
         prepaid: AtomicBool::new(true),
+        token_at: std::time::Instant::now(),
         // Long after the claim: the gate runs its own fence.
         claimed_at: std::time::Instant::now() - Duration::from_secs(3600),
     }

@@ -20,6 +20,13 @@ use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 use crate::store::jobs::Fence;
 
+/// How long a token taken before the claim stays good for the job's first request. Tokens
+/// are handed out at the rate, but a claim that stalls (Postgres slow, the CPU busy) lets many
+/// jobs hold theirs and then send together: ABDM would see a burst its limit does not allow
+/// (measured: 2-4 workers at ABDM's limit were throttled). A stale token is dropped and a fresh
+/// one taken, which paces the calls again.
+pub const PREPAID_FRESH: Duration = Duration::from_millis(100);
+
 /// The gate of one claimed job.
 pub struct JobGate {
     /// The process's limiter.
@@ -32,8 +39,11 @@ pub struct JobGate {
     pub owner: String,
     /// Lease length the fence extends to.
     pub lease_secs: u64,
-    /// One token was taken before the claim: the first request spends it.
+    /// One token was taken before the claim: the first request spends it, unless it is older
+    /// than [`PREPAID_FRESH`].
     pub prepaid: AtomicBool,
+    /// When that token was taken.
+    pub token_at: Instant,
     /// When the claim (the first fence: lease set, intent recorded) committed.
     pub claimed_at: Instant,
 }
@@ -41,7 +51,9 @@ pub struct JobGate {
 impl CallGate for JobGate {
     fn before_send(&self, op: Operation) -> BoxFuture<'_, Result<(), ClientError>> {
         Box::pin(async move {
-            if !self.prepaid.swap(false, Ordering::AcqRel) {
+            if !self.prepaid.swap(false, Ordering::AcqRel)
+                || self.token_at.elapsed() > PREPAID_FRESH
+            {
                 self.limiter.acquire().await;
             }
             // Within a quarter of the lease after the claim, the claim is the fence: nobody

@@ -395,12 +395,13 @@ impl Worker {
             return;
         }
         self.limiter.acquire().await;
+        let token_at = std::time::Instant::now();
         let claim = persist("claiming a job", stop, || claimer.claim(job_id)).await;
         match claim {
             None => {}
             Some(Claim::Run(job)) => {
                 let recorded = self
-                    .run_job(&job, writer, stop)
+                    .run_job(&job, token_at, writer, stop)
                     .instrument(job_span(&job))
                     .await;
                 if recorded {
@@ -427,6 +428,7 @@ impl Worker {
     async fn run_job(
         &self,
         job: &ClaimedJob,
+        token_at: std::time::Instant,
         writer: &OutcomeWriter,
         stop: &CancellationToken,
     ) -> bool {
@@ -438,6 +440,7 @@ impl Worker {
             owner: self.cfg.id.clone(),
             lease_secs: self.cfg.lease_secs,
             prepaid: AtomicBool::new(true),
+            token_at,
             claimed_at: std::time::Instant::now(),
         });
         let mut trace = CallTrace::gated(gate);
