@@ -210,6 +210,34 @@ impl Rig {
         Ok(rig)
     }
 
+    /// The sum over the worker processes of a counter from their `/metrics` (0 where a
+    /// worker does not answer: the figure is informative, never a pass/fail bound).
+    pub async fn worker_counter(&self, name: &str) -> u64 {
+        let Ok(http) = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .no_proxy()
+            .build()
+        else {
+            return 0;
+        };
+        let mut sum = 0;
+        for port in self.workers.iter().filter_map(|w| w.spec.health_port) {
+            let Ok(r) = http
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let body = r.text().await.unwrap_or_default();
+            sum += body
+                .lines()
+                .filter_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .sum::<f64>() as u64;
+        }
+        sum
+    }
+
     async fn wait_sandbox(&mut self) -> Result<()> {
         for _ in 0..300 {
             if self.admin.up().await {

@@ -158,6 +158,9 @@ pub struct Rated {
     pub secs: f64,
     /// Requests the sandbox received (sessions and certificates included).
     pub calls: u64,
+    /// Rate tokens the workers dropped because a claim outlasted `PREPAID_FRESH` (their
+    /// `abha_ratelimit_stale_tokens_total`): each is a slot of the rate left unused.
+    pub stale_tokens: u64,
     /// ABDM-1022 answers.
     pub throttled: u64,
     /// Per second of the run: (second, requests, throttled answers, the shared AIMD rate).
@@ -246,7 +249,11 @@ async fn measure_rated(rig: &Rig, opts: &RigOpts, limit: f64, file: &Path) -> Re
             )
         })
         .collect();
+    let stale_tokens = rig
+        .worker_counter("abha_ratelimit_stale_tokens_total")
+        .await;
     let r = Rated {
+        stale_tokens,
         workers: opts.workers,
         limit,
         configured: opts.rate.unwrap_or(0.0),
@@ -259,7 +266,7 @@ async fn measure_rated(rig: &Rig, opts: &RigOpts, limit: f64, file: &Path) -> Re
     };
     println!(
         "rated: {} worker process(es), configured {}/s, ABDM limit {}/s: {} jobs in {:.2} s vs rows/limit {:.2} s ({:+.1} %); \
-         {} calls, {} throttled ({:.2} %); {} not succeeded",
+         {} calls, {} throttled ({:.2} %), {} stale tokens dropped; {} not succeeded",
         r.workers,
         r.configured,
         r.limit,
@@ -270,7 +277,21 @@ async fn measure_rated(rig: &Rig, opts: &RigOpts, limit: f64, file: &Path) -> Re
         r.calls,
         r.throttled,
         r.throttled_percent(),
+        r.stale_tokens,
         r.not_succeeded
+    );
+    // Per second, for reading a run (the overload picture draws the same series).
+    let seconds: Vec<String> = r
+        .timeline
+        .iter()
+        .map(|(t, calls, throttled, rate)| match rate {
+            Some(rate) => format!("{t:.0}:{calls}/{throttled}@{rate:.0}"),
+            None => format!("{t:.0}:{calls}/{throttled}"),
+        })
+        .collect();
+    println!(
+        "  per second (s:calls/throttled@shared rate): {}",
+        seconds.join(" ")
     );
     Ok(r)
 }

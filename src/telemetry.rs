@@ -94,6 +94,7 @@ pub mod metrics {
         "abha_reconcile_drift",
         "abha_abdm_circuit_open",
         "abha_abdm_circuit_probes_total",
+        "abha_ratelimit_stale_tokens_total",
     ];
 
     /// The process-wide registry served at `/metrics`.
@@ -308,12 +309,29 @@ pub mod metrics {
         c
     });
 
+    /// `abha_ratelimit_stale_tokens_total`: rate tokens taken before a claim and dropped
+    /// because the claim took longer than `worker::gate::PREPAID_FRESH`. Each one is a slot
+    /// of the contract with ABDM left unused, so a steady climb means claims stall (Postgres
+    /// slow, CPU saturated) and the configured rate is not reached.
+    pub static RATELIMIT_STALE: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+        let c = prometheus::IntCounter::new(
+            "abha_ratelimit_stale_tokens_total",
+            "Rate tokens taken before a claim and dropped because the claim took too long",
+        )
+        .expect("valid metric");
+        REGISTRY
+            .register(Box::new(c.clone()))
+            .expect("metric registered once");
+        c
+    });
+
     /// Touches every metric so that `/metrics` lists them all from the start. `kinds` are the
     /// job kind labels: the caller passes them so that telemetry, which everything uses, does
     /// not depend on the jobs registry.
     pub fn register_all(kinds: &[&str]) {
         LazyLock::force(&CIRCUIT_OPEN);
         LazyLock::force(&CIRCUIT_PROBES);
+        LazyLock::force(&RATELIMIT_STALE);
         LazyLock::force(&ABDM_REQUESTS);
         LazyLock::force(&ABDM_DURATION);
         LazyLock::force(&SESSION_REFRESH);

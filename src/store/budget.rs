@@ -11,11 +11,11 @@ use super::{QueryContext, Store, StoreError};
 /// What a token request found.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Take {
-    /// The tokens were taken.
-    pub taken: bool,
+    /// Whole tokens taken (0 to the number asked for).
+    pub taken: f64,
     /// The shared effective rate now (calls/s, all replicas together).
     pub rate: f64,
-    /// When not taken: how long until enough tokens (or the end of a Retry-After pause).
+    /// When none was taken: how long until `min` tokens (or the end of a Retry-After pause).
     pub wait: Duration,
 }
 
@@ -33,7 +33,8 @@ pub struct Aimd {
     pub increase_every: Duration,
     /// ... and only when no throttling answer came for this long.
     pub quiet: Duration,
-    /// How close to the last throttled rate recovery may climb while it is remembered.
+    /// How close to the last throttled rate recovery may climb while it is remembered, and
+    /// the factor of a decrease near a limit found before (see [`Store::throttled`]).
     pub ceiling_margin: f64,
     /// For this long after a throttling answer, recovery stops at `ceiling_margin` of the
     /// rate that was throttled (ABDM's limit lies below it); afterwards it probes again.
@@ -48,7 +49,7 @@ impl Default for Aimd {
             increase_fraction: 0.05,
             increase_every: Duration::from_secs(2),
             quiet: Duration::from_secs(4),
-            ceiling_margin: 0.9,
+            ceiling_margin: 0.95,
             ceiling_memory: Duration::from_secs(20),
         }
     }
@@ -69,13 +70,19 @@ impl Store {
         Ok(())
     }
 
-    /// Takes `n` tokens from `client`'s bucket if it holds that many and no Retry-After pause
-    /// is running. The bucket refills at the shared effective rate (at most `configured`) up to
-    /// `capacity`. One statement, one round trip.
+    /// Takes between `min` and `max` whole tokens from `client`'s bucket (as many as it holds,
+    /// up to `max`) unless a Retry-After pause is running. The bucket refills at the shared
+    /// effective rate (at most `configured`) up to `capacity`. One statement, one round trip.
+    ///
+    /// Why a range and not exactly one block: a replica that waited for a whole block came
+    /// back a little after the bucket held it, and with a bucket the size of a block the
+    /// refill in between was lost (measured: 2-4 replicas at ABDM's limit ran 12-15 % over
+    /// rows ÷ rate). Asking again at `min` and taking what is there leaves the rest of the
+    /// bucket as slack for a late wake-up; `min` well above one keeps the round trips few.
     pub async fn take_tokens(
         &self,
         client: &str,
-        n: f64,
+        (min, max): (f64, f64),
         configured: f64,
         capacity: f64,
     ) -> Result<Take, StoreError> {
@@ -87,35 +94,41 @@ impl Store {
                              * GREATEST(EXTRACT(EPOCH FROM (clock_timestamp() - updated_at))::float8, 0)) AS avail,
                        GREATEST(COALESCE(EXTRACT(EPOCH FROM (paused_until - clock_timestamp()))::float8, 0), 0) AS paused
                 FROM rate_budget WHERE client = $1 FOR UPDATE),
+             want AS (
+                SELECT client, rate, avail, paused,
+                       CASE WHEN paused = 0 AND floor(avail) >= $5 THEN LEAST($2, floor(avail)) ELSE 0 END AS n
+                FROM cur),
              upd AS (
-                UPDATE rate_budget b SET tokens = cur.avail - $2, updated_at = clock_timestamp(), rate = cur.rate
-                FROM cur WHERE b.client = cur.client AND cur.avail >= $2 AND cur.paused = 0
+                UPDATE rate_budget b SET tokens = want.avail - want.n, updated_at = clock_timestamp(), rate = want.rate
+                FROM want WHERE b.client = want.client AND want.n >= 1
                 RETURNING 1)
-             SELECT cur.rate, cur.avail, cur.paused, EXISTS (SELECT 1 FROM upd) FROM cur",
+             SELECT want.rate, want.avail, want.paused,
+                    CASE WHEN EXISTS (SELECT 1 FROM upd) THEN want.n ELSE 0 END FROM want",
         )
         .bind(client)
-        .bind(n)
+        .bind(max.max(1.0))
         .bind(configured)
         .bind(capacity)
+        .bind(min.clamp(1.0, max.max(1.0)))
         .fetch_optional(&self.pool)
         .await
         .ctx("taking rate tokens")?;
         let Some(r) = row else {
             self.ensure_budget(client, capacity).await?;
             return Ok(Take {
-                taken: false,
+                taken: 0.0,
                 rate: configured,
                 wait: Duration::ZERO,
             });
         };
-        let (rate, avail, paused, taken): (f64, f64, f64, bool) =
+        let (rate, avail, paused, taken): (f64, f64, f64, f64) =
             (r.get(0), r.get(1), r.get(2), r.get(3));
-        let wait = if taken {
+        let wait = if taken >= 1.0 {
             Duration::ZERO
         } else if paused > 0.0 {
             Duration::from_secs_f64(paused)
         } else {
-            Duration::from_secs_f64(((n - avail).max(0.0) / rate.max(1e-3)).min(10.0))
+            Duration::from_secs_f64(((min.max(1.0) - avail).max(0.0) / rate.max(1e-3)).min(10.0))
         };
         Ok(Take { taken, rate, wait })
     }
@@ -127,8 +140,13 @@ impl Store {
     /// (`good_rate`, set by each recovery step) when that is below the throttled rate: ABDM's
     /// limit lies between the two, and halving would waste half of it until recovery climbs
     /// back. Without such a rate (or when the rate that held is throttled itself: ABDM's limit
-    /// fell) it multiplies by the AIMD factor and forgets the good rate. Returns the rate now
-    /// and whether this call lowered it.
+    /// fell) it multiplies by the AIMD factor and forgets the good rate; but only by
+    /// `ceiling_margin` when the last throttling answer is less than `ceiling_memory` old and
+    /// the last decrease is not (the rate is near a limit found before, not in a new storm:
+    /// ABDM's burst hid a small excess for a while, and halving it cost the overload bench 10 %
+    /// of its wall time). A throttling answer again within `increase_every` of that decrease
+    /// (after its pause) means it was not enough, and the next one halves. Returns the rate
+    /// now and whether this call lowered it.
     pub async fn throttled(
         &self,
         client: &str,
@@ -140,11 +158,14 @@ impl Store {
         let row = sqlx::query(
             "WITH cur AS (
                 SELECT client, COALESCE(rate, $2) AS rate,
-                       (last_decrease_at IS NULL OR last_decrease_at < clock_timestamp() - make_interval(secs => $6)) AS may
+                       (last_decrease_at IS NULL OR last_decrease_at < clock_timestamp() - make_interval(secs => $6)) AS may,
+                       (last_throttle_at > clock_timestamp() - make_interval(secs => $7)
+                        AND NOT COALESCE(last_decrease_at > clock_timestamp() - make_interval(secs => $6 + $9), false)) AS near
                 FROM rate_budget WHERE client = $1 FOR UPDATE)
              UPDATE rate_budget b SET
                 rate = CASE WHEN NOT cur.may THEN cur.rate
                             WHEN b.good_rate < cur.rate THEN GREATEST(b.good_rate, cur.rate * $3)
+                            WHEN cur.near THEN GREATEST($2 * $4, cur.rate * $8)
                             ELSE GREATEST($2 * $4, cur.rate * $3) END,
                 good_rate = CASE WHEN cur.may AND NOT (b.good_rate < cur.rate) THEN NULL ELSE b.good_rate END,
                 tokens = CASE WHEN cur.may THEN 0 ELSE b.tokens END,
@@ -164,6 +185,9 @@ impl Store {
         .bind(aimd.min_fraction)
         .bind(retry_after.map_or(0.0, |d| d.as_secs_f64().min(300.0)))
         .bind(gate.as_secs_f64())
+        .bind(aimd.ceiling_memory.as_secs_f64())
+        .bind(aimd.ceiling_margin)
+        .bind(aimd.increase_every.as_secs_f64())
         .fetch_optional(&self.pool)
         .await
         .ctx("lowering the shared rate")?;

@@ -19,6 +19,7 @@ use crate::abdm::{CallGate, ClientError, Operation};
 use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 use crate::store::jobs::Fence;
+use crate::telemetry::metrics;
 
 /// How long a token taken before the claim stays good for the job's first request. Tokens
 /// are handed out at the rate, but a claim that stalls (Postgres slow, the CPU busy) lets many
@@ -51,9 +52,12 @@ pub struct JobGate {
 impl CallGate for JobGate {
     fn before_send(&self, op: Operation) -> BoxFuture<'_, Result<(), ClientError>> {
         Box::pin(async move {
-            if !self.prepaid.swap(false, Ordering::AcqRel)
-                || self.token_at.elapsed() > PREPAID_FRESH
-            {
+            let prepaid = self.prepaid.swap(false, Ordering::AcqRel);
+            let fresh = prepaid && self.token_at.elapsed() <= PREPAID_FRESH;
+            if prepaid && !fresh {
+                metrics::RATELIMIT_STALE.inc();
+            }
+            if !fresh {
                 self.limiter.acquire().await;
             }
             // Within a quarter of the lease after the claim, the claim is the fence: nobody
