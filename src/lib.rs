@@ -8,12 +8,12 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`cli`] | the `abha-bulk` commands (clap) and their dispatch |
+//! | [`cli`] | the `abha-bulk` commands: their dispatch; `args` (the clap definitions), `commands`, `status`, `api_cmd`, `ops`, `tour_cmd`, `output` |
 //! | [`config`] | typed settings (enums, addresses, durations), layered loading (defaults → `<env>.toml` → env) and validation, secrets (`secrecy`) |
-//! | [`pii`] | identifier types (Aadhaar, ABHA number, mobile, name, X-token) with masked output |
+//! | [`pii`] | identifier types (Aadhaar, ABHA number, mobile, name, X-token) with masked output; `names` (name validation) |
 //! | [`abdm`] | the ABDM V3 client: a small `client` façade over `transport` (headers, gate, retries of one call), `certificate` (public-key cache), `trace` (`CallTrace`, `AttemptRecord`), `session`, `crypto` (public key only), `error`; operations in `benefit`, `profile`, `child`, `enrol` |
 //! | [`sandbox`] | the embedded ABDM simulator (axum) used by the demo, tests and benchmarks: its private `key`, `settings_for_sandbox`, and `routes/` (`guard`, `errors`, one file per API area, `admin`) |
-//! | [`jobs`] | the kind registry ([`jobs::kind`]) and one module per kind (columns, payload, validation, ABDM call, outcomes); shared column specs ([`jobs::columns`]), field parsers ([`jobs::fields`]), outcome mapping ([`jobs::execute`]) |
+//! | [`jobs`] | the kind registry ([`jobs::kind`]) and one module per kind (columns, payload, validation, ABDM call, outcomes, sample rows); shared column specs ([`jobs::columns`]), field parsers ([`jobs::fields`]), outcome mapping ([`jobs::execute`]), what sample rows are made from ([`jobs::sample`]: the world the sandbox lends them) |
 //! | [`ingest`] | streaming CSV → validated rows and rejections |
 //! | [`store`] | Postgres: vault, batches, submits, claims, outcomes, jobs, outbox, rate budget, circuit breaker, API keys, webhooks, reconcile runs |
 //! | [`queue`] | RabbitMQ topology, job envelope v1, confirmed publishing |
@@ -21,9 +21,9 @@
 //! | [`breaker`] | the ABDM circuit breaker shared by every replica (outages, refused secrets) |
 //! | [`submit`] | CSV file → batch of jobs with outbox rows, in constant memory |
 //! | [`relay`] | outbox → RabbitMQ; [`relay::housekeeping`]: lease expiry, batch closing, gauges |
-//! | [`worker`] | consume (through the [`worker::source`] seam: RabbitMQ or an in-memory queue) → claim → rate limit → ABDM → record → ack; graceful shutdown |
+//! | [`worker`] | consume (through the [`worker::source`] seam: RabbitMQ or an in-memory queue) → claim → rate limit → ABDM → record → ack; graceful shutdown. `mod.rs`: settings, connection, consume loop; `job`: one delivery's path; `claims`, `gate`, `outcomes`, `group`, `classify`, `support` |
 //! | [`report`] | status, per-row CSV report, formula escaping |
-//! | [`reconcile`] | nightly roster vs ABDM comparison and repair of the service's own state |
+//! | [`reconcile`] | nightly roster vs ABDM comparison (`reconcile.rs`), `repair` of the service's own state, `fixes` (the link/de-link batches of `--apply`), `output` (progress, CSV) |
 //! | [`api`] | `abha-bulk serve`: the programme API (keys per programme, upload, status, report) |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz` |
 //! | [`demo`] | the whole pipeline in one process on a generated sample |

@@ -28,11 +28,14 @@ use crate::pii::AbhaNumber;
 use crate::queue::Topology;
 use crate::ratelimit::RateLimiter;
 use crate::store::Store;
-use crate::store::batches::{NewBatch, PreparedRow};
 use crate::store::reconcile::RunCounts;
 
+mod fixes;
 mod output;
+mod repair;
+use fixes::queue_fixes;
 use output::{Progress, ReportWriter, count_records};
+pub use repair::repair;
 
 /// What to reconcile.
 #[derive(Debug, Clone)]
@@ -153,65 +156,6 @@ struct Line {
     class: Class,
     code: String,
     detail: String,
-}
-
-/// Repairs abha-bulk's own state: expired leases; jobs whose message was lost get a new outbox
-/// row (only for kinds whose queue is empty); outbox rows due but never published (the relay
-/// was down, or just repaired) are published; batch counters. Returns (leases, outbox rows
-/// published, batches).
-pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) -> (u64, u64, u64) {
-    let leases = store.requeue_expired_leases().await.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "lease repair failed");
-        0
-    });
-    let mut lost = 0;
-    if let Some(url) = amqp_url
-        && let Ok(conn) = crate::queue::connect(url).await
-    {
-        // First, before this run publishes anything: a queued job with no outbox row whose
-        // queue is empty has lost its message. (A message waiting in a non-empty queue may be
-        // its own, however old: a large backlog drains slowly. With the shared work queue,
-        // "empty" means no job of any kind waits.) The new outbox rows go out below.
-        if let Ok(ch) = conn.create_channel().await {
-            if let Ok(depths) = topology.depths(&ch).await {
-                for kind in JobKind::ALL {
-                    let queue = topology.queue(kind);
-                    if depths.iter().any(|(q, n)| *q == queue && *n == 0) {
-                        let _ = store.repair_lost_messages(kind, 600).await;
-                    }
-                }
-            }
-            let _ = ch.close(200, "reconcile repair".into()).await;
-        }
-        if let Ok(publisher) = crate::queue::publish::Publisher::open(&conn, topology.clone()).await
-        {
-            // Everything due now, in rounds; bounded so a huge backlog is left to the relay.
-            for _ in 0..200 {
-                let round = store
-                    .publish_due(500, std::time::Duration::from_secs(60), |rows| {
-                        let publisher = &publisher;
-                        async move { publisher.publish_jobs(&rows).await }
-                    })
-                    .await;
-                match round {
-                    Ok(Ok(0)) => break,
-                    Ok(Ok(n)) => lost += n as u64,
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "publishing stale outbox rows failed");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the outbox failed");
-                        break;
-                    }
-                }
-            }
-            publisher.close().await;
-        }
-        let _ = conn.close(200, "reconcile repair".into()).await;
-    }
-    let batches = store.repair_batch_counters().await.unwrap_or(0);
-    (leases, lost, batches)
 }
 
 async fn check(
@@ -452,58 +396,6 @@ pub async fn run(
         repairs,
         swept: req.sweep_unexpected,
     })
-}
-
-type Fix = (Option<u64>, Option<String>, AbhaNumber);
-
-/// Queues a batch of link or de-link jobs (source `reconcile`), skipping ABHAs that already
-/// have an open job of that kind.
-async fn queue_fixes(
-    store: &Store,
-    benefit: &str,
-    kind: JobKind,
-    run: Uuid,
-    fixes: &[Fix],
-) -> Result<Option<Uuid>, ReconcileError> {
-    let open = store.open_subjects(benefit, kind).await?;
-    let rows: Vec<PreparedRow> = fixes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (row, ext, abha))| {
-            let who = Beneficiary::Abha(abha.clone());
-            let job = match kind {
-                JobKind::BenefitLink => Job::BenefitLink(who),
-                _ => Job::BenefitDelink(who),
-            };
-            let p = store.prepare(row.map_or(i as i64 + 1, |r| r as i64), ext.clone(), &job);
-            (!open.contains(&p.subject_hash)).then_some(p)
-        })
-        .collect();
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let name = format!("reconcile-{run}");
-    let batch = store
-        .create_batch(NewBatch {
-            kind,
-            benefit,
-            source: "reconcile",
-            file_name: Some(&name),
-            file_sha256: None,
-            parent: None,
-        })
-        .await?;
-    let mut accepted = 0;
-    let mut duplicates = 0;
-    for chunk in rows.chunks(crate::submit::CHUNK_ROWS) {
-        let o = store.insert_jobs(batch, kind, benefit, chunk).await?;
-        accepted += o.accepted;
-        duplicates += o.duplicates;
-    }
-    store
-        .finish_submit(batch, rows.len() as u64, accepted, 0, duplicates)
-        .await?;
-    Ok(Some(batch))
 }
 
 fn tokio_stream_from<T: Send + 'static>(

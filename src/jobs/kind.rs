@@ -10,11 +10,13 @@ use std::fmt;
 use std::future::Future;
 
 use chrono::NaiveDate;
+use rand::Rng;
 
 use crate::abdm::{AbdmClient, CallTrace, ClientError};
 use crate::jobs::columns::ColumnSpec;
 use crate::jobs::execute::Success;
 use crate::jobs::fields::{FieldError, FieldMap, Fields};
+use crate::jobs::sample::SampleRow;
 
 /// What one kind provides. Implemented by a unit struct named after the [`JobKind`] variant,
 /// in `kind/<name>.rs`.
@@ -61,9 +63,75 @@ pub trait Kind {
         trace: &mut CallTrace,
     ) -> impl Future<Output = Result<Success, ClientError>> + Send;
 
+    /// This kind's weight in a sample (`sandbox::samples`): its share of the rows is its
+    /// weight over the sum of all kinds' weights (today they add up to 100, so each reads as
+    /// a percentage; a new kind need not change the others).
+    const SAMPLE_WEIGHT: u32;
+    /// The header of this kind's sample file: `external_ref`, then the columns its sample
+    /// rows fill.
+    const SAMPLE_HEADER: &'static [&'static str];
+
+    /// A sample row that succeeds against `row.world`, seeding the world with what it needs
+    /// (cells in [`Kind::SAMPLE_HEADER`] order).
+    fn sample_row(row: &SampleRow<'_>, rng: &mut impl Rng) -> Vec<String>;
+
+    /// Makes a sample row invalid with the mistake people typically make in this kind's files
+    /// (one `submit` must reject with a clear reason).
+    fn corrupt_sample(rec: &mut [String], rng: &mut impl Rng);
+
     /// One valid row, for the tests that every kind must pass.
     #[cfg(test)]
     fn example() -> Vec<(&'static str, String)>;
+}
+
+/// The items of [`Kind`] that every kind whose row names one beneficiary (an ABHA number or
+/// an Aadhaar, [`crate::abdm::benefit::Beneficiary`]) shares: columns, parsing, subject,
+/// sample rows (`seed_link`: whether a sample row's ABHA is linked first) and the test
+/// example. The kind's module still states its name, whether it changes state and its call.
+macro_rules! beneficiary_row {
+    (seed_link: $seed_link:expr) => {
+        const COLUMNS: &'static [$crate::jobs::columns::ColumnSpec] =
+            $crate::jobs::columns::BENEFICIARY_COLUMNS;
+        const ONE_OF: &'static [&'static [&'static str]] =
+            $crate::jobs::columns::BENEFICIARY_ONE_OF;
+        const SAMPLE_HEADER: &'static [&'static str] = $crate::jobs::sample::BENEFICIARY_HEADER;
+        type Payload = $crate::abdm::benefit::Beneficiary;
+
+        fn parse(
+            row: &mut $crate::jobs::fields::Fields<'_, '_>,
+            _today: chrono::NaiveDate,
+        ) -> Option<Self::Payload> {
+            row.beneficiary()
+        }
+
+        fn to_fields(who: &Self::Payload, out: &mut $crate::jobs::fields::FieldMap) {
+            $crate::jobs::fields::beneficiary_fields(who, out);
+        }
+
+        fn subject(who: &Self::Payload) -> String {
+            who.login_id().to_string()
+        }
+
+        fn subject_masked(who: &Self::Payload) -> String {
+            who.masked()
+        }
+
+        fn sample_row(
+            row: &$crate::jobs::sample::SampleRow<'_>,
+            rng: &mut impl rand::Rng,
+        ) -> Vec<String> {
+            $crate::jobs::sample::beneficiary_row(row, rng, $seed_link)
+        }
+
+        fn corrupt_sample(rec: &mut [String], _rng: &mut impl rand::Rng) {
+            $crate::jobs::sample::corrupt_beneficiary(rec);
+        }
+
+        #[cfg(test)]
+        fn example() -> Vec<(&'static str, String)> {
+            vec![("abha_number", "91-1234-5678-9012".into())]
+        }
+    };
 }
 
 /// Declares the kind modules and generates [`JobKind`], [`Job`] and their dispatch from one
@@ -122,6 +190,30 @@ macro_rules! registry {
                     $(Self::$variant => {
                         <$module::$variant as Kind>::parse(row, today).map(Job::$variant)
                     })*
+                }
+            }
+
+            /// This kind's weight in a sample ([`Kind::SAMPLE_WEIGHT`]).
+            pub fn sample_weight(self) -> u32 {
+                match self { $(Self::$variant => <$module::$variant as Kind>::SAMPLE_WEIGHT,)* }
+            }
+
+            /// The header of this kind's sample file ([`Kind::SAMPLE_HEADER`]).
+            pub fn sample_header(self) -> &'static [&'static str] {
+                match self { $(Self::$variant => <$module::$variant as Kind>::SAMPLE_HEADER,)* }
+            }
+
+            /// A sample row of this kind ([`Kind::sample_row`]).
+            pub fn sample_row(self, row: &SampleRow<'_>, rng: &mut impl Rng) -> Vec<String> {
+                match self {
+                    $(Self::$variant => <$module::$variant as Kind>::sample_row(row, rng),)*
+                }
+            }
+
+            /// Makes a sample row of this kind invalid ([`Kind::corrupt_sample`]).
+            pub fn corrupt_sample(self, rec: &mut [String], rng: &mut impl Rng) {
+                match self {
+                    $(Self::$variant => <$module::$variant as Kind>::corrupt_sample(rec, rng),)*
                 }
             }
 
@@ -296,6 +388,18 @@ mod tests {
                 assert!(!debug.contains(v.as_str()), "{kind} Debug leaks a value");
             }
             assert!(!job.subject_masked().is_empty());
+        }
+    }
+
+    #[test]
+    fn every_kind_has_samples_and_their_headers_name_columns() {
+        for kind in JobKind::ALL {
+            assert!(kind.sample_weight() > 0, "{kind}");
+            let header = kind.sample_header();
+            assert_eq!(header[0], "external_ref", "{kind}");
+            for n in &header[1..] {
+                assert!(kind.columns().iter().any(|c| c.name == *n), "{kind} {n}");
+            }
         }
     }
 

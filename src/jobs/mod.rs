@@ -8,19 +8,21 @@
 //! | [`fields`] | reading a row: [`fields::FieldError`], the [`fields::Fields`] reader, shared parsers |
 //! | [`execute`] | one job → one outcome: [`execute::Success`], lost answers, shared outcome mapping |
 //! | [`benefit`] | the benefit (programme) name |
+//! | [`sample`] | what sample rows are made from: the [`sample::SampleWorld`] the sandbox implements, shared sample helpers |
 //!
 //! # Adding a kind
 //!
 //! 1. Write `src/jobs/kind/<name>.rs`: a unit struct named after the new [`kind::JobKind`]
 //!    variant, implementing [`kind::Kind`] (its columns, payload, `parse`, `to_fields`,
-//!    subject, the ABDM call and its outcome names, an example row for the tests).
+//!    subject, the ABDM call and its outcome names, its share, header and rows in the
+//!    sandbox's sample files, an example row for the tests).
 //! 2. Add one line to the `registry!` list in `src/jobs/kind.rs`: `Variant => name,` under
 //!    its doc comment.
 //!
 //! Queues, metrics labels, the CLI's value list and the header checks follow from
-//! [`kind::JobKind::ALL`]. Outside this module the compiler then points at the rest: the
-//! sandbox's sample rows (`sandbox::samples`) match on every kind, and the kind needs its
-//! section in docs/csv-formats.md (a test of `ingest::csv` checks every column is there).
+//! [`kind::JobKind::ALL`], and so do the sandbox's sample files (`sandbox::samples`). Outside
+//! this module the kind needs its section in docs/csv-formats.md (a test of `ingest::csv`
+//! checks every column is there).
 //! The ABDM call itself, if new, belongs in [`crate::abdm`].
 
 pub mod benefit;
@@ -28,6 +30,7 @@ pub mod columns;
 pub mod execute;
 pub mod fields;
 pub mod kind;
+pub mod sample;
 
 #[cfg(test)]
 mod testing;

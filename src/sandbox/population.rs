@@ -10,6 +10,9 @@ use sha2::{Digest, Sha256};
 
 use crate::pii::{Aadhaar, AbhaNumber, Gender, Mobile, PersonName, verhoeff};
 
+/// One seeded beneficiary: the person sample rows are made of ([`crate::jobs::sample`]).
+pub use crate::jobs::sample::Person;
+
 const ABHA_SPACE: u128 = 1_000_000_000_000; // 12 digits after "91"
 const AADHAAR_SPACE: u128 = 80_000_000_000; // 11-digit bodies 20000000000..99999999999
 const MOBILE_SPACE: u128 = 4_000_000_000; // 6000000000..9999999999
@@ -35,29 +38,6 @@ pub struct Population {
     abha_off: u128,
     aadhaar_off: u128,
     mobile_off: u128,
-}
-
-/// One seeded beneficiary.
-#[derive(Debug, Clone)]
-pub struct Person {
-    /// Index in the population.
-    pub index: u64,
-    /// ABHA number.
-    pub abha: AbhaNumber,
-    /// Aadhaar number.
-    pub aadhaar: Aadhaar,
-    /// Mobile.
-    pub mobile: Mobile,
-    /// Name.
-    pub name: PersonName,
-    /// Gender.
-    pub gender: Gender,
-    /// Date of birth.
-    pub birth_date: NaiveDate,
-    /// LGD state code.
-    pub state_code: String,
-    /// LGD district code.
-    pub district_code: String,
 }
 
 fn hash64(seed: u64, tag: &str, i: u64) -> u64 {
@@ -178,7 +158,6 @@ impl Population {
         let birth_date = NaiveDate::from_ymd_opt(1950, 1, 1).expect("valid date")
             + Days::days(((h >> 40) % 20_000) as i64);
         Person {
-            index: i,
             abha: self.abha(i),
             aadhaar: self.aadhaar(i),
             mobile: self.mobile(i),

@@ -3,7 +3,10 @@
 //! The population gives valid identifiers without asking, but some rows also need world state
 //! that only calls would create: a de-link needs a link, a child update needs a child. The
 //! writer seeds that state directly into the sandbox while it writes the rows, so the files
-//! and the world always match. Used by `abha-bulk demo` (demo-like mistakes, unknown
+//! and the world always match. What a row of each kind holds, seeds and gets wrong is the
+//! kind's own ([`crate::jobs::kind::Kind::sample_row`]); this file splits the rows between
+//! the kinds, adds the mix's mistakes, unknowns and duplicates, writes the files, and lends
+//! the sandbox's state to the kinds as a [`SampleWorld`]. Used by `abha-bulk demo` (demo-like mistakes, unknown
 //! beneficiaries and duplicates) and by `abha-bulk sandbox --write-samples` (all valid by
 //! default), which the chaos run and newcomers use.
 //!
@@ -18,20 +21,8 @@ use rand::{Rng, RngExt, SeedableRng};
 
 use super::State;
 use crate::jobs::kind::JobKind;
-use crate::pii::{format_date, verhoeff};
-
-/// Share of the rows per kind.
-pub const MIX: [(JobKind, f64); 9] = [
-    (JobKind::BenefitLink, 0.25),
-    (JobKind::BenefitSearch, 0.12),
-    (JobKind::BenefitLookup, 0.10),
-    (JobKind::BenefitDelink, 0.10),
-    (JobKind::ProfileUpdate, 0.10),
-    (JobKind::AbhaFind, 0.08),
-    (JobKind::AbhaCreateDemo, 0.10),
-    (JobKind::ChildCreate, 0.08),
-    (JobKind::ChildUpdate, 0.07),
-];
+use crate::jobs::sample::{Person, SampleRow, SampleWorld, chance};
+use crate::pii::{Aadhaar, AbhaNumber, Mobile};
 
 /// What a sample holds besides rows that succeed (percentages of rows).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -106,15 +97,25 @@ pub fn x_token_expiry(now_unix: i64) -> i64 {
     (now_unix.div_euclid(86_400) + 2) * 86_400
 }
 
-/// Rows per kind for `rows` rows in all (shares of [`MIX`]).
+/// Rows per kind for `rows` rows in all: each kind's share is its
+/// [`JobKind::sample_weight`] over the sum of all weights, rounded half up.
 pub fn rows_per_kind(rows: usize) -> Vec<(JobKind, usize)> {
-    MIX.iter()
-        .map(|(k, share)| (*k, ((rows as f64) * share).round() as usize))
+    let total: u64 = JobKind::ALL
+        .iter()
+        .map(|k| u64::from(k.sample_weight()))
+        .sum();
+    JobKind::ALL
+        .iter()
+        .map(|k| {
+            let scaled = rows as u64 * u64::from(k.sample_weight());
+            (*k, ((2 * scaled + total) / (2 * total.max(1))) as usize)
+        })
         .collect()
 }
 
-/// Writes one file per kind into `dir` (`<kind>.csv`), splitting `rows` by [`MIX`], each kind
-/// on its own beneficiaries, and seeds the sandbox with what the rows need.
+/// Writes one file per kind into `dir` (`<kind>.csv`), splitting `rows` by the kinds' sample
+/// weights ([`rows_per_kind`]), each kind on its own beneficiaries, and seeds the sandbox
+/// with what the rows need.
 pub fn write_samples(
     sandbox: &State,
     dir: &Path,
@@ -208,21 +209,20 @@ pub fn write_sample(
         source,
     };
     let mut w = csv::Writer::from_path(&tmp).map_err(|e| io(e.into()))?;
-    w.write_record(header(spec.kind))
+    w.write_record(spec.kind.sample_header())
         .map_err(|e| io(e.into()))?;
-    let pct = |p: f64| (p / 100.0).clamp(0.0, 1.0);
     let mut previous: Option<Vec<String>> = None;
     for i in 0..spec.rows {
         if let Some(prev) = previous
             .as_ref()
-            .filter(|_| rng.random_bool(pct(spec.mix.duplicate_percent)))
+            .filter(|_| rng.random_bool(chance(spec.mix.duplicate_percent)))
         {
             w.write_record(prev).map_err(|e| io(e.into()))?;
             continue;
         }
         let mut rec = row(spec, i, sandbox, rng);
-        if rng.random_bool(pct(spec.mix.invalid_percent)) {
-            corrupt(spec.kind, &mut rec, rng);
+        if rng.random_bool(chance(spec.mix.invalid_percent)) {
+            spec.kind.corrupt_sample(&mut rec, rng);
         }
         w.write_record(&rec).map_err(|e| io(e.into()))?;
         previous = Some(rec);
@@ -233,158 +233,70 @@ pub fn write_sample(
     Ok(path)
 }
 
-fn header(kind: JobKind) -> Vec<&'static str> {
-    match kind {
-        JobKind::BenefitSearch | JobKind::BenefitLink | JobKind::BenefitDelink => {
-            vec!["external_ref", "abha_number", "aadhaar"]
-        }
-        JobKind::BenefitLookup => vec!["external_ref", "abha_number"],
-        JobKind::ProfileUpdate => vec!["external_ref", "abha_number", "mobile", "account_status"],
-        JobKind::ChildCreate => vec![
-            "external_ref",
-            "parent_x_token",
-            "parent_abha_number",
-            "child_name",
-            "child_dob",
-            "child_gender",
-        ],
-        JobKind::ChildUpdate => vec!["external_ref", "abha_number", "name", "dob", "gender"],
-        JobKind::AbhaFind => vec!["external_ref", "mobile"],
-        JobKind::AbhaCreateDemo => vec![
-            "external_ref",
-            "aadhaar",
-            "name",
-            "dob",
-            "gender",
-            "state_code",
-            "district_code",
-        ],
-    }
-}
-
-const CHILD_NAMES: [&str; 8] = [
-    "Anu", "Bala", "Chitra", "Dev", "Esha", "Faiz", "Gita", "Hari",
-];
-
-/// Row `i` of a kind, seeding the sandbox with what it needs.
+/// Row `i` of a kind: the person and the unknown-beneficiary draw are common to every kind,
+/// the cells (and the world state they need) are the kind's.
 fn row(spec: &SampleSpec<'_>, i: usize, sandbox: &State, rng: &mut impl Rng) -> Vec<String> {
-    let pop = sandbox.population();
-    let kind = spec.kind;
-    let idx = spec.base + i as u64;
-    let p = pop.person(idx);
-    let unknown = rng.random_bool((spec.mix.unknown_percent / 100.0).clamp(0.0, 1.0));
+    let index = spec.base + i as u64;
+    let person = SampleWorld::person(sandbox, index);
+    let unknown = rng.random_bool(chance(spec.mix.unknown_percent));
     let abha = if unknown {
-        pop.abha(pop.size() + 5_000_000 + idx)
+        SampleWorld::abha(sandbox, sandbox.population().size() + 5_000_000 + index)
     } else {
-        p.abha.clone()
+        person.abha.clone()
     };
-    let r = format!("DEMO-{}-{i:06}", kind.as_str());
-    match kind {
-        JobKind::BenefitSearch | JobKind::BenefitLink | JobKind::BenefitDelink => {
-            let never_linked =
-                rng.random_bool((spec.mix.never_linked_percent / 100.0).clamp(0.0, 1.0));
-            if kind == JobKind::BenefitDelink && !unknown && !never_linked {
-                sandbox.set_linked(spec.benefit, &p.abha.digits(), true);
-            }
-            if rng.random_bool(0.3) && !unknown {
-                vec![r, String::new(), p.aadhaar.expose().to_string()]
-            } else {
-                vec![r, abha.expose().to_string(), String::new()]
-            }
-        }
-        JobKind::BenefitLookup => vec![r, abha.expose().to_string()],
-        JobKind::ProfileUpdate => vec![
-            r,
-            abha.expose().to_string(),
-            pop.mobile(pop.size() + idx).expose().to_string(),
-            "ACTIVE".into(),
-        ],
-        JobKind::ChildCreate => {
-            let dob = NaiveDate::from_ymd_opt(
-                2015 + (i % 10) as i32,
-                1 + (i % 12) as u32,
-                1 + (i % 28) as u32,
-            )
-            .expect("valid date");
-            vec![
-                r,
-                pop.x_token(&p.abha, spec.x_token_expires),
-                p.abha.expose().to_string(),
-                format!(
-                    "{} {}",
-                    CHILD_NAMES[i % CHILD_NAMES.len()],
-                    p.name.expose().split(' ').next_back().unwrap_or("Kumar")
-                ),
-                format_date(dob),
-                ["M", "F"][i % 2].into(),
-            ]
-        }
-        JobKind::ChildUpdate => {
-            let dob = NaiveDate::from_ymd_opt(2018, 6, 1 + (i % 28) as u32).expect("valid date");
-            let child = if unknown {
-                abha.clone()
-            } else {
-                sandbox.seed_child(&p.abha, "Baby Demo", dob, "F")
-            };
-            vec![
-                r,
-                child.expose().to_string(),
-                format!("Baby {}", CHILD_NAMES[i % CHILD_NAMES.len()]),
-                format_date(dob),
-                "F".into(),
-            ]
-        }
-        JobKind::AbhaFind => vec![r, p.mobile.expose().to_string()],
-        JobKind::AbhaCreateDemo => {
-            // Half are new to ABDM (created), half already have an ABHA (existing).
-            let aadhaar = if i % 2 == 0 {
-                pop.unknown_aadhaar(idx)
-            } else {
-                p.aadhaar.clone()
-            };
-            vec![
-                r,
-                aadhaar.expose().to_string(),
-                p.name.expose().to_string(),
-                format_date(p.birth_date),
-                p.gender.as_str().into(),
-                p.state_code.clone(),
-                p.district_code.clone(),
-            ]
-        }
-    }
+    let row = SampleRow {
+        world: sandbox,
+        i,
+        index,
+        person,
+        abha,
+        unknown,
+        reference: format!("DEMO-{}-{i:06}", spec.kind.as_str()),
+        benefit: spec.benefit,
+        never_linked_percent: spec.mix.never_linked_percent,
+        x_token_expires: spec.x_token_expires,
+    };
+    spec.kind.sample_row(&row, rng)
 }
 
-/// One typical mistake per kind (what `submit` must reject with a clear reason).
-fn corrupt(kind: JobKind, rec: &mut [String], rng: &mut impl Rng) {
-    let bad_aadhaar = |s: &str| -> String {
-        if s.len() != 12 {
-            return "12345".into();
-        }
-        let body = &s[..11];
-        let good = verhoeff::check_digit(body);
-        format!("{body}{}", (good + 1) % 10)
-    };
-    match kind {
-        JobKind::BenefitSearch | JobKind::BenefitLink | JobKind::BenefitDelink => {
-            if !rec[2].is_empty() {
-                rec[2] = bad_aadhaar(&rec[2]);
-            } else {
-                rec[1] = rec[1][..10].to_string();
-            }
-        }
-        JobKind::BenefitLookup => rec[1] = "91-1234-5678".into(),
-        JobKind::ProfileUpdate => rec[2] = "5123456789".into(),
-        JobKind::ChildCreate => {
-            rec[4] = if rng.random_bool(0.5) {
-                "31-02-2020".into()
-            } else {
-                "01-01-2090".into()
-            }
-        }
-        JobKind::ChildUpdate => rec[4] = "X".into(),
-        JobKind::AbhaFind => rec[1] = "98765".into(),
-        JobKind::AbhaCreateDemo => rec[1] = bad_aadhaar(&rec[1]),
+/// The sandbox's population and world, as the kinds' sample rows see them.
+impl SampleWorld for State {
+    fn size(&self) -> u64 {
+        self.population().size()
+    }
+
+    fn person(&self, index: u64) -> Person {
+        self.population().person(index)
+    }
+
+    fn abha(&self, index: u64) -> AbhaNumber {
+        self.population().abha(index)
+    }
+
+    fn mobile(&self, index: u64) -> Mobile {
+        self.population().mobile(index)
+    }
+
+    fn unknown_aadhaar(&self, k: u64) -> Aadhaar {
+        self.population().unknown_aadhaar(k)
+    }
+
+    fn x_token(&self, abha: &AbhaNumber, expires_unix: i64) -> String {
+        self.population().x_token(abha, expires_unix)
+    }
+
+    fn seed_link(&self, benefit: &str, abha: &AbhaNumber) {
+        self.set_linked(benefit, &abha.digits(), true);
+    }
+
+    fn seed_child(
+        &self,
+        parent: &AbhaNumber,
+        name: &str,
+        dob: NaiveDate,
+        gender: &str,
+    ) -> AbhaNumber {
+        State::seed_child(self, parent, name, dob, gender)
     }
 }
 
@@ -442,6 +354,41 @@ mod tests {
         }
         a.shutdown().await;
         b.shutdown().await;
+    }
+
+    /// Each kind's own sample rows: the valid ones pass `submit`'s validation, the corrupted
+    /// ones do not.
+    #[tokio::test]
+    async fn every_kind_writes_valid_rows_and_invalid_ones_when_asked() {
+        use crate::ingest::csv::{CsvIngest, RowResult};
+        let s = sandbox().await;
+        for (mix, valid) in [
+            (SampleMix::VALID, true),
+            (
+                SampleMix {
+                    invalid_percent: 100.0,
+                    ..SampleMix::VALID
+                },
+                false,
+            ),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let files =
+                write_samples(s.state(), d.path(), 450, "PMJAY", mix, &mut rand::rng()).unwrap();
+            for f in &files {
+                let file = std::fs::File::open(&f.path).unwrap();
+                let today = Utc::now().date_naive();
+                let rows = CsvIngest::new(std::io::BufReader::new(file), f.kind, today).unwrap();
+                let mut n = 0;
+                for row in rows {
+                    n += 1;
+                    let accepted = matches!(row.unwrap(), RowResult::Accepted(_));
+                    assert_eq!(accepted, valid, "{}", f.kind);
+                }
+                assert_eq!(n, f.rows, "{}", f.kind);
+            }
+        }
+        s.shutdown().await;
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! `abha-create-demo`: create (or find) an ABHA by Aadhaar demographic authentication.
 
 use chrono::NaiveDate;
+use rand::Rng;
 
 use crate::abdm::enrol::DemoAuthRequest;
 use crate::abdm::{AbdmClient, CallTrace, ClientError};
@@ -11,6 +12,7 @@ use crate::jobs::columns::{
 use crate::jobs::execute::{Success, created_or_existing};
 use crate::jobs::fields::{FieldMap, Fields, id, past_date};
 use crate::jobs::kind::Kind;
+use crate::jobs::sample::{SampleRow, bad_aadhaar};
 use crate::pii::{Aadhaar, Gender, Mobile, PersonName, format_date};
 
 /// Create (or find) an ABHA by Aadhaar demographic authentication.
@@ -19,6 +21,16 @@ pub struct AbhaCreateDemo;
 impl Kind for AbhaCreateDemo {
     const NAME: &'static str = "abha-create-demo";
     const CHANGES_STATE: bool = true;
+    const SAMPLE_WEIGHT: u32 = 10;
+    const SAMPLE_HEADER: &'static [&'static str] = &[
+        "external_ref",
+        "aadhaar",
+        "name",
+        "dob",
+        "gender",
+        "state_code",
+        "district_code",
+    ];
     const COLUMNS: &'static [ColumnSpec] = &[
         ColumnSpec {
             name: "aadhaar",
@@ -140,6 +152,29 @@ impl Kind for AbhaCreateDemo {
             Some(&created.abha_number),
             format!("ABHA {}", created.abha_number.masked()),
         ))
+    }
+
+    /// Half are new to ABDM (`created`), half already have an ABHA (`existing`).
+    fn sample_row(row: &SampleRow<'_>, _rng: &mut impl Rng) -> Vec<String> {
+        let p = &row.person;
+        let aadhaar = if row.i % 2 == 0 {
+            row.world.unknown_aadhaar(row.index)
+        } else {
+            p.aadhaar.clone()
+        };
+        vec![
+            row.reference.clone(),
+            aadhaar.expose().to_string(),
+            p.name.expose().to_string(),
+            format_date(p.birth_date),
+            p.gender.as_str().into(),
+            p.state_code.clone(),
+            p.district_code.clone(),
+        ]
+    }
+
+    fn corrupt_sample(rec: &mut [String], _rng: &mut impl Rng) {
+        rec[1] = bad_aadhaar(&rec[1]);
     }
 
     #[cfg(test)]

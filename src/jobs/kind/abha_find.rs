@@ -1,12 +1,14 @@
 //! `abha-find`: the ABHA accounts on a mobile (read-only).
 
 use chrono::NaiveDate;
+use rand::Rng;
 
 use crate::abdm::{AbdmClient, CallTrace, ClientError};
 use crate::jobs::columns::{ColumnSpec, MOBILE_ALIASES, MOBILE_DESC};
 use crate::jobs::execute::Success;
 use crate::jobs::fields::{FieldMap, Fields, id};
 use crate::jobs::kind::Kind;
+use crate::jobs::sample::SampleRow;
 use crate::pii::{Mobile, Sensitive};
 
 /// Find the ABHA accounts on a mobile.
@@ -15,6 +17,8 @@ pub struct AbhaFind;
 impl Kind for AbhaFind {
     const NAME: &'static str = "abha-find";
     const CHANGES_STATE: bool = false;
+    const SAMPLE_WEIGHT: u32 = 8;
+    const SAMPLE_HEADER: &'static [&'static str] = &["external_ref", "mobile"];
     const COLUMNS: &'static [ColumnSpec] = &[ColumnSpec {
         name: "mobile",
         required: true,
@@ -72,6 +76,17 @@ impl Kind for AbhaFind {
                     .join(", ")
             ),
         ))
+    }
+
+    fn sample_row(row: &SampleRow<'_>, _rng: &mut impl Rng) -> Vec<String> {
+        vec![
+            row.reference.clone(),
+            row.person.mobile.expose().to_string(),
+        ]
+    }
+
+    fn corrupt_sample(rec: &mut [String], _rng: &mut impl Rng) {
+        rec[1] = "98765".into();
     }
 
     #[cfg(test)]

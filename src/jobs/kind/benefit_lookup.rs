@@ -1,12 +1,14 @@
 //! `benefit-lookup`: the programmes an ABHA number is linked to (read-only).
 
 use chrono::NaiveDate;
+use rand::Rng;
 
 use crate::abdm::{AbdmClient, CallTrace, ClientError};
 use crate::jobs::columns::{ABHA_REQUIRED, ColumnSpec};
 use crate::jobs::execute::Success;
 use crate::jobs::fields::{FieldMap, Fields, id};
 use crate::jobs::kind::Kind;
+use crate::jobs::sample::SampleRow;
 use crate::pii::AbhaNumber;
 
 /// List the programmes an ABHA number is linked to.
@@ -15,6 +17,8 @@ pub struct BenefitLookup;
 impl Kind for BenefitLookup {
     const NAME: &'static str = "benefit-lookup";
     const CHANGES_STATE: bool = false;
+    const SAMPLE_WEIGHT: u32 = 10;
+    const SAMPLE_HEADER: &'static [&'static str] = &["external_ref", "abha_number"];
     const COLUMNS: &'static [ColumnSpec] = &[ABHA_REQUIRED];
     type Payload = AbhaNumber;
 
@@ -66,6 +70,14 @@ impl Kind for BenefitLookup {
                 }
             ),
         ))
+    }
+
+    fn sample_row(row: &SampleRow<'_>, _rng: &mut impl Rng) -> Vec<String> {
+        vec![row.reference.clone(), row.abha.expose().to_string()]
+    }
+
+    fn corrupt_sample(rec: &mut [String], _rng: &mut impl Rng) {
+        rec[1] = "91-1234-5678".into();
     }
 
     #[cfg(test)]

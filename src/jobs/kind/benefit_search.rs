@@ -1,12 +1,8 @@
 //! `benefit-search`: the benefit records of one beneficiary (read-only).
 
-use chrono::NaiveDate;
-
 use crate::abdm::benefit::Beneficiary;
 use crate::abdm::{AbdmClient, CallTrace, ClientError};
-use crate::jobs::columns::{BENEFICIARY_COLUMNS, BENEFICIARY_ONE_OF, ColumnSpec};
 use crate::jobs::execute::Success;
-use crate::jobs::fields::{FieldMap, Fields, beneficiary_fields};
 use crate::jobs::kind::Kind;
 
 /// Search benefit records by ABHA number or Aadhaar.
@@ -15,25 +11,9 @@ pub struct BenefitSearch;
 impl Kind for BenefitSearch {
     const NAME: &'static str = "benefit-search";
     const CHANGES_STATE: bool = false;
-    const COLUMNS: &'static [ColumnSpec] = BENEFICIARY_COLUMNS;
-    const ONE_OF: &'static [&'static [&'static str]] = BENEFICIARY_ONE_OF;
-    type Payload = Beneficiary;
-
-    fn parse(row: &mut Fields<'_, '_>, _today: NaiveDate) -> Option<Beneficiary> {
-        row.beneficiary()
-    }
-
-    fn to_fields(who: &Beneficiary, out: &mut FieldMap) {
-        beneficiary_fields(who, out);
-    }
-
-    fn subject(who: &Beneficiary) -> String {
-        who.login_id().to_string()
-    }
-
-    fn subject_masked(who: &Beneficiary) -> String {
-        who.masked()
-    }
+    const SAMPLE_WEIGHT: u32 = 12;
+    // Columns, parsing, subject and sample rows: those of every beneficiary row.
+    beneficiary_row!(seed_link: false);
 
     /// `found` when one of the records is of this programme, else `not_linked`; the report
     /// lists the programmes found, and for an Aadhaar row the (masked) ABHA number behind it.
@@ -66,11 +46,6 @@ impl Kind for BenefitSearch {
             ));
         }
         Ok(s)
-    }
-
-    #[cfg(test)]
-    fn example() -> Vec<(&'static str, String)> {
-        vec![("abha_number", "91-1234-5678-9012".into())]
     }
 }
 

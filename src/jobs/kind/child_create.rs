@@ -1,6 +1,7 @@
 //! `child-create`: create a child ABHA under a parent's X-token.
 
 use chrono::NaiveDate;
+use rand::{Rng, RngExt};
 use sha2::{Digest, Sha256};
 
 use crate::abdm::child::ChildDetails;
@@ -9,6 +10,7 @@ use crate::jobs::columns::{ColumnSpec, GENDER_DESC, NAME_DESC};
 use crate::jobs::execute::{Success, created_or_existing};
 use crate::jobs::fields::{FieldMap, Fields, id};
 use crate::jobs::kind::Kind;
+use crate::jobs::sample::{CHILD_NAMES, SampleRow};
 use crate::pii::{AbhaNumber, Gender, PersonName, XToken, format_date, parse_past_date};
 
 /// Create a child ABHA under a parent's X-token.
@@ -28,6 +30,15 @@ pub struct NewChild {
 impl Kind for ChildCreate {
     const NAME: &'static str = "child-create";
     const CHANGES_STATE: bool = true;
+    const SAMPLE_WEIGHT: u32 = 8;
+    const SAMPLE_HEADER: &'static [&'static str] = &[
+        "external_ref",
+        "parent_x_token",
+        "parent_abha_number",
+        "child_name",
+        "child_dob",
+        "child_gender",
+    ];
     const COLUMNS: &'static [ColumnSpec] = &[
         ColumnSpec {
             name: "parent_x_token",
@@ -155,6 +166,38 @@ impl Kind for ChildCreate {
             Some(&created.profile.abha_number),
             format!("child ABHA {}", created.profile.abha_number.masked()),
         ))
+    }
+
+    /// A child born 2015-2024 under the person's X-token, with the person's family name.
+    fn sample_row(row: &SampleRow<'_>, _rng: &mut impl Rng) -> Vec<String> {
+        let (i, p) = (row.i, &row.person);
+        let dob = NaiveDate::from_ymd_opt(
+            2015 + (i % 10) as i32,
+            1 + (i % 12) as u32,
+            1 + (i % 28) as u32,
+        )
+        .expect("valid date");
+        vec![
+            row.reference.clone(),
+            row.world.x_token(&p.abha, row.x_token_expires),
+            p.abha.expose().to_string(),
+            format!(
+                "{} {}",
+                CHILD_NAMES[i % CHILD_NAMES.len()],
+                p.name.expose().split(' ').next_back().unwrap_or("Kumar")
+            ),
+            format_date(dob),
+            ["M", "F"][i % 2].into(),
+        ]
+    }
+
+    /// An impossible or a future birth date.
+    fn corrupt_sample(rec: &mut [String], rng: &mut impl Rng) {
+        rec[4] = if rng.random_bool(0.5) {
+            "31-02-2020".into()
+        } else {
+            "01-01-2090".into()
+        }
     }
 
     #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `child-update`: correct a child ABHA's name, birth date and gender.
 
 use chrono::NaiveDate;
+use rand::Rng;
 
 use crate::abdm::child::ChildUpdate as Correction;
 use crate::abdm::{AbdmClient, CallTrace, ClientError};
@@ -11,6 +12,7 @@ use crate::jobs::columns::{
 use crate::jobs::execute::Success;
 use crate::jobs::fields::{FieldMap, Fields, id, past_date};
 use crate::jobs::kind::Kind;
+use crate::jobs::sample::{CHILD_NAMES, SampleRow};
 use crate::pii::{AbhaNumber, Gender, PersonName, format_date};
 
 /// Correct a child ABHA's name, birth date and gender.
@@ -19,6 +21,9 @@ pub struct ChildUpdate;
 impl Kind for ChildUpdate {
     const NAME: &'static str = "child-update";
     const CHANGES_STATE: bool = true;
+    const SAMPLE_WEIGHT: u32 = 7;
+    const SAMPLE_HEADER: &'static [&'static str] =
+        &["external_ref", "abha_number", "name", "dob", "gender"];
     const COLUMNS: &'static [ColumnSpec] = &[
         ColumnSpec {
             name: "abha_number",
@@ -97,6 +102,29 @@ impl Kind for ChildUpdate {
             }),
             Err(e) => Err(e),
         }
+    }
+
+    /// Corrects a child seeded under the person (an unknown ABHA for unknown rows).
+    fn sample_row(row: &SampleRow<'_>, _rng: &mut impl Rng) -> Vec<String> {
+        let i = row.i;
+        let dob = NaiveDate::from_ymd_opt(2018, 6, 1 + (i % 28) as u32).expect("valid date");
+        let child = if row.unknown {
+            row.abha.clone()
+        } else {
+            row.world
+                .seed_child(&row.person.abha, "Baby Demo", dob, "F")
+        };
+        vec![
+            row.reference.clone(),
+            child.expose().to_string(),
+            format!("Baby {}", CHILD_NAMES[i % CHILD_NAMES.len()]),
+            format_date(dob),
+            "F".into(),
+        ]
+    }
+
+    fn corrupt_sample(rec: &mut [String], _rng: &mut impl Rng) {
+        rec[4] = "X".into();
     }
 
     #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use base64::Engine;
 use chrono::NaiveDate;
+use rand::Rng;
 
 use crate::abdm::profile::{AccountStatus, ProfilePatch};
 use crate::abdm::{AbdmClient, CallTrace, ClientError};
@@ -9,6 +10,7 @@ use crate::jobs::columns::{ABHA_REQUIRED, ColumnSpec, MOBILE_ALIASES};
 use crate::jobs::execute::Success;
 use crate::jobs::fields::{FieldMap, Fields, id};
 use crate::jobs::kind::Kind;
+use crate::jobs::sample::SampleRow;
 use crate::pii::{AbhaNumber, Mobile, Sensitive};
 
 /// Largest decoded profile photo ABDM accepts.
@@ -20,6 +22,9 @@ pub struct ProfileUpdate;
 impl Kind for ProfileUpdate {
     const NAME: &'static str = "profile-update";
     const CHANGES_STATE: bool = true;
+    const SAMPLE_WEIGHT: u32 = 10;
+    const SAMPLE_HEADER: &'static [&'static str] =
+        &["external_ref", "abha_number", "mobile", "account_status"];
     const COLUMNS: &'static [ColumnSpec] = &[
         ABHA_REQUIRED,
         ColumnSpec {
@@ -105,6 +110,21 @@ impl Kind for ProfileUpdate {
     ) -> Result<Success, ClientError> {
         client.update_profile(trace, benefit, patch).await?;
         Ok(Success::plain("updated"))
+    }
+
+    /// A new mobile (one on no ABHA) and `ACTIVE`.
+    fn sample_row(row: &SampleRow<'_>, _rng: &mut impl Rng) -> Vec<String> {
+        let world = row.world;
+        vec![
+            row.reference.clone(),
+            row.abha.expose().to_string(),
+            world.mobile(world.size() + row.index).expose().to_string(),
+            "ACTIVE".into(),
+        ]
+    }
+
+    fn corrupt_sample(rec: &mut [String], _rng: &mut impl Rng) {
+        rec[2] = "5123456789".into();
     }
 
     #[cfg(test)]

@@ -1,0 +1,248 @@
+//! One delivery's path, from envelope to ack: decode (or dead-letter), record a producer's
+//! job, wait for a closed breaker and a rate token, claim, run the job through its gate (the
+//! lease fence), classify and record the outcome. The consume loop that spawns it is in
+//! `worker/mod.rs`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::claims::Claimer;
+use super::outcomes::OutcomeWriter;
+use super::support::persist;
+use super::{DeadLetters, Inbound, JobGate, Settled, Worker};
+use crate::abdm::{CallTrace, Disposition};
+use crate::jobs::execute::execute;
+use crate::jobs::kind::Job;
+use crate::queue::envelope::Envelope;
+use crate::store::jobs::{Claim, ClaimedJob, ExternalJob, Outcome};
+use crate::telemetry::metrics;
+
+impl Worker {
+    /// One delivery, from envelope to ack. While Postgres is down the delivery is held (not
+    /// requeued: a requeue counts towards the queue's delivery limit, after which RabbitMQ would
+    /// dead-letter a job whose outbox row is gone); the in-flight bound stops this worker from
+    /// taking more meanwhile. While the ABDM circuit breaker is open, likewise.
+    pub(super) async fn handle(
+        &self,
+        delivery: Inbound,
+        dead: &dyn DeadLetters,
+        claimer: &Claimer,
+        writer: &OutcomeWriter,
+        stop: &CancellationToken,
+    ) {
+        let envelope = match Envelope::decode(&delivery.data) {
+            Ok(e) => e,
+            Err(reason) => {
+                return self.dead_letter(&delivery, dead, &reason.to_string()).await;
+            }
+        };
+        // A producer's envelope carries identifiers. If this is its last delivery before the
+        // queue's limit, RabbitMQ would dead-letter it verbatim after a crash: dead-letter the
+        // redacted summary now instead (stored-job envelopes carry only a job id).
+        if matches!(envelope, Envelope::External { .. })
+            && delivery.delivery_count + 1 >= i64::from(self.topology.delivery_limit)
+        {
+            return self
+                .dead_letter(
+                    &delivery,
+                    dead,
+                    "delivery limit reached: the message kept failing to be processed",
+                )
+                .await;
+        }
+        let job_id = match &envelope {
+            Envelope::Stored { job_id, .. } => *job_id,
+            Envelope::External {
+                kind,
+                idempotency_key,
+                benefit,
+                external_ref,
+                payload,
+            } => {
+                let job = match Job::from_fields(
+                    *kind,
+                    |k| {
+                        payload
+                            .get(k)
+                            .map(String::as_str)
+                            .filter(|v| !v.trim().is_empty())
+                    },
+                    Utc::now().date_naive(),
+                ) {
+                    Ok(job) => job,
+                    Err(errors) => {
+                        let reason = errors
+                            .iter()
+                            .map(|e| format!("{}: {}", e.field, e.reason))
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        return self
+                            .dead_letter(&delivery, dead, &format!("invalid payload: {reason}"))
+                            .await;
+                    }
+                };
+                // The benefit goes into a request header: refuse what is not a header-safe name
+                // here, with the reason, rather than failing every attempt at ABDM.
+                if let Err(e) = crate::jobs::benefit::BenefitName::parse(benefit) {
+                    return self
+                        .dead_letter(&delivery, dead, &format!("invalid benefit: {e}"))
+                        .await;
+                }
+                let ext = ExternalJob {
+                    idempotency_key,
+                    benefit,
+                    external_ref: external_ref.as_deref(),
+                    job: &job,
+                };
+                match persist("recording a queue job", stop, || {
+                    self.store.upsert_external(*kind, ext.clone())
+                })
+                .await
+                {
+                    Some(id) => id,
+                    None => return,
+                }
+            }
+        };
+        // No job starts while ABDM is known to be down, and the rate token is taken before the
+        // claim, so the lease does not tick away while this worker waits for its turn.
+        if !self.breaker.wait_closed(&self.client, stop).await {
+            return;
+        }
+        self.limiter.acquire().await;
+        let token_at = std::time::Instant::now();
+        let claim = persist("claiming a job", stop, || claimer.claim(job_id)).await;
+        match claim {
+            None => {}
+            Some(Claim::Run(job)) => {
+                let recorded = self
+                    .run_job(&job, token_at, writer, stop)
+                    .instrument(job_span(&job))
+                    .await;
+                if recorded {
+                    delivery.settle(Settled::Ack).await
+                }
+            }
+            Some(Claim::Finished(state)) => {
+                tracing::debug!(
+                    job_id,
+                    state,
+                    "redelivered job already finished; acked without calling ABDM"
+                );
+                delivery.settle(Settled::Ack).await
+            }
+            Some(Claim::NotDue | Claim::Busy | Claim::Missing) => {
+                delivery.settle(Settled::Ack).await
+            }
+        }
+    }
+
+    /// Runs a claimed job and commits its outcome; returns whether the message may be acked
+    /// (false only when stopping before the outcome could be written: the lease then makes
+    /// the job run again).
+    async fn run_job(
+        &self,
+        job: &ClaimedJob,
+        token_at: std::time::Instant,
+        writer: &OutcomeWriter,
+        stop: &CancellationToken,
+    ) -> bool {
+        let kind = job.kind.as_str();
+        let gate = Arc::new(JobGate {
+            limiter: self.limiter.clone(),
+            store: self.store.clone(),
+            job_id: job.id,
+            owner: self.cfg.id.clone(),
+            lease_secs: self.cfg.lease_secs,
+            prepaid: AtomicBool::new(true),
+            token_at,
+            claimed_at: std::time::Instant::now(),
+        });
+        let mut trace = CallTrace::gated(gate);
+        let outcome = if job.attempt as u32 > self.cfg.max_attempts {
+            Outcome::Dead {
+                code: "lease_expired".into(),
+                message: format!(
+                    "no answer recorded after {} attempts (worker leases expired)",
+                    job.attempt - 1
+                ),
+            }
+        } else {
+            match self
+                .store
+                .decrypt_job(job.id, job.kind, &job.dedup_hash, &job.payload)
+            {
+                Err(e) => Outcome::Failed {
+                    code: "invalid_stored_job".into(),
+                    message: e.to_string(),
+                },
+                Ok(payload) => {
+                    metrics::IN_FLIGHT.inc();
+                    let result = execute(
+                        &self.client,
+                        &job.benefit,
+                        &payload,
+                        job.effect_may_have_happened,
+                        &mut trace,
+                    )
+                    .await;
+                    metrics::IN_FLIGHT.dec();
+                    let open = self.breaker.observe(result.as_ref().err()).await;
+                    if let Err(e) = &result
+                        && e.disposition() == Disposition::Throttled
+                    {
+                        let sent_ago = trace.last().map(|a| a.duration);
+                        self.limiter
+                            .on_throttled_call(e.retry_after(), sent_ago)
+                            .await;
+                    }
+                    self.classify(job, result, open)
+                }
+            }
+        };
+        let Some(recorded) = persist("recording a job's outcome", stop, || {
+            writer.record(job, &outcome, &trace.attempts)
+        })
+        .await
+        else {
+            return false;
+        };
+        if !recorded {
+            tracing::warn!(
+                job_id = job.id,
+                "lease lost before the outcome was recorded; another worker owns the job"
+            );
+            return true;
+        }
+        let state = outcome.state();
+        metrics::JOBS.with_label_values(&[kind, state]).inc();
+        if state != "retrying" {
+            let secs = (Utc::now() - job.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::JOB_DURATION
+                .with_label_values(&[kind])
+                .observe(secs);
+        }
+        tracing::debug!(job_id = job.id, state, "job recorded");
+        true
+    }
+
+    async fn dead_letter(&self, delivery: &Inbound, dead: &dyn DeadLetters, reason: &str) {
+        tracing::warn!(reason, "malformed message sent to the dead-letter queue");
+        match dead.dead_letter(&delivery.data, reason).await {
+            Ok(()) => delivery.settle(Settled::Ack).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "dead-lettering failed; message requeued");
+                delivery.settle(Settled::Requeue).await
+            }
+        }
+    }
+}
+
+/// The span of one job: ids and kind, never identifiers.
+fn job_span(job: &ClaimedJob) -> tracing::Span {
+    tracing::info_span!("job", job_id = job.id, batch_id = %job.batch_id, kind = job.kind.as_str(), attempt = job.attempt)
+}
