@@ -16,7 +16,8 @@ ALTER TABLE outbox
 CREATE INDEX outbox_batch ON outbox (batch_id) WHERE batch_id IS NOT NULL;
 
 -- A lower bound on the ids of a batch's jobs: the job sequence's position when the batch is
--- created (every job of the batch is inserted after that). NULL for older batches (read as 0).
+-- created (every job of the batch is inserted after that; jobs_id_seq caches one value, so no
+-- session holds an id below it). NULL for older batches (read as 0).
 ALTER TABLE batches ADD COLUMN jobs_after bigint;
 ALTER TABLE batches ALTER COLUMN jobs_after SET DEFAULT COALESCE(pg_sequence_last_value('jobs_id_seq'), 0);
 
