@@ -1,15 +1,16 @@
-//! `abha-bulk submit`: a CSV file → a batch of jobs, their outbox rows, and the rejected rows.
+//! `abha-bulk submit`: a CSV file → a batch of jobs, its outbox row, and the rejected rows.
 //!
 //! Streaming in constant memory: a blocking thread reads, validates, encrypts and hashes rows
-//! and hands chunks over a bounded channel to the inserter, which writes each chunk (jobs +
-//! outbox, duplicates recorded as such) in one transaction. Every row counted as accepted is
-//! committed before the command returns. A file already submitted for the same kind and
-//! benefit (a completed batch) is refused unless `force`.
+//! and hands chunks over a bounded channel to the inserter, which writes each chunk (jobs,
+//! duplicates recorded as such) in one transaction, two chunks at a time. Every row counted
+//! as accepted is committed before the command returns. A file already submitted for the
+//! same kind and benefit (a completed batch) is refused unless `force`.
 //!
-//! Atomic: the jobs of a batch get their outbox rows only when the whole file is stored and
-//! the batch turns `active` (one transaction). A submit that fails (a database error, an
-//! unreadable file) or is interrupted (SIGTERM/Ctrl-C: `submit_until`'s `stop`) marks its
-//! batch `aborted`; none of its rows runs and the same file may be submitted again.
+//! Atomic: the batch gets its outbox row (one row standing for all its jobs, which the relay
+//! expands) only when the whole file is stored and the batch turns `active` (one
+//! transaction). A submit that fails (a database error, an unreadable file) or is interrupted
+//! (SIGTERM/Ctrl-C: `submit_until`'s `stop`) marks its batch `aborted`; none of its rows runs
+//! and the same file may be submitted again.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -23,7 +24,7 @@ use uuid::Uuid;
 
 use crate::ingest::csv::{CsvIngest, IngestError, RowResult};
 use crate::jobs::kind::JobKind;
-use crate::store::batches::{NewBatch, PreparedRow, RejectedRow};
+use crate::store::batches::{ChunkOutcome, NewBatch, PreparedRow, RejectedRow};
 use crate::store::submits::UploadConflict;
 use crate::store::{Store, StoreError};
 
@@ -290,6 +291,9 @@ async fn store_rows(
     let (mut accepted, mut rejected, mut duplicates) = (0u64, 0u64, 0u64);
     let mut end = None;
     let mut writers = tokio::task::JoinSet::new();
+    // Chunks are inserted without ON CONFLICT until one repeats a stored row (most files
+    // repeat none); from then on every chunk takes the path that records duplicates.
+    let repeats = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut failure = None;
     loop {
         let chunk = tokio::select! {
@@ -312,8 +316,20 @@ async fn store_rows(
                 }
                 let store = store.clone();
                 let (kind, benefit) = (req.kind, req.benefit.clone());
+                let repeats = repeats.clone();
                 writers.spawn(async move {
-                    let out = store.insert_jobs(batch, kind, &benefit, &rows).await?;
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let out = if rows.is_empty() {
+                        ChunkOutcome::default()
+                    } else if !repeats.load(Relaxed)
+                        && let Some(out) =
+                            store.insert_new_jobs(batch, kind, &benefit, &rows).await?
+                    {
+                        out
+                    } else {
+                        repeats.store(true, Relaxed);
+                        store.insert_jobs(batch, kind, &benefit, &rows).await?
+                    };
                     store.insert_rejections(batch, &rejections).await?;
                     Ok::<_, StoreError>((out.accepted, rejections.len() as u64, out.duplicates))
                 });

@@ -240,7 +240,7 @@ pub mod metrics {
     pub static OUTBOX_PENDING: LazyLock<Gauge> = LazyLock::new(|| {
         gauge(
             "abha_outbox_pending",
-            "Outbox rows not yet published (due now or later)",
+            "Jobs in the outbox not yet published, due now or later (a submitted batch still being published counts the ids left in its range, an upper bound)",
         )
     });
 

@@ -291,6 +291,13 @@ impl Store {
         .execute(&mut *tx)
         .await
         .ctx("removing cancelled jobs from the outbox")?;
+        // A batch not yet fully published has its own row (store::outbox): nothing is left
+        // for it to publish.
+        sqlx::query("DELETE FROM outbox WHERE batch_id = $1")
+            .bind(batch)
+            .execute(&mut *tx)
+            .await
+            .ctx("removing the batch's outbox row")?;
         sqlx::query("UPDATE batches SET state = 'cancelled', finished_at = now() WHERE id = $1")
             .bind(batch)
             .execute(&mut *tx)

@@ -1,16 +1,23 @@
 //! The outbox: rows to publish, leased under `FOR UPDATE SKIP LOCKED` and deleted once
 //! RabbitMQ confirmed their messages.
+//!
+//! A row is either one job (a retry, an expired lease, retry-failed, a repaired message) or a
+//! whole submitted batch: `finish_submit` makes a file due with one row, which the relay
+//! expands into the batch's queued jobs in id order, a round at a time, keeping its place in
+//! `after_job`. One row instead of a million keeps activation O(1) (issue 10: the per-job rows
+//! and their foreign-key checks cost more than storing the jobs).
 
 use std::future::Future;
 
 use sqlx::Row;
+use uuid::Uuid;
 
 use super::{QueryContext, Store, StoreError};
 
-/// One due outbox row.
+/// One message to publish: a job to run.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
-    /// Row id.
+    /// The outbox row it came from (a batch row yields many).
     pub id: i64,
     /// Job to run.
     pub job_id: i64,
@@ -21,17 +28,36 @@ pub struct OutboxRow {
 /// Outbox backlog.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OutboxStats {
-    /// Rows not yet published (due or not).
+    /// Jobs not yet published (due or not); a batch still being expanded counts the ids left
+    /// in its range, an upper bound.
     pub pending: i64,
-    /// Rows due now.
+    /// Rows due now (a batch row counts once).
     pub due: i64,
     /// Age of the oldest due row, seconds (0 when none is due).
     pub lag_secs: f64,
 }
 
+/// A leased outbox row.
+struct Leased {
+    id: i64,
+    job_id: Option<i64>,
+    batch: Option<Uuid>,
+    after_job: i64,
+    upto_job: i64,
+    kind: String,
+}
+
+/// Where a batch row stands after a round.
+struct Cursor {
+    id: i64,
+    /// The last job id scanned; `None` when the range is exhausted (the row goes).
+    after: Option<i64>,
+}
+
 impl Store {
-    /// Takes up to `limit` due rows, hands them to `publish` and deletes them when it succeeds
-    /// (makes them due again at once when it fails). Returns how many were published.
+    /// Takes up to `limit` due messages, hands them to `publish` and deletes (or, for a batch
+    /// row, advances) their rows when it succeeds (makes them due again at once when it
+    /// fails). Returns how many messages were published.
     ///
     /// No transaction is held while RabbitMQ confirms: the rows are first leased (their
     /// `due_at` moved `lease` ahead, one short statement), so a relay that dies or hangs
@@ -47,11 +73,11 @@ impl Store {
         F: FnOnce(Vec<OutboxRow>) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
-        let rows: Vec<OutboxRow> = sqlx::query(
+        let leased: Vec<Leased> = sqlx::query(
             "UPDATE outbox SET due_at = now() + make_interval(secs => $2)
              WHERE id IN (SELECT id FROM outbox WHERE due_at <= now()
                           ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-             RETURNING id, job_id, kind",
+             RETURNING id, job_id, batch_id, after_job, upto_job, kind",
         )
         .bind(limit)
         .bind(lease.as_secs_f64())
@@ -59,18 +85,50 @@ impl Store {
         .await
         .ctx("leasing due outbox rows")?
         .into_iter()
-        .map(|r| OutboxRow {
+        .map(|r| Leased {
             id: r.get(0),
             job_id: r.get(1),
-            kind: r.get(2),
+            batch: r.get(2),
+            after_job: r.get::<Option<i64>, _>(3).unwrap_or(0),
+            upto_job: r.get::<Option<i64>, _>(4).unwrap_or(0),
+            kind: r.get(5),
         })
         .collect();
-        if rows.is_empty() {
+        if leased.is_empty() {
             return Ok(Ok(0));
         }
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let mut rows: Vec<OutboxRow> = leased
+            .iter()
+            .filter_map(|l| {
+                l.job_id.map(|job_id| OutboxRow {
+                    id: l.id,
+                    job_id,
+                    kind: l.kind.clone(),
+                })
+            })
+            .collect();
+        let mut cursors = Vec::new();
+        for b in leased.iter().filter(|l| l.batch.is_some()) {
+            let room = limit - rows.len() as i64;
+            if room <= 0 {
+                cursors.push(Cursor {
+                    id: b.id,
+                    after: Some(b.after_job),
+                });
+                continue;
+            }
+            let (jobs, cursor) = self.expand_batch(b, room).await?;
+            rows.extend(jobs);
+            cursors.push(cursor);
+        }
+        let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
         let n = rows.len();
-        if let Err(e) = publish(rows).await {
+        let outcome = if rows.is_empty() {
+            Ok(())
+        } else {
+            publish(rows).await
+        };
+        if let Err(e) = outcome {
             sqlx::query("UPDATE outbox SET due_at = now() WHERE id = ANY($1)")
                 .bind(&ids)
                 .execute(&self.pool)
@@ -78,18 +136,95 @@ impl Store {
                 .ctx("releasing outbox rows after a failed publish")?;
             return Ok(Err(e));
         }
+        let (moving, done): (Vec<&Cursor>, Vec<&Cursor>) =
+            cursors.iter().partition(|c| c.after.is_some());
+        let gone: Vec<i64> = leased
+            .iter()
+            .filter(|l| l.job_id.is_some())
+            .map(|l| l.id)
+            .chain(done.iter().map(|c| c.id))
+            .collect();
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&ids)
+            .bind(&gone)
             .execute(&self.pool)
             .await
             .ctx("deleting published outbox rows")?;
+        if !moving.is_empty() {
+            sqlx::query(
+                "UPDATE outbox o SET after_job = c.after, due_at = now()
+                 FROM UNNEST($1::bigint[], $2::bigint[]) AS c(id, after) WHERE o.id = c.id",
+            )
+            .bind(moving.iter().map(|c| c.id).collect::<Vec<_>>())
+            .bind(moving.iter().filter_map(|c| c.after).collect::<Vec<_>>())
+            .execute(&self.pool)
+            .await
+            .ctx("advancing a batch's outbox row")?;
+        }
         Ok(Ok(n))
+    }
+
+    /// The next queued jobs of a batch row: up to `room` of them after its cursor, scanned in
+    /// id order over the primary key. The range may hold other batches' jobs (submits running
+    /// side by side); they are skipped, and a few more scans are made so that a run of them
+    /// does not cost the relay an idle pause.
+    async fn expand_batch(
+        &self,
+        b: &Leased,
+        room: i64,
+    ) -> Result<(Vec<OutboxRow>, Cursor), StoreError> {
+        const SCANS: usize = 8;
+        let mut after = b.after_job;
+        let mut jobs = Vec::new();
+        for _ in 0..SCANS {
+            let scanned: Vec<(i64, Uuid, String)> = sqlx::query_as(
+                "SELECT id, batch_id, state FROM jobs WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
+            )
+            .bind(after)
+            .bind(b.upto_job)
+            .bind(room)
+            .fetch_all(&self.pool)
+            .await
+            .ctx("reading the next jobs of a due batch")?;
+            let exhausted = (scanned.len() as i64) < room;
+            after = scanned.last().map_or(after, |(id, _, _)| *id);
+            jobs.extend(
+                scanned
+                    .into_iter()
+                    .filter(|(_, batch, state)| Some(*batch) == b.batch && state == "queued")
+                    .map(|(job_id, _, _)| OutboxRow {
+                        id: b.id,
+                        job_id,
+                        kind: b.kind.clone(),
+                    }),
+            );
+            if exhausted {
+                return Ok((
+                    jobs,
+                    Cursor {
+                        id: b.id,
+                        after: None,
+                    },
+                ));
+            }
+            if !jobs.is_empty() {
+                break;
+            }
+        }
+        Ok((
+            jobs,
+            Cursor {
+                id: b.id,
+                after: Some(after),
+            },
+        ))
     }
 
     /// Backlog figures for metrics and `status`.
     pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         let r = sqlx::query(
-            "SELECT count(*), count(*) FILTER (WHERE due_at <= now()),
+            "SELECT (count(*) FILTER (WHERE job_id IS NOT NULL)
+                     + COALESCE(sum(upto_job - after_job) FILTER (WHERE batch_id IS NOT NULL), 0))::int8,
+                    count(*) FILTER (WHERE due_at <= now()),
                     COALESCE(EXTRACT(EPOCH FROM now() - min(due_at) FILTER (WHERE due_at <= now())), 0)::float8
              FROM outbox",
         )

@@ -1,0 +1,159 @@
+//! A submitted batch becomes due as one outbox row, which the relay expands into the batch's
+//! queued jobs in id order, round by round (issue 10). No RabbitMQ here: `publish_due` hands
+//! its messages to a closure.
+
+mod common;
+
+use abha_bulk::jobs::kind::JobKind;
+use abha_bulk::store::batches::NewBatch;
+use common::{BENEFIT, TestEnv};
+use uuid::Uuid;
+
+async fn outbox_rows(env: &TestEnv) -> Vec<(Option<i64>, Option<Uuid>)> {
+    sqlx::query_as("SELECT job_id, batch_id FROM outbox ORDER BY id")
+        .fetch_all(&env.store.pool)
+        .await
+        .unwrap()
+}
+
+async fn job_ids(env: &TestEnv, batch: Uuid) -> Vec<i64> {
+    sqlx::query_scalar("SELECT id FROM jobs WHERE batch_id = $1 ORDER BY id")
+        .bind(batch)
+        .fetch_all(&env.store.pool)
+        .await
+        .unwrap()
+}
+
+/// Publishes rounds of at most `limit` until nothing is due; the job ids, in order.
+async fn drain(env: &TestEnv, limit: i64) -> Vec<i64> {
+    let mut out = Vec::new();
+    loop {
+        let mut round = Vec::new();
+        let n = env
+            .store
+            .publish_due(limit, std::time::Duration::from_secs(60), |rows| {
+                round = rows.iter().map(|r| r.job_id).collect();
+                async { Ok::<_, ()>(()) }
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n as i64 <= limit);
+        assert_eq!(n, round.len());
+        if n == 0 && outbox_rows(env).await.is_empty() {
+            return out;
+        }
+        out.extend(round);
+    }
+}
+
+fn link_rows(
+    env: &TestEnv,
+    people: std::ops::Range<u64>,
+) -> Vec<abha_bulk::store::batches::PreparedRow> {
+    let pop = env.pop();
+    people
+        .map(|i| {
+            let job = abha_bulk::jobs::kind::Job::BenefitLink(
+                abha_bulk::abdm::benefit::Beneficiary::Abha(pop.abha(i)),
+            );
+            env.store.prepare(i as i64 + 1, None, &job)
+        })
+        .collect()
+}
+
+async fn new_batch(env: &TestEnv) -> Uuid {
+    env.store
+        .create_batch(NewBatch {
+            kind: JobKind::BenefitLink,
+            benefit: BENEFIT,
+            source: "csv",
+            file_name: None,
+            file_sha256: None,
+            parent: None,
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_submitted_file_is_one_outbox_row_published_in_id_order() {
+    let env = TestEnv::new().await;
+    let batch = env.submit_links("R", 0..30).await;
+    assert_eq!(outbox_rows(&env).await, vec![(None, Some(batch))]);
+    // A failed publish leaves the cursor where it was: the same jobs go again.
+    let mut first = Vec::new();
+    let failed = env
+        .store
+        .publish_due(7, std::time::Duration::from_secs(60), |rows| {
+            first = rows.iter().map(|r| r.job_id).collect();
+            async { Err::<(), _>("broker down") }
+        })
+        .await
+        .unwrap();
+    assert!(failed.is_err());
+    let published = drain(&env, 7).await;
+    let jobs = job_ids(&env, batch).await;
+    assert_eq!(first, jobs[..7]);
+    assert_eq!(published, jobs, "every job once, in id order");
+    assert!(outbox_rows(&env).await.is_empty());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_batch_row_skips_jobs_of_batches_stored_in_between_and_goes_on_cancel() {
+    let env = TestEnv::new().await;
+    let a = new_batch(&env).await;
+    let store = &env.store;
+    let first = link_rows(&env, 0..10);
+    store
+        .insert_jobs(a, JobKind::BenefitLink, BENEFIT, &first)
+        .await
+        .unwrap();
+    // Another submit stores its jobs between two chunks of `a`.
+    let b = new_batch(&env).await;
+    let other = link_rows(&env, 100..112);
+    assert!(
+        store
+            .insert_new_jobs(b, JobKind::BenefitLink, BENEFIT, &other)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store.finish_submit(b, 12, 12, 0, 0).await.unwrap();
+    // A repeated row: the plain insert refuses the chunk and writes nothing.
+    let again = link_rows(&env, 5..15);
+    assert!(
+        store
+            .insert_new_jobs(a, JobKind::BenefitLink, BENEFIT, &again)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let out = store
+        .insert_jobs(a, JobKind::BenefitLink, BENEFIT, &again)
+        .await
+        .unwrap();
+    assert_eq!((out.accepted, out.duplicates), (5, 5));
+    store.finish_submit(a, 20, 15, 0, 5).await.unwrap();
+
+    // Both rows are due: rounds alternate between them, each batch's jobs in id order.
+    let published = drain(&env, 4).await;
+    assert_eq!(published.len(), 27, "every job once");
+    for batch in [a, b] {
+        let ids = job_ids(&env, batch).await;
+        let mine: Vec<i64> = published
+            .iter()
+            .copied()
+            .filter(|j| ids.contains(j))
+            .collect();
+        assert_eq!(mine, ids);
+    }
+
+    // Cancel removes a batch's row: nothing of it is published.
+    let c = env.submit_links("C", 200..210).await;
+    assert_eq!(outbox_rows(&env).await, vec![(None, Some(c))]);
+    assert_eq!(store.cancel_batch(c).await.unwrap(), 10);
+    assert!(outbox_rows(&env).await.is_empty());
+    env.cleanup().await;
+}
