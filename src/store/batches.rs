@@ -153,7 +153,41 @@ pub(crate) fn batch_from_row(r: &sqlx::postgres::PgRow) -> BatchInfo {
 /// Refreshes the batch's heartbeat when it is 5 s old: an update of the batch row holds its
 /// lock until the chunk commits, so refreshing it in every chunk made the two writers of a
 /// submit wait for each other.
-pub(super) fn chunk_insert_sql(conflict: &str) -> String {
+pub(super) fn chunk_insert<'q>(
+    conflict: &str,
+    (batch, kind, benefit): (Uuid, JobKind, &'q str),
+    rows: &[PreparedRow],
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, i64, sqlx::postgres::PgArguments> {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(chunk_insert_sql(conflict)))
+        .bind(batch)
+        .bind(kind.as_str())
+        .bind(benefit)
+        .bind(rows.iter().map(|r| r.row_number).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.external_ref.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.subject_hash.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.subject_masked.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.dedup_hash.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
+}
+
+/// The statement behind [`chunk_insert`].
+fn chunk_insert_sql(conflict: &str) -> String {
     format!(
         "WITH ins AS (
             INSERT INTO jobs (batch_id, kind, benefit, row_number, external_ref, subject_hash,
@@ -281,36 +315,14 @@ impl Store {
             return Ok(ChunkOutcome::default());
         }
         let mut tx = self.pool.begin().await.ctx("starting a chunk")?;
-        let sql = chunk_insert_sql("ON CONFLICT (batch_id, dedup_hash) DO NOTHING");
-        let inserted: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .bind(batch)
-            .bind(kind.as_str())
-            .bind(benefit)
-            .bind(rows.iter().map(|r| r.row_number).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.external_ref.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.subject_hash.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.subject_masked.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.dedup_hash.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await
-            .ctx("inserting jobs")?;
+        let inserted: Vec<i64> = chunk_insert(
+            "ON CONFLICT (batch_id, dedup_hash) DO NOTHING",
+            (batch, kind, benefit),
+            rows,
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .ctx("inserting jobs")?;
         let accepted = inserted.len() as u64;
         let mut duplicates = 0u64;
         if inserted.len() < rows.len() {

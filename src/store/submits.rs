@@ -5,7 +5,7 @@
 use uuid::Uuid;
 
 use super::batches::{
-    BATCH_COLUMNS, BatchInfo, ChunkOutcome, NewBatch, PreparedRow, batch_from_row, chunk_insert_sql,
+    BATCH_COLUMNS, BatchInfo, ChunkOutcome, NewBatch, PreparedRow, batch_from_row, chunk_insert,
 };
 use super::{QueryContext, Store, StoreError};
 use crate::jobs::kind::JobKind;
@@ -88,32 +88,7 @@ impl Store {
         rows: &[PreparedRow],
     ) -> Result<Option<ChunkOutcome>, StoreError> {
         let mut tx = self.pool.begin().await.ctx("starting a chunk")?;
-        let inserted = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(chunk_insert_sql("")))
-            .bind(batch)
-            .bind(kind.as_str())
-            .bind(benefit)
-            .bind(rows.iter().map(|r| r.row_number).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.external_ref.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.subject_hash.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.subject_masked.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.dedup_hash.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
+        let inserted = chunk_insert("", (batch, kind, benefit), rows)
             .fetch_all(&mut *tx)
             .await;
         let inserted = match inserted {
