@@ -8,10 +8,9 @@
 //!   throttled answer, so a steady storm still converges), empties the bucket and starts a
 //!   shared `Retry-After` pause; the rate climbs back by `increase_fraction` of the configured
 //!   rate every `increase_every` once no throttling came for `quiet`, but for
-//!   `ceiling_memory` after a throttling answer not above `ceiling_margin` (95 %) of the rate
+//!   `ceiling_memory` after a throttling answer not above `ceiling_margin` (90 %) of the rate
 //!   that was throttled (ABDM's limit lies below it), so it does not keep probing past the
-//!   limit; a throttling answer in that time, unless right after a decrease, lowers the rate
-//!   by `ceiling_margin` only (it is near the limit found before, not in a new storm). A throttling answer after a recovery step goes back to the rate that held before
+//!   limit. A throttling answer after a recovery step goes back to the rate that held before
 //!   the step instead of halving: ABDM's limit lies between the two, so an over-configured
 //!   rate settles just below the limit rather than sawing between the limit and half of it.
 //!   Every one of these is a `[worker]` `aimd_*` setting.
@@ -167,25 +166,13 @@ impl RateLimiter {
         if s.last_decrease
             .is_none_or(|t| now.duration_since(t) >= gate)
         {
-            // As `Store::throttled`: near a limit found before, and not right after a
-            // decrease, lower gently; otherwise halve.
-            let near = s
-                .last_throttle
-                .is_some_and(|t| now.duration_since(t) < self.aimd.ceiling_memory)
-                && s.last_decrease
-                    .is_none_or(|t| now.duration_since(t) >= gate + self.aimd.increase_every);
             s.ceiling = Some(s.current);
-            let factor = if near {
-                self.aimd.ceiling_margin
-            } else {
-                self.aimd.decrease_factor
-            };
-            let lowered = s.current * factor;
+            let halved = s.current * self.aimd.decrease_factor;
             s.current = match s.good {
-                Some(g) if g < s.current => g.max(s.current * self.aimd.decrease_factor),
+                Some(g) if g < s.current => g.max(halved),
                 _ => {
                     s.good = None;
-                    lowered.max(self.configured * self.aimd.min_fraction)
+                    halved.max(self.configured * self.aimd.min_fraction)
                 }
             };
             s.limiter = build(s.current, self.burst.min(s.current.ceil() as u32));
@@ -300,7 +287,7 @@ impl GlobalBudget {
 
     /// Takes one token; returns the shared rate seen. Blocks of half to one tenth of a
     /// second's worth are leased at a time (at least one), so Postgres sees 10-20 requests/s
-    /// per replica.
+    /// in all.
     async fn take_one(&self, configured: f64) -> f64 {
         let mut local = self.local.lock().await;
         let mut warned = false;
@@ -369,39 +356,29 @@ mod tests {
         }
         r.recover().await;
         assert!((r.current_rate() - 30.0).abs() < 1e-9);
-        // Recovery stops at 95 % of the last throttled rate (50) while it is remembered (20 s).
+        // Recovery stops at 90 % of the last throttled rate (50) while it is remembered (20 s).
         for _ in 0..10 {
             r.state.lock().unwrap().last_change = Instant::now() - Duration::from_secs(3);
             r.recover().await;
         }
         assert!(
-            (r.current_rate() - 47.5).abs() < 1e-9,
-            "{}",
-            r.current_rate()
-        );
-        // Throttled after a step (45 → 47.5): back to the rate that held, not halved.
-        r.state.lock().unwrap().last_decrease = Some(Instant::now() - Duration::from_secs(2));
-        r.on_throttled(None).await;
-        assert!(
             (r.current_rate() - 45.0).abs() < 1e-9,
             "{}",
             r.current_rate()
         );
-        // Throttled again at that rate, 2 s after that decrease: it was not enough (ABDM's
-        // limit fell), so halve and forget the rate that held.
+        // Throttled after a step (40 → 45): back to the rate that held, not halved.
         r.state.lock().unwrap().last_decrease = Some(Instant::now() - Duration::from_secs(2));
         r.on_throttled(None).await;
         assert!(
-            (r.current_rate() - 22.5).abs() < 1e-9,
+            (r.current_rate() - 40.0).abs() < 1e-9,
             "{}",
             r.current_rate()
         );
-        // Throttled again later, while the last throttling is remembered: near the limit
-        // found, so only 5 % lower.
-        r.state.lock().unwrap().last_decrease = Some(Instant::now() - Duration::from_secs(4));
+        // Throttled again at that rate: ABDM's limit fell below it, so halve and forget it.
+        r.state.lock().unwrap().last_decrease = Some(Instant::now() - Duration::from_secs(2));
         r.on_throttled(None).await;
         assert!(
-            (r.current_rate() - 22.5 * 0.95).abs() < 1e-9,
+            (r.current_rate() - 20.0).abs() < 1e-9,
             "{}",
             r.current_rate()
         );

@@ -198,9 +198,7 @@ pub struct WorkerSettings {
     #[serde(rename = "aimd_quiet_ms", with = "millis")]
     pub aimd_quiet: Duration,
     /// AIMD: for `aimd_ceiling_memory` after a throttling answer, recovery stops at this
-    /// fraction of the rate that was throttled (ABDM's limit lies below it), and a throttling
-    /// answer in that time lowers the rate by this factor instead of halving it (the rate is
-    /// near a limit found before).
+    /// fraction of the rate that was throttled (ABDM's limit lies below it).
     pub aimd_ceiling_margin: f64,
     /// AIMD: how long the throttled rate is remembered as a ceiling; afterwards recovery
     /// probes up to `rate_per_second` again (ABDM's limit may have been raised).

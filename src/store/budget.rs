@@ -33,8 +33,7 @@ pub struct Aimd {
     pub increase_every: Duration,
     /// ... and only when no throttling answer came for this long.
     pub quiet: Duration,
-    /// How close to the last throttled rate recovery may climb while it is remembered, and
-    /// the factor of a decrease near a limit found before (see [`Store::throttled`]).
+    /// How close to the last throttled rate recovery may climb while it is remembered.
     pub ceiling_margin: f64,
     /// For this long after a throttling answer, recovery stops at `ceiling_margin` of the
     /// rate that was throttled (ABDM's limit lies below it); afterwards it probes again.
@@ -49,7 +48,7 @@ impl Default for Aimd {
             increase_fraction: 0.05,
             increase_every: Duration::from_secs(2),
             quiet: Duration::from_secs(4),
-            ceiling_margin: 0.95,
+            ceiling_margin: 0.9,
             ceiling_memory: Duration::from_secs(20),
         }
     }
@@ -140,13 +139,8 @@ impl Store {
     /// (`good_rate`, set by each recovery step) when that is below the throttled rate: ABDM's
     /// limit lies between the two, and halving would waste half of it until recovery climbs
     /// back. Without such a rate (or when the rate that held is throttled itself: ABDM's limit
-    /// fell) it multiplies by the AIMD factor and forgets the good rate; but only by
-    /// `ceiling_margin` when the last throttling answer is less than `ceiling_memory` old and
-    /// the last decrease is not (the rate is near a limit found before, not in a new storm:
-    /// ABDM's burst hid a small excess for a while, and halving it cost the overload bench 10 %
-    /// of its wall time). A throttling answer again within `increase_every` of that decrease
-    /// (after its pause) means it was not enough, and the next one halves. Returns the rate
-    /// now and whether this call lowered it.
+    /// fell) it multiplies by the AIMD factor and forgets the good rate. Returns the rate now
+    /// and whether this call lowered it.
     pub async fn throttled(
         &self,
         client: &str,
@@ -158,14 +152,11 @@ impl Store {
         let row = sqlx::query(
             "WITH cur AS (
                 SELECT client, COALESCE(rate, $2) AS rate,
-                       (last_decrease_at IS NULL OR last_decrease_at < clock_timestamp() - make_interval(secs => $6)) AS may,
-                       (last_throttle_at > clock_timestamp() - make_interval(secs => $7)
-                        AND NOT COALESCE(last_decrease_at > clock_timestamp() - make_interval(secs => $6 + $9), false)) AS near
+                       (last_decrease_at IS NULL OR last_decrease_at < clock_timestamp() - make_interval(secs => $6)) AS may
                 FROM rate_budget WHERE client = $1 FOR UPDATE)
              UPDATE rate_budget b SET
                 rate = CASE WHEN NOT cur.may THEN cur.rate
                             WHEN b.good_rate < cur.rate THEN GREATEST(b.good_rate, cur.rate * $3)
-                            WHEN cur.near THEN GREATEST($2 * $4, cur.rate * $8)
                             ELSE GREATEST($2 * $4, cur.rate * $3) END,
                 good_rate = CASE WHEN cur.may AND NOT (b.good_rate < cur.rate) THEN NULL ELSE b.good_rate END,
                 tokens = CASE WHEN cur.may THEN 0 ELSE b.tokens END,
@@ -185,9 +176,6 @@ impl Store {
         .bind(aimd.min_fraction)
         .bind(retry_after.map_or(0.0, |d| d.as_secs_f64().min(300.0)))
         .bind(gate.as_secs_f64())
-        .bind(aimd.ceiling_memory.as_secs_f64())
-        .bind(aimd.ceiling_margin)
-        .bind(aimd.increase_every.as_secs_f64())
         .fetch_optional(&self.pool)
         .await
         .ctx("lowering the shared rate")?;
