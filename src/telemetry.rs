@@ -108,6 +108,15 @@ pub mod metrics {
         c
     }
 
+    /// A counter without labels, registered.
+    fn plain_counter(name: &str, help: &str) -> prometheus::IntCounter {
+        let c = prometheus::IntCounter::new(name, help).expect("valid metric");
+        REGISTRY
+            .register(Box::new(c.clone()))
+            .expect("metric registered once");
+        c
+    }
+
     fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
         let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
             .expect("valid metric");
@@ -298,15 +307,10 @@ pub mod metrics {
 
     /// `abha_abdm_circuit_probes_total`.
     pub static CIRCUIT_PROBES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
-        let c = prometheus::IntCounter::new(
+        plain_counter(
             "abha_abdm_circuit_probes_total",
             "Probes of ABDM sent by this replica while the circuit breaker was open",
         )
-        .expect("valid metric");
-        REGISTRY
-            .register(Box::new(c.clone()))
-            .expect("metric registered once");
-        c
     });
 
     /// `abha_ratelimit_stale_tokens_total`: rate tokens taken before a claim and dropped
@@ -314,15 +318,10 @@ pub mod metrics {
     /// of the contract with ABDM left unused, so a steady climb means claims stall (Postgres
     /// slow, CPU saturated) and the configured rate is not reached.
     pub static RATELIMIT_STALE: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
-        let c = prometheus::IntCounter::new(
+        plain_counter(
             "abha_ratelimit_stale_tokens_total",
             "Rate tokens taken before a claim and dropped because the claim took too long",
         )
-        .expect("valid metric");
-        REGISTRY
-            .register(Box::new(c.clone()))
-            .expect("metric registered once");
-        c
     });
 
     /// Touches every metric so that `/metrics` lists them all from the start. `kinds` are the
