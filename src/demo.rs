@@ -154,13 +154,13 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
     let topology = Topology::named("abha-demo.jobs", "abha-demo", 20);
     reset_topology(&amqp, &topology, true).await?;
     let mut abdm = crate::sandbox::settings_for_sandbox(&sandbox.url());
-    abdm.request_timeout_ms = 1_500;
+    abdm.request_timeout = Duration::from_millis(1_500);
     let client = Arc::new(AbdmClient::new(&abdm)?);
     let mut wcfg = WorkerConfig::from_settings(&settings.worker);
     wcfg.in_flight = 48;
     wcfg.backoff_base = Duration::from_millis(200);
     wcfg.backoff_cap = Duration::from_secs(2);
-    wcfg.lease_secs = 30;
+    wcfg.lease = Duration::from_secs(30);
     wcfg.max_attempts = 6;
     let worker = Worker::new(
         store.clone(),

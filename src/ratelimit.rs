@@ -15,12 +15,19 @@
 //!   rate settles just below the limit rather than sawing between the limit and half of it.
 //!   Every one of these is a `[worker]` `aimd_*` setting.
 //! - Without it (one worker only), the same AIMD runs on a local copy.
+//!
+//! Time is tokio's ([`TokioClock`]): under `tokio::time::pause` every wait here (pacing, the
+//! `Retry-After` pause, recovery steps) is virtual, so the limiter's races have exact,
+//! deterministic tests instead of wall-clock sleeps.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use governor::{DefaultDirectRateLimiter, Quota};
+use governor::Quota;
+use governor::clock::Clock;
+use governor::state::{InMemoryState, NotKeyed};
+use tokio::time::Instant;
 
 use crate::store::Store;
 pub use crate::store::budget::Aimd;
@@ -28,7 +35,7 @@ use crate::telemetry::metrics;
 
 struct State {
     current: f64,
-    limiter: Arc<DefaultDirectRateLimiter>,
+    limiter: Arc<Gcra>,
     last_decrease: Option<Instant>,
     last_throttle: Option<Instant>,
     last_change: Instant,
@@ -39,12 +46,39 @@ struct State {
     good: Option<f64>,
 }
 
-fn build(rate: f64, burst: u32) -> Arc<DefaultDirectRateLimiter> {
+/// governor's clock on tokio's time. governor's own clocks (and its `until_ready`, which sleeps
+/// with a timer of its own) read the wall clock, so a paused test would wait for real.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    type Instant = std::time::Instant;
+
+    fn now(&self) -> std::time::Instant {
+        Instant::now().into_std()
+    }
+}
+
+type Gcra = governor::RateLimiter<
+    NotKeyed,
+    InMemoryState,
+    TokioClock,
+    governor::middleware::NoOpMiddleware<std::time::Instant>,
+>;
+
+fn build(rate: f64, burst: u32) -> Arc<Gcra> {
     let period = Duration::from_secs_f64(1.0 / rate.max(1e-3)).max(Duration::from_nanos(1));
     let quota = Quota::with_period(period)
         .expect("period > 0")
         .allow_burst(NonZeroU32::new(burst.max(1)).expect("≥ 1"));
-    Arc::new(governor::RateLimiter::direct(quota))
+    Arc::new(governor::RateLimiter::direct_with_clock(quota, TokioClock))
+}
+
+/// Waits (on tokio's timer) until `limiter` lets one call through.
+async fn until_ready(limiter: &Gcra) {
+    while let Err(not_until) = limiter.check() {
+        tokio::time::sleep(not_until.wait_time_from(TokioClock.now())).await;
+    }
 }
 
 /// Gates every ABDM call of one worker process.
@@ -94,9 +128,9 @@ impl RateLimiter {
         if let Some(until) = paused
             && until > Instant::now()
         {
-            tokio::time::sleep_until(until.into()).await;
+            tokio::time::sleep_until(until).await;
         }
-        limiter.until_ready().await;
+        until_ready(&limiter).await;
         if let Some(g) = &self.global {
             let rate = g.take_one(self.configured).await;
             self.adopt(rate);
@@ -332,63 +366,96 @@ impl GlobalBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::advance;
 
-    #[tokio::test]
+    fn near(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    /// The whole AIMD cycle on the virtual clock: nothing is poked into the state.
+    #[tokio::test(start_paused = true)]
     async fn throttling_lowers_once_a_second_and_recovery_is_gradual() {
         let r = RateLimiter::new(100.0, 10, None);
         r.on_throttled(None).await;
         assert_eq!(r.current_rate(), 50.0);
+        advance(Duration::from_millis(500)).await;
         r.on_throttled(None).await; // within a second of the decrease: counted once
         assert_eq!(r.current_rate(), 50.0);
-        {
-            // A steady storm: throttled answers keep coming, yet a second later it lowers again.
-            let mut s = r.state.lock().unwrap();
-            s.last_decrease = Some(Instant::now() - Duration::from_millis(1100));
-        }
+        // A steady storm: throttled answers keep coming, yet a second after the decrease it
+        // lowers again.
+        advance(Duration::from_millis(600)).await;
         r.on_throttled(None).await;
-        assert!((r.current_rate() - 25.0).abs() < 1e-9);
-        r.recover().await; // not quiet yet
-        assert!((r.current_rate() - 25.0).abs() < 1e-9);
-        {
-            let mut s = r.state.lock().unwrap();
-            s.last_throttle = Some(Instant::now() - Duration::from_secs(5));
-            s.last_change = Instant::now() - Duration::from_secs(3);
-        }
+        assert!(near(r.current_rate(), 25.0));
+        advance(Duration::from_secs(2)).await;
+        r.recover().await; // not quiet yet (quiet = 4 s)
+        assert!(near(r.current_rate(), 25.0));
+        advance(Duration::from_secs(3)).await;
         r.recover().await;
-        assert!((r.current_rate() - 30.0).abs() < 1e-9);
+        assert!(near(r.current_rate(), 30.0), "{}", r.current_rate());
+        r.recover().await; // a step at most every 2 s
+        assert!(near(r.current_rate(), 30.0));
         // Recovery stops at 90 % of the last throttled rate (50) while it is remembered (20 s).
-        for _ in 0..10 {
-            r.state.lock().unwrap().last_change = Instant::now() - Duration::from_secs(3);
+        for _ in 0..5 {
+            advance(Duration::from_secs(2)).await;
             r.recover().await;
         }
-        assert!(
-            (r.current_rate() - 45.0).abs() < 1e-9,
-            "{}",
-            r.current_rate()
-        );
+        assert!(near(r.current_rate(), 45.0), "{}", r.current_rate());
         // Throttled after a step (40 → 45): back to the rate that held, not halved.
-        r.state.lock().unwrap().last_decrease = Some(Instant::now() - Duration::from_secs(2));
         r.on_throttled(None).await;
-        assert!(
-            (r.current_rate() - 40.0).abs() < 1e-9,
-            "{}",
-            r.current_rate()
-        );
+        assert!(near(r.current_rate(), 40.0), "{}", r.current_rate());
         // Throttled again at that rate: ABDM's limit fell below it, so halve and forget it.
-        r.state.lock().unwrap().last_decrease = Some(Instant::now() - Duration::from_secs(2));
+        advance(Duration::from_millis(1001)).await;
         r.on_throttled(None).await;
-        assert!(
-            (r.current_rate() - 20.0).abs() < 1e-9,
-            "{}",
-            r.current_rate()
-        );
+        assert!(near(r.current_rate(), 20.0), "{}", r.current_rate());
+        // Once the ceiling is forgotten (20 s without throttling) recovery climbs to the
+        // configured rate again.
+        for _ in 0..60 {
+            advance(Duration::from_secs(2)).await;
+            r.recover().await;
+        }
+        assert!(near(r.current_rate(), 100.0), "{}", r.current_rate());
     }
 
-    #[tokio::test]
-    async fn retry_after_pauses_calls() {
+    /// A decrease counts only calls sent after the pause that followed the last decrease: a
+    /// call sent 1.5 s ago, with a 1 s `Retry-After`, predates the decrease 2 s ago by less than
+    /// the pause, so it says nothing about the new rate.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_sent_before_the_last_decrease_settled_does_not_lower_again() {
+        let r = RateLimiter::new(100.0, 10, None);
+        let ra = Some(Duration::from_secs(1));
+        r.on_throttled_call(ra, Some(Duration::from_millis(10)))
+            .await;
+        assert!(near(r.current_rate(), 50.0));
+        advance(Duration::from_secs(2)).await;
+        r.on_throttled_call(ra, Some(Duration::from_millis(1500)))
+            .await;
+        assert!(near(r.current_rate(), 50.0), "{}", r.current_rate());
+        r.on_throttled_call(ra, Some(Duration::from_millis(500)))
+            .await;
+        assert!(near(r.current_rate(), 25.0), "{}", r.current_rate());
+    }
+
+    /// `rate` calls/s with `burst`: the burst goes at once, then one call every `1/rate`, to
+    /// the tick of the virtual clock.
+    #[tokio::test(start_paused = true)]
+    async fn calls_are_paced_at_the_rate_after_the_burst() {
+        let r = RateLimiter::new(20.0, 5, None);
+        let start = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(r.acquire().await, Duration::ZERO);
+        }
+        for _ in 0..40 {
+            r.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_pauses_calls_for_exactly_that_long() {
         let r = RateLimiter::new(1000.0, 10, None);
         r.on_throttled(Some(Duration::from_millis(300))).await;
-        let waited = r.acquire().await;
-        assert!(waited >= Duration::from_millis(250), "{waited:?}");
+        assert_eq!(r.acquire().await, Duration::from_millis(300));
+        // Over: the next call goes at once (at the lowered rate's burst).
+        assert_eq!(r.acquire().await, Duration::ZERO);
     }
 }

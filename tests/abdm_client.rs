@@ -366,7 +366,7 @@ async fn wrong_client_secret_is_a_session_error() {
 #[tokio::test]
 async fn server_errors_timeouts_and_drops_are_transient() {
     let sb = start(Faults::default()).await;
-    let c = client_with(&sb, |s| s.request_timeout_ms = 400);
+    let c = client_with(&sb, |s| s.request_timeout = Duration::from_millis(400));
     let pop = sb.state().population().clone();
     let mut t = CallTrace::default();
     c.ensure_session().await.unwrap();
@@ -653,7 +653,7 @@ async fn identifiers_never_appear_in_errors_or_debug() {
     let url = sb.url();
     sb.shutdown().await;
     let mut s = settings_for_sandbox(&url);
-    s.connect_timeout_ms = 300;
+    s.connect_timeout = Duration::from_millis(300);
     let dead = AbdmClient::new(&s).unwrap();
     let e = abha_err(dead.benefit_lookup(&mut t, B, &abha).await);
     assert_eq!(e.disposition(), Disposition::Transient);

@@ -32,8 +32,8 @@ const CHILD_CREATE: &[&str] = &[
 /// A client of the env's sandbox with another secret or base URL.
 fn client_with(env: &TestEnv, secret: Option<&str>, base: Option<&str>) -> Arc<AbdmClient> {
     let mut settings = settings_for_sandbox(base.unwrap_or(&env.sandbox.url()));
-    settings.request_timeout_ms = REQUEST_TIMEOUT_MS;
-    settings.connect_timeout_ms = REQUEST_TIMEOUT_MS;
+    settings.request_timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
+    settings.connect_timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
     if let Some(secret) = secret {
         settings.client_secret = abha_bulk::config::SecretString::from(secret);
     }
@@ -148,14 +148,14 @@ async fn job_ids(env: &TestEnv, batch: uuid::Uuid) -> Vec<i64> {
 fn gate(env: &TestEnv, job_id: i64, owner: &str) -> JobGate {
     JobGate {
         limiter: abha_bulk::ratelimit::RateLimiter::new(1000.0, 10, None),
-        store: env.store.clone(),
+        leases: Arc::new(env.store.clone()),
         job_id,
         owner: owner.into(),
-        lease_secs: 30,
+        lease: Duration::from_secs(30),
         prepaid: AtomicBool::new(true),
-        token_at: std::time::Instant::now(),
+        token_at: tokio::time::Instant::now(),
         // Long after the claim: the gate runs its own fence.
-        claimed_at: std::time::Instant::now() - Duration::from_secs(3600),
+        claimed_at: tokio::time::Instant::now() - Duration::from_secs(3600),
     }
 }
 
@@ -164,13 +164,23 @@ async fn a_worker_that_lost_its_lease_makes_no_call_and_the_fence_records_intent
     let env = TestEnv::new().await;
     let batch = env.submit_links("L", 200..201).await;
     let id = job_ids(&env, batch).await[0];
-    let Claim::Run(_) = env.store.claim(id, "A", 1).await.unwrap() else {
+    let Claim::Run(_) = env
+        .store
+        .claim(id, "A", Duration::from_secs(1))
+        .await
+        .unwrap()
+    else {
         panic!("A claims")
     };
     // A waits (a long Retry-After, a slow limiter) past its lease; B takes the job over.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(env.store.requeue_expired_leases().await.unwrap(), 1);
-    let Claim::Run(b) = env.store.claim(id, "B", 30).await.unwrap() else {
+    let Claim::Run(b) = env
+        .store
+        .claim(id, "B", Duration::from_secs(30))
+        .await
+        .unwrap()
+    else {
         panic!("B claims")
     };
     // A's claim recorded the intent (A may have sent its link): B must look first.
@@ -201,7 +211,12 @@ async fn a_worker_that_lost_its_lease_makes_no_call_and_the_fence_records_intent
         .execute(&env.store.pool)
         .await
         .unwrap();
-    let Claim::Run(c) = env.store.claim(id, "C", 30).await.unwrap() else {
+    let Claim::Run(c) = env
+        .store
+        .claim(id, "C", Duration::from_secs(30))
+        .await
+        .unwrap()
+    else {
         panic!("C claims")
     };
     assert!(c.effect_may_have_happened && c.attempt == 1);

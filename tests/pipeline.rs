@@ -359,7 +359,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_does_nothing_twice() {
         ..no_faults()
     });
     let opts = PipelineOpts {
-        lease_secs: 4,
+        lease: Duration::from_secs(4),
         ..PipelineOpts::default()
     };
     let first = env.start(PipelineOpts {

@@ -117,7 +117,7 @@ async fn broker_connections_cut_mid_batch_lose_nothing() {
     let pipeline = env.start_via(
         PipelineOpts {
             rate: 300.0,
-            lease_secs: 4,
+            lease: Duration::from_secs(4),
             ..PipelineOpts::default()
         },
         &via_proxy,
@@ -171,7 +171,7 @@ async fn postgres_connections_cut_mid_batch_lose_nothing() {
     let pipeline = env.start_with(
         PipelineOpts {
             rate: 300.0,
-            lease_secs: 3,
+            lease: Duration::from_secs(3),
             ..PipelineOpts::default()
         },
         &env.amqp_url,

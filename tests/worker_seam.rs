@@ -23,7 +23,7 @@ fn worker(env: &TestEnv, grace: Duration) -> Arc<Worker> {
         WorkerConfig {
             id: "seam-worker".into(),
             in_flight: 4,
-            lease_secs: 15,
+            lease: Duration::from_secs(15),
             max_attempts: 5,
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_millis(200),

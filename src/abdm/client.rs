@@ -6,8 +6,6 @@
 //! ([`benefit`](super::benefit), [`profile`](super::profile), [`child`](super::child),
 //! [`enrol`](super::enrol)), next to the types it sends and reads.
 
-use std::time::Duration;
-
 use reqwest::header::HeaderName;
 
 use crate::abdm::certificate::KeyCache;
@@ -46,8 +44,8 @@ impl AbdmClient {
             });
         }
         let http = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout())
-            .timeout(settings.request_timeout())
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
             .pool_max_idle_per_host(256)
             .user_agent(concat!("abha-bulk/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -79,7 +77,7 @@ impl AbdmClient {
             children_list_post: settings.children_list_method
                 == crate::config::ChildrenListMethod::Post,
             session,
-            keys: KeyCache::new(Duration::from_secs(settings.key_refresh_min_interval_secs)),
+            keys: KeyCache::new(settings.key_refresh_min_interval),
         })
     }
 

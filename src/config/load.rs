@@ -102,7 +102,7 @@ impl Settings {
                 "expected an HTTP header name such as BENEFIT-NAME",
             ));
         }
-        if self.abdm.request_timeout_ms == 0 || self.abdm.connect_timeout_ms == 0 {
+        if self.abdm.request_timeout.is_zero() || self.abdm.connect_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "abdm.request_timeout_ms",
                 "timeouts must be greater than 0",
@@ -159,23 +159,21 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        if w.backoff_base_ms == 0 || w.backoff_cap_ms < w.backoff_base_ms {
+        if w.backoff_base.is_zero() || w.backoff_cap < w.backoff_base {
             return Err(ConfigError::invalid(
                 "worker.backoff_cap_ms",
                 "backoff_base_ms must be > 0 and backoff_cap_ms >= backoff_base_ms",
             ));
         }
-        let attempt_ms = self
-            .abdm
-            .request_timeout_ms
-            .max(self.abdm.connect_timeout_ms);
-        if w.lease_secs.saturating_mul(1000) < attempt_ms.saturating_mul(2) {
+        let attempt = self.abdm.request_timeout.max(self.abdm.connect_timeout);
+        if w.lease < attempt.saturating_mul(2) {
             return Err(ConfigError::invalid(
                 "worker.lease_secs",
                 format!(
-                    "must be at least twice abdm.request_timeout_ms ({attempt_ms} ms), so a job's \
-                     lease outlasts any call in flight; got {} s",
-                    w.lease_secs
+                    "must be at least twice abdm.request_timeout_ms ({} ms), so a job's lease \
+                     outlasts any call in flight; got {} s",
+                    attempt.as_millis(),
+                    w.lease.as_secs()
                 ),
             ));
         }

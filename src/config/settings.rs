@@ -80,27 +80,19 @@ pub struct AbdmSettings {
     pub benefit_header: String,
     /// HTTP method of the children list call.
     pub children_list_method: ChildrenListMethod,
-    /// Connect timeout of every call, milliseconds.
-    pub connect_timeout_ms: u64,
-    /// Total timeout of one HTTP attempt, milliseconds: also bounds how long a call can
-    /// outlive the fence that let it go, hence the lease check in validation.
-    pub request_timeout_ms: u64,
+    /// Connect timeout of every call.
+    #[serde(rename = "connect_timeout_ms", with = "millis")]
+    pub connect_timeout: Duration,
+    /// Total timeout of one HTTP attempt: also bounds how long a call can outlive the fence
+    /// that let it go, hence the lease check in validation.
+    #[serde(rename = "request_timeout_ms", with = "millis")]
+    pub request_timeout: Duration,
     /// Fraction of `expiresIn` after which the session token is refreshed.
     pub token_refresh_fraction: f64,
     /// Smallest interval between two fetches of the public key caused by rejected
-    /// ciphertext, seconds: an invalid identifier must not cost a certificate call per row.
-    pub key_refresh_min_interval_secs: u64,
-}
-
-impl AbdmSettings {
-    /// Connect timeout.
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-    /// Total timeout of one attempt.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
+    /// ciphertext: an invalid identifier must not cost a certificate call per row.
+    #[serde(rename = "key_refresh_min_interval_secs", with = "secs")]
+    pub key_refresh_min_interval: Duration,
 }
 
 /// Postgres connection.
@@ -142,9 +134,6 @@ pub struct RabbitSettings {
 }
 
 /// Worker throughput, retries and shutdown.
-///
-/// `lease_secs`, `backoff_*_ms` and `grace_period_secs` stay integers because
-/// `worker::WorkerConfig::from_settings` reads them as such.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
@@ -159,11 +148,13 @@ pub struct WorkerSettings {
     pub in_flight: u16,
     /// Attempts per job before it is dead.
     pub max_attempts: u32,
-    /// First retry delay, milliseconds.
-    pub backoff_base_ms: u64,
-    /// Longest retry delay, milliseconds.
-    pub backoff_cap_ms: u64,
-    /// Seconds a claimed job belongs to one worker. The invariant: the lease outlasts the
+    /// First retry delay.
+    #[serde(rename = "backoff_base_ms", with = "millis")]
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    #[serde(rename = "backoff_cap_ms", with = "millis")]
+    pub backoff_cap: Duration,
+    /// How long a claimed job belongs to one worker. The invariant: the lease outlasts the
     /// longest a worker acts on a job without renewing it, so no other worker can take a job
     /// over while a call of its is in flight. That stretch is one HTTP attempt (at most
     /// `abdm.request_timeout_ms`, validated at start to be at most half the lease) sent
@@ -171,9 +162,12 @@ pub struct WorkerSettings {
     /// before every call that changes something at ABDM once a quarter of the lease has
     /// passed. Waiting for the rate does not count: the first token is taken before the
     /// claim, later ones before the fence.
-    pub lease_secs: u64,
-    /// Seconds to finish in-flight work on shutdown.
-    pub grace_period_secs: u64,
+    #[serde(rename = "lease_secs", with = "secs")]
+    pub lease: Duration,
+    /// Time to finish in-flight work on shutdown (the deployment's termination grace period
+    /// must exceed it, or the pod is killed mid-outcome).
+    #[serde(rename = "grace_period_secs", with = "secs")]
+    pub grace_period: Duration,
     /// Address of the metrics and health endpoints.
     #[serde(deserialize_with = "addr::deserialize")]
     pub http_listen: SocketAddr,

@@ -20,6 +20,7 @@ pub mod timeline;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use key::Decryptor;
 pub use population::{Person, Population};
@@ -45,10 +46,10 @@ pub fn settings_for_sandbox(base: &str) -> AbdmSettings {
         cm_id: "sbx".into(),
         benefit_header: "BENEFIT-NAME".into(),
         children_list_method: ChildrenListMethod::Get,
-        connect_timeout_ms: 2000,
-        request_timeout_ms: 5000,
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
         token_refresh_fraction: 0.8,
-        key_refresh_min_interval_secs: 0,
+        key_refresh_min_interval: Duration::ZERO,
     }
 }
 

@@ -4,13 +4,14 @@
 //! (`worker::claims`) so that a busy worker pays one round trip and one commit for the jobs
 //! whose messages arrived together.
 //!
-//! The claim is also the first fence: it sets the lease to `lease_secs` from now and, for a
+//! The claim is also the first fence: it sets the lease to `lease` from now and, for a
 //! kind whose call changes something at ABDM, records the durable intent
 //! (`effect_started_at`). The worker takes the job's first rate token before claiming, so the
 //! first call follows the claim at once; the gate runs a fresh fence only for calls made more
 //! than a quarter of the lease after the claim.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use sqlx::Row;
 
@@ -33,9 +34,9 @@ impl Store {
         &self,
         job_id: i64,
         owner: &str,
-        lease_secs: u64,
+        lease: Duration,
     ) -> Result<Claim, StoreError> {
-        let mut claims = self.claim_many(&[job_id], owner, lease_secs).await?;
+        let mut claims = self.claim_many(&[job_id], owner, lease).await?;
         Ok(claims.remove(&job_id).unwrap_or(Claim::Missing))
     }
 
@@ -45,7 +46,7 @@ impl Store {
         &self,
         ids: &[i64],
         owner: &str,
-        lease_secs: u64,
+        lease: Duration,
     ) -> Result<HashMap<i64, Claim>, StoreError> {
         // `effect_started_at < now()`: set by an earlier attempt, not by this statement (now()
         // is the statement's transaction time).
@@ -67,7 +68,7 @@ impl Store {
         )
         .bind(ids)
         .bind(owner)
-        .bind(lease_secs as f64)
+        .bind(lease.as_secs_f64())
         .bind(state_changing_kinds())
         .fetch_all(&self.pool)
         .await

@@ -1,6 +1,8 @@
 //! Jobs: claiming under a lease, recording outcomes with their attempts and next step in one
 //! transaction, queue-producer jobs, lease expiry, cancel and retry-failed.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
@@ -35,7 +37,7 @@ pub struct ClaimedJob {
 /// What the fence found right before a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fence {
-    /// The lease is ours and now runs `lease_secs` from now: the call may go.
+    /// The lease is ours and now runs `lease` from now: the call may go.
     Held,
     /// Another worker took the job over (or it was cancelled): make no call.
     Lost,
@@ -163,7 +165,7 @@ pub struct ReportRow {
 
 impl Store {
     /// The fence, right before a call to ABDM: checks that `owner` still holds the job's lease
-    /// and extends it to `lease_secs` from now, in one statement, so the call (which lasts at
+    /// and extends it to `lease` from now, in one statement, so the call (which lasts at
     /// most the request timeout, shorter than the lease) finishes before anyone may take the
     /// job over. With `changes_state` it also records, committed before the call is sent, that
     /// the side effect may have started (the durable intent that makes every later attempt look
@@ -172,7 +174,7 @@ impl Store {
         &self,
         job_id: i64,
         owner: &str,
-        lease_secs: u64,
+        lease: Duration,
         changes_state: bool,
     ) -> Result<Fence, StoreError> {
         let held = sqlx::query(
@@ -183,7 +185,7 @@ impl Store {
         )
         .bind(job_id)
         .bind(owner)
-        .bind(lease_secs as f64)
+        .bind(lease.as_secs_f64())
         .bind(changes_state)
         .execute(&self.pool)
         .await

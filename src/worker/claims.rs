@@ -1,6 +1,8 @@
 //! Grouped claims: the messages a worker receives while a claim is in flight are claimed
 //! together, in one statement ([`Store::claim_many`]), through [`Grouped`].
 
+use std::time::Duration;
+
 use super::group::Grouped;
 use crate::store::jobs::Claim;
 use crate::store::{Store, StoreError};
@@ -11,7 +13,7 @@ pub struct Claimer(Grouped<i64, Claim>);
 
 impl Claimer {
     /// Starts the claimer of lease owner `owner`.
-    pub fn start(store: Store, owner: String, lease_secs: u64) -> Self {
+    pub fn start(store: Store, owner: String, lease: Duration) -> Self {
         Self(Grouped::start("claimer", move |job_ids: Vec<i64>| {
             let (store, owner) = (store.clone(), owner.clone());
             async move {
@@ -20,7 +22,7 @@ impl Claimer {
                 let mut ids = job_ids.clone();
                 ids.sort_unstable();
                 ids.dedup();
-                let mut claims = store.claim_many(&ids, &owner, lease_secs).await?;
+                let mut claims = store.claim_many(&ids, &owner, lease).await?;
                 Ok(job_ids
                     .iter()
                     .map(|id| claims.remove(id).unwrap_or(Claim::Busy))

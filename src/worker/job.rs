@@ -114,7 +114,7 @@ impl Worker {
             return;
         }
         self.limiter.acquire().await;
-        let token_at = std::time::Instant::now();
+        let token_at = tokio::time::Instant::now();
         let claim = persist("claiming a job", stop, || claimer.claim(job_id)).await;
         match claim {
             None => {}
@@ -147,20 +147,20 @@ impl Worker {
     async fn run_job(
         &self,
         job: &ClaimedJob,
-        token_at: std::time::Instant,
+        token_at: tokio::time::Instant,
         writer: &OutcomeWriter,
         stop: &CancellationToken,
     ) -> bool {
         let kind = job.kind.as_str();
         let gate = Arc::new(JobGate {
             limiter: self.limiter.clone(),
-            store: self.store.clone(),
+            leases: self.leases.clone(),
             job_id: job.id,
             owner: self.cfg.id.clone(),
-            lease_secs: self.cfg.lease_secs,
+            lease: self.cfg.lease,
             prepaid: AtomicBool::new(true),
             token_at,
-            claimed_at: std::time::Instant::now(),
+            claimed_at: tokio::time::Instant::now(),
         });
         let mut trace = CallTrace::gated(gate);
         let outcome = if job.attempt as u32 > self.cfg.max_attempts {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 mod claims;
 mod classify;
-mod gate;
+pub mod gate;
 mod group;
 mod job;
 mod outcomes;
@@ -37,7 +37,7 @@ use crate::ratelimit::RateLimiter;
 use crate::relay::{reconnect_backoff, sleep_or_stop};
 use crate::store::Store;
 use claims::Claimer;
-pub use gate::JobGate;
+pub use gate::{JobGate, Leases, MemoryLeases};
 use outcomes::OutcomeWriter;
 pub use source::{DeadLetters, Inbound, MemoryQueue, Settled};
 
@@ -49,11 +49,11 @@ pub struct WorkerConfig {
     /// Calls in flight at once; also the prefetch (of the shared work queue, or of each
     /// kind's queue with `rabbitmq.queue_per_kind`).
     pub in_flight: u16,
-    /// Lease length. The lease invariant: a job's lease is re-checked and extended to
-    /// `lease_secs` right before every call that changes something at ABDM, and one HTTP
-    /// attempt lasts at most the request timeout, which config validation keeps below half of
-    /// `lease_secs`; so no other worker can take a job over while its call is in flight.
-    pub lease_secs: u64,
+    /// Lease length. The lease invariant: a job's lease is re-checked and extended to `lease`
+    /// right before every call that changes something at ABDM, and one HTTP attempt lasts at
+    /// most the request timeout, which config validation keeps below half of `lease`; so no
+    /// other worker can take a job over while its call is in flight.
+    pub lease: Duration,
     /// Attempts before a job is dead.
     pub max_attempts: u32,
     /// First retry delay.
@@ -76,11 +76,11 @@ impl WorkerConfig {
                 std::process::id()
             ),
             in_flight: s.in_flight,
-            lease_secs: s.lease_secs,
+            lease: s.lease,
             max_attempts: s.max_attempts,
-            backoff_base: Duration::from_millis(s.backoff_base_ms),
-            backoff_cap: Duration::from_millis(s.backoff_cap_ms),
-            grace: Duration::from_secs(s.grace_period_secs),
+            backoff_base: s.backoff_base,
+            backoff_cap: s.backoff_cap,
+            grace: s.grace_period,
             kinds: JobKind::ALL.to_vec(),
         }
     }
@@ -115,6 +115,8 @@ pub struct Worker {
     pub topology: Topology,
     /// Settings.
     pub cfg: WorkerConfig,
+    /// The store again, as the gate's lease holder (one allocation, not one per job).
+    leases: Arc<dyn Leases>,
 }
 
 impl Worker {
@@ -147,6 +149,7 @@ impl Worker {
     ) -> Arc<Self> {
         let breaker = Arc::new(Breaker::new(store.clone(), client.client_id(), breaker));
         Arc::new(Self {
+            leases: Arc::new(store.clone()),
             store,
             client,
             limiter,
@@ -244,7 +247,7 @@ impl Worker {
         let mut deliveries = std::pin::pin!(deliveries);
         let permits = Arc::new(Semaphore::new(self.cfg.in_flight as usize));
         let writer = OutcomeWriter::start(self.store.clone(), self.cfg.id.clone());
-        let claimer = Claimer::start(self.store.clone(), self.cfg.id.clone(), self.cfg.lease_secs);
+        let claimer = Claimer::start(self.store.clone(), self.cfg.id.clone(), self.cfg.lease);
         let mut tasks = tokio::task::JoinSet::new();
         tracing::info!(worker = %self.cfg.id, in_flight = self.cfg.in_flight, "worker consuming");
         let result = loop {
@@ -308,7 +311,7 @@ mod tests {
         let cfg = WorkerConfig {
             id: "t".into(),
             in_flight: 1,
-            lease_secs: 1,
+            lease: Duration::from_secs(1),
             max_attempts: 5,
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_millis(1000),

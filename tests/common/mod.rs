@@ -63,7 +63,7 @@ pub struct PipelineOpts {
     /// Calls in flight.
     pub in_flight: u16,
     /// Lease length.
-    pub lease_secs: u64,
+    pub lease: Duration,
     /// Attempts before dead.
     pub max_attempts: u32,
     /// Graceful-shutdown grace period.
@@ -83,7 +83,7 @@ impl Default for PipelineOpts {
             rate: 1000.0,
             burst: 100,
             in_flight: 8,
-            lease_secs: 15,
+            lease: Duration::from_secs(15),
             max_attempts: 10,
             grace: Duration::from_secs(10),
             client: None,
@@ -203,8 +203,8 @@ impl TestEnv {
         .await
         .expect("sandbox");
         let mut settings = settings_for_sandbox(&sandbox.url());
-        settings.request_timeout_ms = REQUEST_TIMEOUT_MS;
-        settings.connect_timeout_ms = REQUEST_TIMEOUT_MS;
+        settings.request_timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
+        settings.connect_timeout = Duration::from_millis(REQUEST_TIMEOUT_MS);
         let client = Arc::new(AbdmClient::new(&settings).expect("client"));
         Self {
             store,
@@ -257,7 +257,7 @@ impl TestEnv {
         let cfg = WorkerConfig {
             id: o.worker_id.clone(),
             in_flight: o.in_flight,
-            lease_secs: o.lease_secs,
+            lease: o.lease,
             max_attempts: o.max_attempts,
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_millis(200),

@@ -1,0 +1,180 @@
+//! The races between a job's rate-token wait, its lease and another worker's claim, on
+//! tokio's paused clock: the gate ([`JobGate`]), the limiter and [`MemoryLeases`] all read
+//! tokio's time, so every wait below is virtual and every assertion is exact (no Postgres, no
+//! broker, no wall-clock sleeps). The same rules against Postgres are covered in
+//! `tests/faults.rs`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use abha_bulk::abdm::{CallGate, ClientError, Operation};
+use abha_bulk::ratelimit::RateLimiter;
+use abha_bulk::telemetry::metrics::RATELIMIT_STALE;
+use abha_bulk::worker::{JobGate, MemoryLeases, gate::PREPAID_FRESH};
+use tokio::time::{Instant, advance};
+
+const JOB: i64 = 7;
+const LEASE: Duration = Duration::from_secs(8);
+
+/// A gate for worker `owner`, whose claim (and prepaid token) is now.
+fn gate(limiter: &Arc<RateLimiter>, leases: &Arc<MemoryLeases>, owner: &str) -> JobGate {
+    JobGate {
+        limiter: limiter.clone(),
+        leases: leases.clone(),
+        job_id: JOB,
+        owner: owner.into(),
+        lease: LEASE,
+        prepaid: AtomicBool::new(true),
+        token_at: Instant::now(),
+        claimed_at: Instant::now(),
+    }
+}
+
+/// A limiter of one call every `every`, its burst already spent: the next token is `every`
+/// away.
+async fn slow_limiter(every: Duration) -> Arc<RateLimiter> {
+    let limiter = RateLimiter::new(1.0 / every.as_secs_f64(), 1, None);
+    limiter.acquire().await;
+    limiter
+}
+
+#[tokio::test(start_paused = true)]
+async fn within_a_quarter_lease_the_claim_is_the_fence() {
+    let limiter = slow_limiter(Duration::from_secs(1)).await;
+    let leases = Arc::new(MemoryLeases::default());
+    assert!(leases.claim(JOB, "A", LEASE));
+    let g = gate(&limiter, &leases, "A");
+    let start = Instant::now();
+    // The prepaid token is fresh: the call goes at once and needs no fence.
+    g.before_send(Operation::Link).await.expect("sent");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(leases.fences(), 0);
+    // A second request of the job (a retry) waits for its own token, 1 s < a quarter lease.
+    g.before_send(Operation::Link).await.expect("sent");
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(leases.fences(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_token_wait_past_a_quarter_lease_fences_and_extends_the_lease_from_the_send() {
+    let limiter = slow_limiter(Duration::from_secs(3)).await;
+    let leases = Arc::new(MemoryLeases::default());
+    let claimed = Instant::now();
+    assert!(leases.claim(JOB, "A", LEASE));
+    let g = gate(&limiter, &leases, "A");
+    g.prepaid.store(false, std::sync::atomic::Ordering::Release);
+    g.before_send(Operation::Link)
+        .await
+        .expect("lease held: sent");
+    // 3 s of waiting (> 8 s / 4): the fence ran at the send and the lease runs 8 s from it.
+    assert_eq!(leases.fences(), 1);
+    let (owner, until) = leases.holder(JOB).expect("held");
+    assert_eq!(owner, "A");
+    assert_eq!(until, claimed + Duration::from_secs(3) + LEASE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_after_a_long_wait_needs_no_fence() {
+    let limiter = slow_limiter(Duration::from_secs(3)).await;
+    let leases = Arc::new(MemoryLeases::default());
+    assert!(leases.claim(JOB, "A", LEASE));
+    let g = gate(&limiter, &leases, "A");
+    g.prepaid.store(false, std::sync::atomic::Ordering::Release);
+    g.before_send(Operation::BenefitSearch).await.expect("sent");
+    assert_eq!(leases.fences(), 0, "a read changes nothing at ABDM");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_taken_over_while_waiting_for_a_token_makes_no_call() {
+    // A waits 10 s for its token (a long Retry-After); its 8 s lease runs out at 8 s and B
+    // claims the job at 9 s. A's fence at 10 s finds B: no call, and B keeps the job.
+    let limiter = slow_limiter(Duration::from_secs(10)).await;
+    let leases = Arc::new(MemoryLeases::default());
+    assert!(leases.claim(JOB, "A", LEASE));
+    let g = gate(&limiter, &leases, "A");
+    g.prepaid.store(false, std::sync::atomic::Ordering::Release);
+    let takeover = {
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            advance(Duration::from_secs(7)).await;
+            let early = leases.claim(JOB, "B", LEASE);
+            advance(Duration::from_secs(2)).await;
+            (early, leases.claim(JOB, "B", LEASE))
+        })
+    };
+    let sent = g.before_send(Operation::Link).await;
+    let (early, late) = takeover.await.expect("takeover");
+    assert!(!early, "A's lease still ran at 7 s");
+    assert!(late, "A's lease had run out at 9 s");
+    assert!(
+        matches!(sent, Err(ClientError::NotSent("lease lost"))),
+        "{sent:?}"
+    );
+    assert_eq!(leases.holder(JOB).expect("held").0, "B");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_lease_nobody_took_is_still_held() {
+    // The fence rule: expiry alone does not take the job away; only another claim does.
+    let limiter = slow_limiter(Duration::from_secs(10)).await;
+    let leases = Arc::new(MemoryLeases::default());
+    assert!(leases.claim(JOB, "A", LEASE));
+    let g = gate(&limiter, &leases, "A");
+    g.prepaid.store(false, std::sync::atomic::Ordering::Release);
+    g.before_send(Operation::Link)
+        .await
+        .expect("nobody took it: sent");
+    assert!(
+        !leases.claim(JOB, "B", LEASE),
+        "the fence extended A's lease"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_prepaid_token_is_dropped_and_a_fresh_one_taken() {
+    // 20 calls/s, burst spent: the next token is 50 ms away.
+    let limiter = slow_limiter(Duration::from_millis(50)).await;
+    let leases = Arc::new(MemoryLeases::default());
+    assert!(leases.claim(JOB, "A", LEASE));
+    let fresh = gate(&limiter, &leases, "A");
+    advance(PREPAID_FRESH).await;
+    let before = RATELIMIT_STALE.get();
+    let start = Instant::now();
+    fresh.before_send(Operation::Link).await.expect("sent");
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "a token 100 ms old is spent"
+    );
+    let stale = gate(&limiter, &leases, "A");
+    advance(PREPAID_FRESH + Duration::from_millis(1)).await;
+    let start = Instant::now();
+    stale.before_send(Operation::Link).await.expect("sent");
+    // The limiter's next slot came 50 ms after its burst, already passed: a fresh token costs
+    // no wait here, but one token more than the prepaid one was taken and counted stale.
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(RATELIMIT_STALE.get() > before);
+    // That fresh token was the limiter's: the next call waits a whole slot.
+    let start = Instant::now();
+    limiter.acquire().await;
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_pause_holds_every_job_of_the_worker() {
+    // One throttling answer pauses the whole limiter: a second job's retry waits out the
+    // pause to the millisecond, then both go paced at the lowered rate.
+    let limiter = RateLimiter::new(10.0, 1, None);
+    let leases = Arc::new(MemoryLeases::default());
+    assert!(leases.claim(JOB, "A", LEASE));
+    limiter.on_throttled(Some(Duration::from_secs(2))).await;
+    let g = gate(&limiter, &leases, "A");
+    g.prepaid.store(false, std::sync::atomic::Ordering::Release);
+    let start = Instant::now();
+    g.before_send(Operation::BenefitSearch).await.expect("sent");
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    limiter.acquire().await;
+    // Halved to 5 calls/s: 200 ms between calls.
+    assert_eq!(start.elapsed(), Duration::from_millis(2200));
+}
