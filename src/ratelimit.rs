@@ -194,19 +194,29 @@ impl RateLimiter {
         self.throttled_locally(retry_after, gate);
     }
 
+    /// The local twin of `Store::throttled` (same rules, one process).
     fn throttled_locally(&self, retry_after: Option<Duration>, gate: Duration) {
         let mut s = self.state.lock().expect("rate state");
         let now = Instant::now();
         if s.last_decrease
             .is_none_or(|t| now.duration_since(t) >= gate)
         {
+            let near = s.last_decrease.is_some_and(|t| now - t > self.aimd.quiet)
+                && s.last_throttle
+                    .is_some_and(|t| now - t < self.aimd.ceiling_memory);
             s.ceiling = Some(s.current);
             let halved = s.current * self.aimd.decrease_factor;
+            let floor = self.configured * self.aimd.min_fraction;
             s.current = match s.good {
                 Some(g) if g < s.current => g.max(halved),
                 _ => {
                     s.good = None;
-                    halved.max(self.configured * self.aimd.min_fraction)
+                    let factor = if near {
+                        self.aimd.ceiling_margin
+                    } else {
+                        self.aimd.decrease_factor
+                    };
+                    (s.current * factor).max(floor)
                 }
             };
             s.limiter = build(s.current, self.burst.min(s.current.ceil() as u32));
@@ -414,6 +424,26 @@ mod tests {
             r.recover().await;
         }
         assert!(near(r.current_rate(), 100.0), "{}", r.current_rate());
+    }
+
+    /// Near a known limit (the rate ran longer than `quiet` since the last decrease, and the
+    /// throttling before it is recent) a throttling answer steps down by the ceiling margin;
+    /// a storm (throttled again soon after a decrease) still halves, and so does throttling
+    /// long after the last.
+    #[tokio::test(start_paused = true)]
+    async fn near_a_known_limit_the_rate_steps_down_gently_and_a_storm_still_halves() {
+        let r = RateLimiter::new(100.0, 10, None);
+        r.on_throttled(None).await;
+        assert!(near(r.current_rate(), 50.0));
+        advance(Duration::from_secs(5)).await;
+        r.on_throttled(None).await;
+        assert!(near(r.current_rate(), 45.0), "{}", r.current_rate());
+        advance(Duration::from_millis(1500)).await;
+        r.on_throttled(None).await;
+        assert!(near(r.current_rate(), 22.5), "{}", r.current_rate());
+        advance(Duration::from_secs(25)).await;
+        r.on_throttled(None).await;
+        assert!(near(r.current_rate(), 11.25), "{}", r.current_rate());
     }
 
     /// A decrease counts only calls sent after the pause that followed the last decrease: a

@@ -110,12 +110,15 @@ async fn throttling_lowers_the_shared_rate_for_every_replica_and_a_storm_converg
 
 /// Over-configured against ABDM's limit, the shared rate settles on the last rate that held:
 /// throttled after a recovery step, it goes back to the rate before the step (not half of
-/// it); throttled at that rate too, ABDM's limit has fallen, so it halves and forgets it.
+/// it); throttled at that rate soon after, ABDM's limit has fallen, so it halves and forgets
+/// it; throttled at a rate that ran longer than `quiet`, near a limit met recently, it steps
+/// down by the ceiling margin.
 #[tokio::test]
 async fn a_throttled_step_goes_back_to_the_rate_that_held() {
     let env = TestEnv::new().await;
+    let quiet = Duration::from_millis(150);
     let aimd = abha_bulk::ratelimit::Aimd {
-        quiet: Duration::ZERO,
+        quiet,
         increase_every: Duration::ZERO,
         ..Default::default()
     };
@@ -130,7 +133,7 @@ async fn a_throttled_step_goes_back_to_the_rate_that_held() {
         (50.0, true),
         "no rate held yet: halve"
     );
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    tokio::time::sleep(quiet + Duration::from_millis(20)).await;
     let stepped = env.store.recover_rate(client, 100.0, &aimd).await.unwrap();
     assert_eq!(stepped, Some(55.0));
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -144,6 +147,13 @@ async fn a_throttled_step_goes_back_to_the_rate_that_held() {
         throttled().await.unwrap(),
         (25.0, true),
         "the limit fell: halve"
+    );
+    tokio::time::sleep(quiet + Duration::from_millis(20)).await;
+    let (rate, lowered) = throttled().await.unwrap();
+    assert!(lowered);
+    assert!(
+        (rate - 22.5).abs() < 1e-9,
+        "ran longer than quiet near a recent limit: 0.9 × 25, got {rate}"
     );
     env.cleanup().await;
 }

@@ -138,8 +138,13 @@ impl Store {
     /// shared pause of `retry_after`. Lowering goes back to the last rate that held
     /// (`good_rate`, set by each recovery step) when that is below the throttled rate: ABDM's
     /// limit lies between the two, and halving would waste half of it until recovery climbs
-    /// back. Without such a rate (or when the rate that held is throttled itself: ABDM's limit
-    /// fell) it multiplies by the AIMD factor and forgets the good rate. Returns the rate now
+    /// back. Without such a rate (or when the rate that held is throttled itself) it multiplies
+    /// by the AIMD factor and forgets the good rate, unless the rate sits near a known limit:
+    /// the last decrease is older than `quiet` (the rate ran that long before ABDM's burst ran
+    /// out, so the excess is small) and the throttling before it younger than `ceiling_memory`.
+    /// Then it steps down by `ceiling_margin` instead: halving there cost an over-configured
+    /// run 12 s at half the limit (+7 % wall time). A storm (ABDM's limit falls) throttles
+    /// again within a second or two of each decrease, so it still halves. Returns the rate now
     /// and whether this call lowered it.
     pub async fn throttled(
         &self,
@@ -152,11 +157,14 @@ impl Store {
         let row = sqlx::query(
             "WITH cur AS (
                 SELECT client, COALESCE(rate, $2) AS rate,
-                       (last_decrease_at IS NULL OR last_decrease_at < clock_timestamp() - make_interval(secs => $6)) AS may
+                       (last_decrease_at IS NULL OR last_decrease_at < clock_timestamp() - make_interval(secs => $6)) AS may,
+                       COALESCE(last_decrease_at < clock_timestamp() - make_interval(secs => $8)
+                                AND last_throttle_at > clock_timestamp() - make_interval(secs => $9), false) AS near
                 FROM rate_budget WHERE client = $1 FOR UPDATE)
              UPDATE rate_budget b SET
                 rate = CASE WHEN NOT cur.may THEN cur.rate
                             WHEN b.good_rate < cur.rate THEN GREATEST(b.good_rate, cur.rate * $3)
+                            WHEN cur.near THEN GREATEST($2 * $4, cur.rate * $7)
                             ELSE GREATEST($2 * $4, cur.rate * $3) END,
                 good_rate = CASE WHEN cur.may AND NOT (b.good_rate < cur.rate) THEN NULL ELSE b.good_rate END,
                 tokens = CASE WHEN cur.may THEN 0 ELSE b.tokens END,
@@ -176,6 +184,9 @@ impl Store {
         .bind(aimd.min_fraction)
         .bind(retry_after.map_or(0.0, |d| d.as_secs_f64().min(300.0)))
         .bind(gate.as_secs_f64())
+        .bind(aimd.ceiling_margin)
+        .bind(aimd.quiet.as_secs_f64())
+        .bind(aimd.ceiling_memory.as_secs_f64())
         .fetch_optional(&self.pool)
         .await
         .ctx("lowering the shared rate")?;

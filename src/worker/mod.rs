@@ -159,6 +159,22 @@ impl Worker {
         })
     }
 
+    /// Fetches the session and ABDM's key (through the limiter) before the first job takes a
+    /// token: see [`AbdmClient::warm_up`]. Bounded (10 s) and never fatal: with ABDM down the
+    /// jobs meet the circuit breaker instead.
+    async fn warm_up(&self, stop: &CancellationToken) {
+        let mut trace = crate::abdm::CallTrace::gated(self.limiter.clone());
+        let bound = Duration::from_secs(10);
+        tokio::select! {
+            r = tokio::time::timeout(bound, self.client.warm_up(&mut trace)) => match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "warm-up call failed; jobs will retry it"),
+                Err(_) => tracing::debug!("warm-up timed out; jobs will retry it"),
+            },
+            _ = stop.cancelled() => {}
+        }
+    }
+
     /// Consumes until `stop`, reconnecting to RabbitMQ with backoff.
     pub async fn run(self: Arc<Self>, amqp_url: String, stop: CancellationToken) {
         let mut backoff = reconnect_backoff();
@@ -249,6 +265,7 @@ impl Worker {
         let writer = OutcomeWriter::start(self.store.clone(), self.cfg.id.clone());
         let claimer = Claimer::start(self.store.clone(), self.cfg.id.clone(), self.cfg.lease);
         let mut tasks = tokio::task::JoinSet::new();
+        self.warm_up(stop).await;
         tracing::info!(worker = %self.cfg.id, in_flight = self.cfg.in_flight, "worker consuming");
         let result = loop {
             tokio::select! {
