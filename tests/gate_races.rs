@@ -39,6 +39,17 @@ async fn slow_limiter(every: Duration) -> Arc<RateLimiter> {
     limiter
 }
 
+/// Worker A's gate on a job it has just claimed, its prepaid token spent: its next request
+/// waits `every` for the limiter.
+async fn waiting_gate(every: Duration) -> (Arc<MemoryLeases>, JobGate) {
+    let limiter = slow_limiter(every).await;
+    let leases = Arc::new(MemoryLeases::default());
+    assert!(leases.claim(JOB, "A", LEASE));
+    let g = gate(&limiter, &leases, "A");
+    g.prepaid.store(false, std::sync::atomic::Ordering::Release);
+    (leases, g)
+}
+
 #[tokio::test(start_paused = true)]
 async fn within_a_quarter_lease_the_claim_is_the_fence() {
     let limiter = slow_limiter(Duration::from_secs(1)).await;
@@ -58,12 +69,8 @@ async fn within_a_quarter_lease_the_claim_is_the_fence() {
 
 #[tokio::test(start_paused = true)]
 async fn a_token_wait_past_a_quarter_lease_fences_and_extends_the_lease_from_the_send() {
-    let limiter = slow_limiter(Duration::from_secs(3)).await;
-    let leases = Arc::new(MemoryLeases::default());
     let claimed = Instant::now();
-    assert!(leases.claim(JOB, "A", LEASE));
-    let g = gate(&limiter, &leases, "A");
-    g.prepaid.store(false, std::sync::atomic::Ordering::Release);
+    let (leases, g) = waiting_gate(Duration::from_secs(3)).await;
     g.before_send(Operation::Link)
         .await
         .expect("lease held: sent");
@@ -76,11 +83,7 @@ async fn a_token_wait_past_a_quarter_lease_fences_and_extends_the_lease_from_the
 
 #[tokio::test(start_paused = true)]
 async fn a_read_after_a_long_wait_needs_no_fence() {
-    let limiter = slow_limiter(Duration::from_secs(3)).await;
-    let leases = Arc::new(MemoryLeases::default());
-    assert!(leases.claim(JOB, "A", LEASE));
-    let g = gate(&limiter, &leases, "A");
-    g.prepaid.store(false, std::sync::atomic::Ordering::Release);
+    let (leases, g) = waiting_gate(Duration::from_secs(3)).await;
     g.before_send(Operation::BenefitSearch).await.expect("sent");
     assert_eq!(leases.fences(), 0, "a read changes nothing at ABDM");
 }
@@ -89,11 +92,7 @@ async fn a_read_after_a_long_wait_needs_no_fence() {
 async fn a_lease_taken_over_while_waiting_for_a_token_makes_no_call() {
     // A waits 10 s for its token (a long Retry-After); its 8 s lease runs out at 8 s and B
     // claims the job at 9 s. A's fence at 10 s finds B: no call, and B keeps the job.
-    let limiter = slow_limiter(Duration::from_secs(10)).await;
-    let leases = Arc::new(MemoryLeases::default());
-    assert!(leases.claim(JOB, "A", LEASE));
-    let g = gate(&limiter, &leases, "A");
-    g.prepaid.store(false, std::sync::atomic::Ordering::Release);
+    let (leases, g) = waiting_gate(Duration::from_secs(10)).await;
     let takeover = {
         let leases = leases.clone();
         tokio::spawn(async move {
@@ -117,11 +116,7 @@ async fn a_lease_taken_over_while_waiting_for_a_token_makes_no_call() {
 #[tokio::test(start_paused = true)]
 async fn an_expired_lease_nobody_took_is_still_held() {
     // The fence rule: expiry alone does not take the job away; only another claim does.
-    let limiter = slow_limiter(Duration::from_secs(10)).await;
-    let leases = Arc::new(MemoryLeases::default());
-    assert!(leases.claim(JOB, "A", LEASE));
-    let g = gate(&limiter, &leases, "A");
-    g.prepaid.store(false, std::sync::atomic::Ordering::Release);
+    let (leases, g) = waiting_gate(Duration::from_secs(10)).await;
     g.before_send(Operation::Link)
         .await
         .expect("nobody took it: sent");
