@@ -51,19 +51,9 @@ impl Worker {
                 metrics::RETRIES
                     .with_label_values(&[job.kind.as_str(), "postponed"])
                     .inc();
-                // Spread the jobs that failed together over up to twice the wait, except
-                // throttled ones: the limiter's shared pause and pacing spread those already,
-                // and the extra second the full spread added was the tail of an over-configured
-                // run (+5 % wall time: its last throttled job came back a second late).
-                let spread = if disposition == Disposition::Throttled {
-                    0.1
-                } else {
-                    1.0
-                };
-                let wait = e
-                    .retry_after()
-                    .unwrap_or(self.cfg.backoff_base)
-                    .mul_f64(1.0 + spread * rand::random::<f64>());
+                let wait = self
+                    .cfg
+                    .postpone_delay(e.retry_after(), disposition == Disposition::Throttled);
                 Outcome::Postpone {
                     due_at: Utc::now() + wait,
                     code,

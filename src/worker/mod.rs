@@ -99,6 +99,19 @@ impl WorkerConfig {
         let jittered = envelope.mul_f64(rand::random::<f64>());
         jittered.max(retry_after.unwrap_or_default())
     }
+
+    /// Delay of a postponed job (one whose failure was not about its row): `retry_after`, or
+    /// the first backoff step without one, spread over up to twice that so the jobs that
+    /// failed together do not return together; a throttled job's over only a tenth more,
+    /// since the limiter's shared pause and pacing spread those already (the full spread
+    /// brought the last throttled job of an over-configured run back a second late: +5 % wall
+    /// time).
+    pub fn postpone_delay(&self, retry_after: Option<Duration>, throttled: bool) -> Duration {
+        let spread = if throttled { 0.1 } else { 1.0 };
+        retry_after
+            .unwrap_or(self.backoff_base)
+            .mul_f64(1.0 + spread * rand::random::<f64>())
+    }
 }
 
 /// Everything a worker needs.
@@ -324,7 +337,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_delay_is_full_jitter_within_the_capped_envelope() {
+    fn retry_and_postpone_delays_stay_within_their_envelopes() {
         let cfg = WorkerConfig {
             id: "t".into(),
             in_flight: 1,
@@ -345,5 +358,19 @@ mod tests {
         assert!(many.iter().any(|d| *d < Duration::from_millis(400)));
         assert!(many.iter().any(|d| *d > Duration::from_millis(400)));
         assert!(cfg.retry_delay(1, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+        let ra = Some(Duration::from_secs(1));
+        let throttled: Vec<Duration> = (0..200).map(|_| cfg.postpone_delay(ra, true)).collect();
+        assert!(
+            throttled
+                .iter()
+                .all(|d| (Duration::from_secs(1)..=Duration::from_millis(1100)).contains(d))
+        );
+        let other: Vec<Duration> = (0..200).map(|_| cfg.postpone_delay(None, false)).collect();
+        assert!(
+            other
+                .iter()
+                .all(|d| (Duration::from_millis(100)..=Duration::from_millis(200)).contains(d))
+        );
+        assert!(other.iter().any(|d| *d > Duration::from_millis(150)));
     }
 }
