@@ -10,7 +10,6 @@ use std::process::{Command, Output, Stdio};
 
 use abha_bulk::jobs::kind::JobKind;
 use abha_bulk::report::{ReportError, ReportTarget, Reveal, write_report};
-use abha_bulk::store::batches::NewBatch;
 use common::{BENEFIT, TestEnv, by_ref, s};
 use sqlx::Row;
 use uuid::Uuid;
@@ -302,18 +301,7 @@ async fn the_same_rows_in_another_file_are_found() {
 /// A batch with `n` jobs of benefit-link, inserted directly.
 async fn batch_with_jobs(env: &TestEnv, n: u64) -> Uuid {
     let pop = env.pop();
-    let batch = env
-        .store
-        .create_batch(NewBatch {
-            kind: JobKind::BenefitLink,
-            benefit: BENEFIT,
-            source: "csv",
-            file_name: Some("x.csv"),
-            file_sha256: None,
-            parent: None,
-        })
-        .await
-        .unwrap();
+    let batch = env.new_link_batch(Some("x.csv")).await;
     let rows: Vec<_> = (0..n)
         .map(|i| {
             let job = abha_bulk::jobs::kind::Job::BenefitLink(

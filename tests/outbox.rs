@@ -5,7 +5,6 @@
 mod common;
 
 use abha_bulk::jobs::kind::JobKind;
-use abha_bulk::store::batches::NewBatch;
 use common::{BENEFIT, TestEnv};
 use uuid::Uuid;
 
@@ -62,20 +61,6 @@ fn link_rows(
         .collect()
 }
 
-async fn new_batch(env: &TestEnv) -> Uuid {
-    env.store
-        .create_batch(NewBatch {
-            kind: JobKind::BenefitLink,
-            benefit: BENEFIT,
-            source: "csv",
-            file_name: None,
-            file_sha256: None,
-            parent: None,
-        })
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_submitted_file_is_one_outbox_row_published_in_id_order() {
     let env = TestEnv::new().await;
@@ -103,7 +88,7 @@ async fn a_submitted_file_is_one_outbox_row_published_in_id_order() {
 #[tokio::test]
 async fn a_batch_row_skips_jobs_of_batches_stored_in_between_and_goes_on_cancel() {
     let env = TestEnv::new().await;
-    let a = new_batch(&env).await;
+    let a = env.new_link_batch(None).await;
     let store = &env.store;
     let first = link_rows(&env, 0..10);
     store
@@ -111,7 +96,7 @@ async fn a_batch_row_skips_jobs_of_batches_stored_in_between_and_goes_on_cancel(
         .await
         .unwrap();
     // Another submit stores its jobs between two chunks of `a`.
-    let b = new_batch(&env).await;
+    let b = env.new_link_batch(None).await;
     let other = link_rows(&env, 100..112);
     assert!(
         store

@@ -294,18 +294,7 @@ async fn earlier_links_are_swept_only_on_request() {
     let env = TestEnv::new().await;
     let pop = env.pop();
     // The service's history: five succeeded links, none of them in the roster.
-    let batch = env
-        .store
-        .create_batch(abha_bulk::store::batches::NewBatch {
-            kind: JobKind::BenefitLink,
-            benefit: BENEFIT,
-            source: "csv",
-            file_name: None,
-            file_sha256: None,
-            parent: None,
-        })
-        .await
-        .unwrap();
+    let batch = env.new_link_batch(None).await;
     let rows: Vec<_> = (300..305u64)
         .map(|i| {
             let job = abha_bulk::jobs::kind::Job::BenefitLink(

@@ -166,6 +166,22 @@ fn init_tracing() {
 }
 
 impl TestEnv {
+    /// An empty benefit-link batch of `BENEFIT`, created directly (no submit), for tests that
+    /// insert their jobs themselves.
+    pub async fn new_link_batch(&self, file_name: Option<&str>) -> Uuid {
+        self.store
+            .create_batch(abha_bulk::store::batches::NewBatch {
+                kind: JobKind::BenefitLink,
+                benefit: BENEFIT,
+                source: "csv",
+                file_name,
+                file_sha256: None,
+                parent: None,
+            })
+            .await
+            .expect("batch")
+    }
+
     /// Database, topology, sandbox and client of a new test.
     pub async fn new() -> Self {
         init_tracing();
