@@ -34,6 +34,7 @@ async fn submit_links(
             kind: JobKind::BenefitLink,
             benefit: "BENCH".into(),
             force: false,
+            priority: Default::default(),
         },
         Arc::new(()),
     )

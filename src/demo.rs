@@ -177,6 +177,7 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
         // follows its last row without a visible pause.
         crate::relay::RelayConfig {
             housekeeping: Duration::from_millis(500),
+            fallback_rate: Some(opts.rate),
             ..crate::relay::RelayConfig::from_settings(&settings.relay)
         },
         stop.clone(),
@@ -205,6 +206,7 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
                 kind,
                 benefit: opts.benefit.clone(),
                 force: true,
+                priority: Default::default(),
             },
             Arc::new(()),
         )

@@ -20,6 +20,7 @@
 //! | [`ratelimit`] | governor + global Postgres token bucket + AIMD on the shared rate |
 //! | [`breaker`] | the ABDM circuit breaker shared by every replica (outages, refused secrets) |
 //! | [`submit`] | CSV file → batch of jobs with outbox rows, in constant memory |
+//! | [`scheduler`] | fair shares of the one rate: two-level stride scheduling (programmes by weight, their batches by priority) |
 //! | [`relay`] | outbox → RabbitMQ; [`relay::housekeeping`]: lease expiry, batch closing, gauges |
 //! | [`worker`] | consume (through the [`worker::source`] seam: RabbitMQ or an in-memory queue) → claim → rate limit → ABDM → record → ack; graceful shutdown. `mod.rs`: settings, connection, consume loop; `job`: one delivery's path; `claims`, `gate`, `outcomes`, `group`, `classify`, `support` |
 //! | [`report`] | status, per-row CSV report, formula escaping |
@@ -46,6 +47,7 @@ pub mod reconcile;
 pub mod relay;
 pub mod report;
 pub mod sandbox;
+pub mod scheduler;
 pub mod store;
 pub mod submit;
 pub mod telemetry;

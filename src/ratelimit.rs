@@ -133,7 +133,13 @@ impl RateLimiter {
         until_ready(&limiter).await;
         if let Some(g) = &self.global {
             let rate = g.take_one(self.configured).await;
-            self.adopt(rate);
+            // Side work runs at its own rate within the fleet's: it adopts the shared rate
+            // only when that is lower (ABDM throttled everyone).
+            self.adopt(if g.side {
+                rate.min(self.configured)
+            } else {
+                rate
+            });
         }
         let waited = started.elapsed();
         metrics::RATELIMIT_WAIT.observe(waited.as_secs_f64());
@@ -174,7 +180,13 @@ impl RateLimiter {
         if let Some(g) = &self.global {
             match g
                 .store
-                .throttled(&g.client, self.configured, &self.aimd, retry_after, gate)
+                .throttled(
+                    &g.client,
+                    g.ceiling(self.configured),
+                    &self.aimd,
+                    retry_after,
+                    gate,
+                )
                 .await
             {
                 Ok((rate, lowered)) => {
@@ -182,7 +194,11 @@ impl RateLimiter {
                         tracing::warn!(rate, "ABDM throttled us: shared rate lowered");
                     }
                     g.drain().await;
-                    self.adopt(rate);
+                    self.adopt(if g.side {
+                        rate.min(self.configured)
+                    } else {
+                        rate
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot lower the shared rate; lowering locally");
@@ -238,6 +254,10 @@ impl RateLimiter {
     /// Additive recovery; call every second or so (cheap when nothing is due).
     pub async fn recover(&self) {
         if let Some(g) = &self.global {
+            if g.side {
+                // The fleet's workers drive the shared rate's recovery; side work follows it.
+                return;
+            }
             match g
                 .store
                 .recover_rate(&g.client, self.configured, &self.aimd)
@@ -306,6 +326,9 @@ pub struct GlobalBudget {
     capacity: f64,
     /// Tokens leased and not yet spent, and the shared rate last seen (`None`: not yet).
     local: tokio::sync::Mutex<(f64, Option<f64>)>,
+    /// Side work (reconcile, ...): spends from the bucket at its own rate, never sets the
+    /// fleet's ceiling (`rate_budget.fleet_rate`) nor drives its recovery.
+    side: bool,
 }
 
 impl GlobalBudget {
@@ -320,7 +343,23 @@ impl GlobalBudget {
             client: client.to_string(),
             capacity: capacity.max(rate * 0.1).max(1.0),
             local: tokio::sync::Mutex::new((0.0, None)),
+            side: false,
         }
+    }
+
+    /// The same bucket for side work (`reconcile` look-ups, ...): it takes one more flow's
+    /// tokens from the shared budget, at the rate of its own limiter, and never lowers the
+    /// rate every replica refills at. (Before, the bucket's rate was capped by each caller's
+    /// configured rate, so a 5/s reconcile dragged a 100/s fleet down to 16.9 jobs/s.)
+    pub fn side(mut self) -> Self {
+        self.side = true;
+        self
+    }
+
+    /// The ceiling this caller sets for the shared rate: its configured rate when it is of
+    /// the fleet, none when it is side work (the fleet's recorded rate applies).
+    fn ceiling(&self, configured: f64) -> Option<f64> {
+        (!self.side).then_some(configured)
     }
 
     /// Drops the tokens leased but not spent (after throttling: they were leased at the old
@@ -347,7 +386,7 @@ impl GlobalBudget {
                 .take_tokens(
                     &self.client,
                     ((block / 2.0).ceil(), block),
-                    configured,
+                    (self.ceiling(configured), configured),
                     self.capacity,
                 )
                 .await

@@ -45,6 +45,8 @@ pub struct SubmitRequest {
     pub benefit: String,
     /// Submit even when the same file was submitted before.
     pub force: bool,
+    /// The batch's priority within its programme's share of the rate.
+    pub priority: crate::scheduler::Priority,
 }
 
 /// What a submission did.
@@ -218,6 +220,7 @@ pub async fn submit_until(
                 file_name: file_name.as_deref(),
                 file_sha256: Some(&sha),
                 parent: None,
+                priority: req.priority,
             },
             req.force,
         )

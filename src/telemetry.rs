@@ -90,6 +90,9 @@ pub mod metrics {
         "abha_batch_rows",
         "abha_session_refresh_total",
         "abha_queue_messages",
+        "abha_scheduler_published_total",
+        "abha_scheduler_share",
+        "abha_broker_target_messages",
         "abha_reconcile_last_run_timestamp_seconds",
         "abha_reconcile_drift",
         "abha_abdm_circuit_open",
@@ -279,6 +282,34 @@ pub mod metrics {
         )
     });
 
+    /// `abha_scheduler_published_total{programme}`: messages the fair scheduler handed to
+    /// RabbitMQ per programme (its rate is the programme's rate: RabbitMQ holds only about
+    /// a second of work). Programme names are few and not personal.
+    pub static SCHED_PUBLISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        counter(
+            "abha_scheduler_published_total",
+            "Messages the fair scheduler published per programme (benefit name)",
+            &["programme"],
+        )
+    });
+
+    /// `abha_scheduler_share{programme}`.
+    pub static SCHED_SHARE: LazyLock<GaugeVec> = LazyLock::new(|| {
+        gauge_vec(
+            "abha_scheduler_share",
+            "Fraction of the published messages that went to each programme over the last few seconds",
+            &["programme"],
+        )
+    });
+
+    /// `abha_broker_target_messages`.
+    pub static BROKER_TARGET: LazyLock<Gauge> = LazyLock::new(|| {
+        gauge(
+            "abha_broker_target_messages",
+            "Ready messages the scheduling relay keeps in the work queue (the fleet's rate times relay.broker_horizon_ms, within relay.broker_min..broker_max)",
+        )
+    });
+
     /// `abha_reconcile_last_run_timestamp_seconds{benefit}`.
     pub static RECONCILE_LAST_RUN: LazyLock<GaugeVec> = LazyLock::new(|| {
         gauge_vec(
@@ -345,6 +376,9 @@ pub mod metrics {
         LazyLock::force(&OUTBOX_LAG);
         LazyLock::force(&BATCH_ROWS);
         LazyLock::force(&QUEUE_MESSAGES);
+        LazyLock::force(&SCHED_PUBLISHED);
+        LazyLock::force(&SCHED_SHARE);
+        LazyLock::force(&BROKER_TARGET);
         LazyLock::force(&RECONCILE_LAST_RUN);
         LazyLock::force(&RECONCILE_DRIFT);
         // Known label values start at 0, so rates and alerts see a series from the start.

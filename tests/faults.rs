@@ -337,6 +337,7 @@ async fn an_interrupted_submit_aborts_its_batch_and_none_of_its_rows_runs() {
         kind: JobKind::BenefitLink,
         benefit: BENEFIT.into(),
         force: false,
+        priority: Default::default(),
     };
     let stop = CancellationToken::new();
     let progress = Arc::new(StopAfterFirstChunk(stop.clone()));

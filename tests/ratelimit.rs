@@ -126,7 +126,7 @@ async fn a_throttled_step_goes_back_to_the_rate_that_held() {
     env.store.ensure_budget(client, 10.0).await.unwrap();
     let throttled = || {
         env.store
-            .throttled(client, 100.0, &aimd, None, Duration::ZERO)
+            .throttled(client, Some(100.0), &aimd, None, Duration::ZERO)
     };
     assert_eq!(
         throttled().await.unwrap(),

@@ -276,6 +276,7 @@ where
         kind,
         benefit: benefit.as_str().to_string(),
         force: false,
+        priority: Default::default(),
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let summary = match submit_until(&st.store, &req, std::sync::Arc::new(()), &stop).await {

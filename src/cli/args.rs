@@ -101,6 +101,10 @@ pub struct SubmitArgs {
     /// the submission either way.)
     #[arg(long)]
     pub force: bool,
+    /// Priority within the programme's share of the ABDM rate: low, normal, high or urgent
+    /// (weights 1, 2, 4, 8; default: the programme's `benefits.priorities`, else normal).
+    #[arg(long)]
+    pub priority: Option<crate::scheduler::Priority>,
 }
 
 /// `worker` options.

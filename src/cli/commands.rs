@@ -70,6 +70,9 @@ pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Re
         kind: args.kind,
         benefit: benefit.to_string(),
         force: args.force,
+        priority: args
+            .priority
+            .unwrap_or_else(|| settings.benefits.priority(benefit.as_str())),
     };
     // SIGTERM/Ctrl-C abort the batch: none of its rows runs, and the file may be sent again.
     let stop = CancellationToken::new();
@@ -163,7 +166,7 @@ pub(super) async fn worker(settings: &Settings, args: &WorkerArgs) -> anyhow::Re
             store.clone(),
             amqp.clone(),
             topology.clone(),
-            crate::relay::RelayConfig::from_settings(&settings.relay),
+            crate::relay::RelayConfig::for_fleet(settings),
             stop.clone(),
         ))
     });
@@ -209,7 +212,7 @@ pub(super) async fn relay(settings: &Settings) -> anyhow::Result<ExitCode> {
         store,
         settings.rabbitmq_url()?.expose_secret().to_string(),
         Topology::from_settings(&settings.rabbitmq),
-        crate::relay::RelayConfig::from_settings(&settings.relay),
+        crate::relay::RelayConfig::for_fleet(settings),
         stop,
     )
     .await;
@@ -312,6 +315,7 @@ pub(super) async fn reconcile(
             settings.worker.rate_per_second,
             f64::from(settings.worker.burst),
         )
+        .side()
     });
     let limiter = RateLimiter::new(settings.reconcile.rate_per_second, 1, global);
     let out = args.out.clone().unwrap_or_else(|| {

@@ -197,9 +197,27 @@ impl Settings {
             ("relay.idle_ms", r.idle),
             ("relay.housekeeping_ms", r.housekeeping),
             ("relay.publish_timeout_ms", r.publish_timeout),
+            ("relay.broker_horizon_ms", r.broker_horizon),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::invalid(key, "must be at least 1"));
+            }
+        }
+        if r.broker_min == 0 || r.broker_max < r.broker_min {
+            return Err(ConfigError::invalid(
+                "relay.broker_min",
+                format!(
+                    "needs 1 <= relay.broker_min <= relay.broker_max, got {} and {}",
+                    r.broker_min, r.broker_max
+                ),
+            ));
+        }
+        for (programme, w) in &self.benefits.weights {
+            if !(w.is_finite() && *w > 0.0) {
+                return Err(ConfigError::invalid(
+                    "benefits.weights",
+                    format!("the weight of {programme:?} must be above 0, got {w}"),
+                ));
             }
         }
         let s = &self.sandbox;

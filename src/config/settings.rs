@@ -45,6 +45,27 @@ pub struct BenefitSettings {
     /// `submit`/`reconcile --benefit` must be one of these; empty: any well-formed name.
     #[serde(default)]
     pub served: Vec<String>,
+    /// Each programme's weight in the fair share of the one ABDM rate (exact benefit name →
+    /// weight > 0); a programme not named weighs 1. Two backlogged programmes with weights 1
+    /// and 3 get the rate 1 : 3; one alone gets all of it.
+    #[serde(default)]
+    pub weights: std::collections::HashMap<String, f64>,
+    /// The priority a programme's batches get when `submit --priority` (or the API's
+    /// `priority`) does not say; a programme not named gets `normal`.
+    #[serde(default)]
+    pub priorities: std::collections::HashMap<String, crate::scheduler::Priority>,
+}
+
+impl BenefitSettings {
+    /// The weight of `programme` in the fair share (1 unless set).
+    pub fn weight(&self, programme: &str) -> f64 {
+        self.weights.get(programme).copied().unwrap_or(1.0)
+    }
+
+    /// The default priority of `programme`'s batches.
+    pub fn priority(&self, programme: &str) -> crate::scheduler::Priority {
+        self.priorities.get(programme).copied().unwrap_or_default()
+    }
 }
 
 /// The HTTP method of ABDM's "list children" call: the NHA OpenAPI and the integrator guide
@@ -243,6 +264,16 @@ pub struct RelaySettings {
     /// leased for this plus 5 s, so a relay that dies mid-round delays them that long.
     #[serde(rename = "publish_timeout_ms", with = "millis")]
     pub publish_timeout: Duration,
+    /// How many seconds of work RabbitMQ holds: the relay publishes only while the work
+    /// queue's ready messages are below the fleet's rate times this (the rest waits in
+    /// Postgres, where the fair scheduler picks what goes next).
+    #[serde(rename = "broker_horizon_ms", with = "millis")]
+    pub broker_horizon: Duration,
+    /// The fewest ready messages the relay keeps in the work queue, whatever the rate.
+    pub broker_min: u32,
+    /// The most ready messages the relay keeps in the work queue, whatever the rate (and
+    /// when the rate is unknown: no shared rate budget).
+    pub broker_max: u32,
 }
 
 /// Encryption of identifiers at rest.

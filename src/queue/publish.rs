@@ -44,6 +44,28 @@ impl Publisher {
         self.channel.status().connected()
     }
 
+    /// Ready messages in the job queues (passive declares on this channel: one round trip per
+    /// queue, no redeclaration). The scheduling relay reads it before each round.
+    pub async fn ready_messages(&self) -> Result<u64, QueueError> {
+        let mut total = 0u64;
+        for q in self.topology.job_queues() {
+            let info = self
+                .channel
+                .queue_declare(
+                    q.as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..lapin::options::QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .ctx("reading a job queue's depth")?;
+            total += u64::from(info.message_count());
+        }
+        Ok(total)
+    }
+
     /// Publishes stored-job envelopes (persistent, mandatory) and waits for every confirm.
     pub async fn publish_jobs(&self, rows: &[OutboxRow]) -> Result<(), QueueError> {
         let mut pending = Vec::with_capacity(rows.len());

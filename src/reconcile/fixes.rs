@@ -48,6 +48,8 @@ pub(super) async fn queue_fixes(
             file_name: Some(&name),
             file_sha256: None,
             parent: None,
+            // The fixes are side work of the programme: its default priority.
+            priority: Default::default(),
         })
         .await?;
     let mut accepted = 0;

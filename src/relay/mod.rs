@@ -1,7 +1,9 @@
-//! The outbox relay: publishes due outbox rows to RabbitMQ with confirms and deletes them in
-//! the same transaction; every few seconds it also re-queues jobs whose lease expired, closes
-//! finished batches, and refreshes the backlog gauges.
+//! The outbox relay: publishes due outbox rows to RabbitMQ with confirms, a few seconds of
+//! work at a time, in the order the fair scheduler picks (`broker`); and, in a task of its
+//! own that keeps running while RabbitMQ is unreachable, the housekeeping (lease expiry,
+//! batch closing, X-token sweep, aborted submits, gauges).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -11,16 +13,18 @@ use crate::queue::publish::Publisher;
 use crate::queue::{self, Topology};
 use crate::store::Store;
 
+pub mod broker;
 pub mod housekeeping;
 
 use housekeeping::GAUGE_INTERVAL;
 
-/// The relay's pace, from `[relay]` (see `config/default.toml` for why each value).
+/// The relay's pace, from `[relay]` (see `config/default.toml` for why each value), and what
+/// the scheduler needs from the rest of the settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RelayConfig {
-    /// Rows per publish round.
+    /// Most messages per publish round.
     pub batch: i64,
-    /// Sleep when nothing is due.
+    /// Sleep when nothing is due (or the broker is full).
     pub idle: Duration,
     /// How often to run the housekeeping (lease expiry, batch closing, gauges).
     pub housekeeping: Duration,
@@ -28,16 +32,57 @@ pub struct RelayConfig {
     /// The round's outbox rows are leased for this plus 5 s: if the relay dies mid-round they
     /// are published again that much later (confirms normally take milliseconds).
     pub publish_timeout: Duration,
+    /// Seconds of work the work queue holds at the fleet's rate.
+    pub broker_horizon: Duration,
+    /// Fewest ready messages kept in the work queue.
+    pub broker_min: u32,
+    /// Most ready messages kept in the work queue (also when the rate is unknown).
+    pub broker_max: u32,
+    /// The ABDM client whose shared rate budget gives the fleet's rate (`None`: no shared
+    /// budget, the rate is `fallback_rate`).
+    pub rate_client: Option<String>,
+    /// The rate workers are configured with, when the shared budget says nothing.
+    pub fallback_rate: Option<f64>,
+    /// Programme weights (`benefits.weights`).
+    pub weights: HashMap<String, f64>,
 }
 
 impl RelayConfig {
-    /// From the `[relay]` settings.
+    /// From the `[relay]` settings alone (no rate known: the broker holds `broker_max`).
     pub fn from_settings(s: &crate::config::RelaySettings) -> Self {
         Self {
             batch: i64::from(s.batch),
             idle: s.idle,
             housekeeping: s.housekeeping,
             publish_timeout: s.publish_timeout,
+            broker_horizon: s.broker_horizon,
+            broker_min: s.broker_min,
+            broker_max: s.broker_max,
+            rate_client: None,
+            fallback_rate: None,
+            weights: HashMap::new(),
+        }
+    }
+
+    /// For a relay of the fleet: `[relay]`, plus the fleet's rate (the shared budget of
+    /// `abdm.client_id`, else `worker.rate_per_second`) and the programme weights.
+    pub fn for_fleet(s: &crate::config::Settings) -> Self {
+        Self {
+            rate_client: s.worker.global_rate_limit.then(|| s.abdm.client_id.clone()),
+            fallback_rate: Some(s.worker.rate_per_second),
+            weights: s.benefits.weights.clone(),
+            ..Self::from_settings(&s.relay)
+        }
+    }
+
+    /// Ready messages to keep in the work queue at `rate` calls/s.
+    pub fn broker_target(&self, rate: Option<f64>) -> u64 {
+        let (min, max) = (u64::from(self.broker_min), u64::from(self.broker_max));
+        match rate {
+            Some(r) if r.is_finite() && r > 0.0 => {
+                ((r * self.broker_horizon.as_secs_f64()).ceil() as u64).clamp(min, max)
+            }
+            _ => max,
         }
     }
 }
@@ -51,11 +96,18 @@ impl Default for RelayConfig {
             idle: Duration::from_millis(100),
             housekeeping: Duration::from_secs(2),
             publish_timeout: Duration::from_secs(10),
+            broker_horizon: Duration::from_secs(1),
+            broker_min: 20,
+            broker_max: 2000,
+            rate_client: None,
+            fallback_rate: None,
+            weights: HashMap::new(),
         }
     }
 }
 
-/// Runs until `stop`; reconnects to RabbitMQ with backoff when the connection drops.
+/// Runs until `stop`; reconnects to RabbitMQ with backoff when the connection drops. The
+/// housekeeping runs beside it and does not wait for RabbitMQ.
 pub async fn run(
     store: Store,
     amqp_url: String,
@@ -63,12 +115,10 @@ pub async fn run(
     cfg: RelayConfig,
     stop: CancellationToken,
 ) {
+    let chores = tokio::spawn(chores(store.clone(), cfg.housekeeping, stop.clone()));
     let mut backoff = reconnect_backoff();
-    let mut last_housekeeping = Instant::now() - cfg.housekeeping;
-    let mut last_gauges = Instant::now() - GAUGE_INTERVAL;
-    // Webhooks of the programme API go out from here (docs/api.md).
-    let webhooks = reqwest::Client::new();
-    while !stop.is_cancelled() {
+    let mut scheduling = broker::Scheduling::default();
+    'connect: while !stop.is_cancelled() {
         let publisher = match connect(&amqp_url, &topology).await {
             Ok(p) => {
                 backoff = reconnect_backoff();
@@ -82,55 +132,43 @@ pub async fn run(
             }
         };
         tracing::info!("relay publishing");
-        loop {
-            if stop.is_cancelled() {
-                return;
-            }
-            if last_housekeeping.elapsed() >= cfg.housekeeping {
-                housekeeping::round(&store).await;
-                crate::api::webhooks::round(&store, &webhooks).await;
-                last_housekeeping = Instant::now();
-            }
-            if last_gauges.elapsed() >= GAUGE_INTERVAL {
-                housekeeping::batch_gauges(&store).await;
-                last_gauges = Instant::now();
-            }
-            let round = store
-                .publish_due(
-                    cfg.batch,
-                    cfg.publish_timeout + Duration::from_secs(5),
-                    |rows| {
-                        let publisher = &publisher;
-                        let timeout = cfg.publish_timeout;
-                        async move {
-                            let count = rows.len();
-                            tokio::time::timeout(timeout, publisher.publish_jobs(&rows))
-                                .await
-                                .unwrap_or(Err(queue::QueueError::NotConfirmed {
-                                    count,
-                                    reason: "no confirm within the publish timeout",
-                                }))
-                        }
-                    },
-                )
-                .await;
-            match round {
-                Ok(Ok(0)) => sleep_or_stop(cfg.idle, &stop).await,
-                Ok(Ok(n)) => tracing::debug!(published = n, "relay round"),
-                Ok(Err(e)) => {
+        while !stop.is_cancelled() {
+            match scheduling.round(&store, &publisher, &cfg).await {
+                Ok(broker::Round::Idle) => sleep_or_stop(cfg.idle, &stop).await,
+                Ok(broker::Round::Published(n)) => tracing::debug!(published = n, "relay round"),
+                Err(broker::RoundError::Queue(e)) => {
                     tracing::warn!(error = %e, "publishing failed; reconnecting");
-                    break;
+                    continue 'connect;
                 }
-                Err(e) => {
+                Err(broker::RoundError::Store(e)) => {
                     tracing::warn!(error = %e, "outbox unavailable; retrying");
                     sleep_or_stop(Duration::from_secs(1), &stop).await;
                 }
             }
             if !publisher.is_connected() {
                 tracing::warn!("RabbitMQ channel closed; reconnecting");
-                break;
+                continue 'connect;
             }
         }
+    }
+    let _ = chores.await;
+}
+
+/// The housekeeping and the gauges, every `every`, until `stop`: in a task of its own so that
+/// lease expiry, batch closing, the X-token sweep and aborted submits go on while RabbitMQ is
+/// unreachable (they need only Postgres).
+async fn chores(store: Store, every: Duration, stop: CancellationToken) {
+    // Webhooks of the programme API go out from here (docs/api.md).
+    let webhooks = reqwest::Client::new();
+    let mut last_gauges = Instant::now() - GAUGE_INTERVAL;
+    while !stop.is_cancelled() {
+        housekeeping::round(&store).await;
+        crate::api::webhooks::round(&store, &webhooks).await;
+        if last_gauges.elapsed() >= GAUGE_INTERVAL {
+            housekeeping::batch_gauges(&store).await;
+            last_gauges = Instant::now();
+        }
+        sleep_or_stop(every, &stop).await;
     }
 }
 

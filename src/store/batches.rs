@@ -25,6 +25,8 @@ pub struct NewBatch<'a> {
     pub file_sha256: Option<&'a str>,
     /// Batch this one was derived from.
     pub parent: Option<Uuid>,
+    /// Its priority within its programme's share of the rate.
+    pub priority: crate::scheduler::Priority,
 }
 
 /// A validated row ready for insertion: identifiers already encrypted and hashed.
@@ -262,8 +264,8 @@ impl Store {
     pub async fn create_batch(&self, b: NewBatch<'_>) -> Result<Uuid, StoreError> {
         let id = Uuid::new_v4();
         sqlx::query(
-            "INSERT INTO batches (id, kind, benefit, source, file_name, file_sha256, parent_batch)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO batches (id, kind, benefit, source, file_name, file_sha256, parent_batch, priority)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(id)
         .bind(b.kind.as_str())
@@ -272,6 +274,7 @@ impl Store {
         .bind(b.file_name)
         .bind(b.file_sha256)
         .bind(b.parent)
+        .bind(b.priority.as_str())
         .execute(&self.pool)
         .await
         .ctx("creating a batch")?;

@@ -82,23 +82,31 @@ impl Store {
         &self,
         client: &str,
         (min, max): (f64, f64),
-        configured: f64,
+        (ceiling, own): (Option<f64>, f64),
         capacity: f64,
     ) -> Result<Take, StoreError> {
+        // `ceiling`: the fleet's configured rate (a worker), recorded as `fleet_rate`; `None`
+        // for side work, which refills at the recorded fleet rate (its own `own` only before
+        // any worker ran) and never changes it.
         let row = sqlx::query(
-            "WITH cur AS (
+            "WITH base AS (
+                SELECT client, tokens, updated_at, paused_until, rate AS r0,
+                       COALESCE($3::float8, fleet_rate, rate, $6) AS cfg
+                FROM rate_budget WHERE client = $1 FOR UPDATE),
+             cur AS (
                 SELECT client,
-                       LEAST(COALESCE(rate, $3), $3) AS rate,
-                       LEAST($4, tokens + LEAST(COALESCE(rate, $3), $3)
+                       LEAST(COALESCE(r0, cfg), cfg) AS rate,
+                       LEAST($4, tokens + LEAST(COALESCE(r0, cfg), cfg)
                              * GREATEST(EXTRACT(EPOCH FROM (clock_timestamp() - updated_at))::float8, 0)) AS avail,
                        GREATEST(COALESCE(EXTRACT(EPOCH FROM (paused_until - clock_timestamp()))::float8, 0), 0) AS paused
-                FROM rate_budget WHERE client = $1 FOR UPDATE),
+                FROM base),
              want AS (
                 SELECT client, rate, avail, paused,
                        CASE WHEN paused = 0 AND floor(avail) >= $5 THEN LEAST($2, floor(avail)) ELSE 0 END AS n
                 FROM cur),
              upd AS (
-                UPDATE rate_budget b SET tokens = want.avail - want.n, updated_at = clock_timestamp(), rate = want.rate
+                UPDATE rate_budget b SET tokens = want.avail - want.n, updated_at = clock_timestamp(),
+                       rate = want.rate, fleet_rate = COALESCE($3::float8, b.fleet_rate)
                 FROM want WHERE b.client = want.client AND want.n >= 1
                 RETURNING 1)
              SELECT want.rate, want.avail, want.paused,
@@ -106,9 +114,10 @@ impl Store {
         )
         .bind(client)
         .bind(max.max(1.0))
-        .bind(configured)
+        .bind(ceiling)
         .bind(capacity)
         .bind(min.clamp(1.0, max.max(1.0)))
+        .bind(own)
         .fetch_optional(&self.pool)
         .await
         .ctx("taking rate tokens")?;
@@ -116,7 +125,7 @@ impl Store {
             self.ensure_budget(client, capacity).await?;
             return Ok(Take {
                 taken: 0.0,
-                rate: configured,
+                rate: ceiling.unwrap_or(own),
                 wait: Duration::ZERO,
             });
         };
@@ -149,14 +158,15 @@ impl Store {
     pub async fn throttled(
         &self,
         client: &str,
-        configured: f64,
+        configured: Option<f64>,
         aimd: &Aimd,
         retry_after: Option<Duration>,
         gate: Duration,
     ) -> Result<(f64, bool), StoreError> {
         let row = sqlx::query(
             "WITH cur AS (
-                SELECT client, COALESCE(rate, $2) AS rate,
+                SELECT client, COALESCE(rate, $2::float8, fleet_rate) AS rate,
+                       COALESCE($2::float8, fleet_rate, rate) AS cfg,
                        (last_decrease_at IS NULL OR last_decrease_at < clock_timestamp() - make_interval(secs => $6)) AS may,
                        COALESCE(last_decrease_at < clock_timestamp() - make_interval(secs => $8)
                                 AND last_throttle_at > clock_timestamp() - make_interval(secs => $9), false) AS near
@@ -164,8 +174,8 @@ impl Store {
              UPDATE rate_budget b SET
                 rate = CASE WHEN NOT cur.may THEN cur.rate
                             WHEN b.good_rate < cur.rate THEN GREATEST(b.good_rate, cur.rate * $3)
-                            WHEN cur.near THEN GREATEST($2 * $4, cur.rate * $7)
-                            ELSE GREATEST($2 * $4, cur.rate * $3) END,
+                            WHEN cur.near THEN GREATEST(cur.cfg * $4, cur.rate * $7)
+                            ELSE GREATEST(cur.cfg * $4, cur.rate * $3) END,
                 good_rate = CASE WHEN cur.may AND NOT (b.good_rate < cur.rate) THEN NULL ELSE b.good_rate END,
                 tokens = CASE WHEN cur.may THEN 0 ELSE b.tokens END,
                 updated_at = CASE WHEN cur.may THEN clock_timestamp() ELSE b.updated_at END,
@@ -190,7 +200,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .ctx("lowering the shared rate")?;
-        Ok(row.map_or((configured, false), |r| (r.get(0), r.get(1))))
+        Ok(row.map_or((configured.unwrap_or(0.0), false), |r| (r.get(0), r.get(1))))
     }
 
     /// Additive recovery of the shared rate: one step when no throttling answer came for

@@ -197,8 +197,11 @@ impl Store {
         })
     }
 
-    /// Records a job from an external producer on first sight; returns its id (the existing
-    /// one when the key, or an identical job of the same day, was seen before).
+    /// Records a job from an external producer on first sight, with its outbox row in the same
+    /// statement, so the fair scheduler publishes it like an uploaded row (a producer's flood
+    /// cannot jump the other programmes' queue); returns its id (the existing one when the
+    /// key, or an identical job of the same day, was seen before: that one got its outbox row
+    /// when it was recorded).
     pub async fn upsert_external(
         &self,
         kind: JobKind,
@@ -221,10 +224,13 @@ impl Store {
         .ctx("finding the day's queue batch")?;
         let dedup = self.vault.hash(&j.job.dedup_key());
         let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO jobs (batch_id, kind, benefit, idempotency_key, external_ref, subject_hash,
-                               subject_masked, dedup_hash, payload)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT DO NOTHING RETURNING id",
+            "WITH j AS (
+                INSERT INTO jobs (batch_id, kind, benefit, idempotency_key, external_ref, subject_hash,
+                                  subject_masked, dedup_hash, payload)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                ON CONFLICT DO NOTHING RETURNING id, kind, batch_id),
+             o AS (INSERT INTO outbox (job_id, kind, batch_ref) SELECT id, kind, batch_id FROM j)
+             SELECT id FROM j",
         )
         .bind(batch)
         .bind(kind.as_str())

@@ -14,6 +14,7 @@ pub mod outbox;
 pub mod outcomes;
 pub mod reconcile;
 pub mod rekey;
+pub mod schedule;
 pub mod startup;
 pub mod submits;
 pub mod vault;

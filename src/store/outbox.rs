@@ -38,20 +38,20 @@ pub struct OutboxStats {
 }
 
 /// A leased outbox row.
-struct Leased {
-    id: i64,
-    job_id: Option<i64>,
-    batch: Option<Uuid>,
-    after_job: i64,
-    upto_job: i64,
-    kind: String,
+pub(super) struct Leased {
+    pub(super) id: i64,
+    pub(super) job_id: Option<i64>,
+    pub(super) batch: Option<Uuid>,
+    pub(super) after_job: i64,
+    pub(super) upto_job: i64,
+    pub(super) kind: String,
 }
 
 /// Where a batch row stands after a round.
-struct Cursor {
-    id: i64,
+pub(super) struct Cursor {
+    pub(super) id: i64,
     /// The last job id scanned; `None` when the range is exhausted (the row goes).
-    after: Option<i64>,
+    pub(super) after: Option<i64>,
 }
 
 impl Store {
@@ -129,19 +129,40 @@ impl Store {
             publish(rows).await
         };
         if let Err(e) = outcome {
-            sqlx::query("UPDATE outbox SET due_at = now() WHERE id = ANY($1)")
-                .bind(&ids)
-                .execute(&self.pool)
-                .await
-                .ctx("releasing outbox rows after a failed publish")?;
+            self.release_outbox(&ids).await?;
             return Ok(Err(e));
         }
-        let (moving, done): (Vec<&Cursor>, Vec<&Cursor>) =
-            cursors.iter().partition(|c| c.after.is_some());
-        let gone: Vec<i64> = leased
+        let jobs: Vec<i64> = leased
             .iter()
             .filter(|l| l.job_id.is_some())
             .map(|l| l.id)
+            .collect();
+        self.settle_outbox(&jobs, &cursors).await?;
+        Ok(Ok(n))
+    }
+
+    /// Makes leased rows due again at once (their publish failed).
+    pub(super) async fn release_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
+        sqlx::query("UPDATE outbox SET due_at = now() WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await
+            .ctx("releasing outbox rows after a failed publish")?;
+        Ok(())
+    }
+
+    /// After RabbitMQ confirmed a round: deletes the published job rows and the batch rows
+    /// whose range is done, and moves the other batch rows' cursors on (due again at once).
+    pub(super) async fn settle_outbox(
+        &self,
+        job_rows: &[i64],
+        cursors: &[Cursor],
+    ) -> Result<(), StoreError> {
+        let (moving, done): (Vec<&Cursor>, Vec<&Cursor>) =
+            cursors.iter().partition(|c| c.after.is_some());
+        let gone: Vec<i64> = job_rows
+            .iter()
+            .copied()
             .chain(done.iter().map(|c| c.id))
             .collect();
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
@@ -160,14 +181,14 @@ impl Store {
             .await
             .ctx("advancing a batch's outbox row")?;
         }
-        Ok(Ok(n))
+        Ok(())
     }
 
     /// The next queued jobs of a batch row: up to `room` of them after its cursor, scanned in
     /// id order over the primary key. The range may hold other batches' jobs (submits running
     /// side by side); they are skipped, and a few more scans are made so that a run of them
     /// does not cost the relay an idle pause.
-    async fn expand_batch(
+    pub(super) async fn expand_batch(
         &self,
         b: &Leased,
         room: i64,

@@ -58,8 +58,8 @@ impl Store {
         }
         let id = Uuid::new_v4();
         sqlx::query(
-            "INSERT INTO batches (id, kind, benefit, source, file_name, file_sha256, parent_batch, heartbeat_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, now())",
+            "INSERT INTO batches (id, kind, benefit, source, file_name, file_sha256, parent_batch, heartbeat_at, priority)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8)",
         )
         .bind(id)
         .bind(b.kind.as_str())
@@ -68,6 +68,7 @@ impl Store {
         .bind(b.file_name)
         .bind(b.file_sha256)
         .bind(b.parent)
+        .bind(b.priority.as_str())
         .execute(&mut *tx)
         .await
         .ctx("creating a batch")?;

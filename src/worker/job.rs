@@ -98,22 +98,30 @@ impl Worker {
                     external_ref: external_ref.as_deref(),
                     job: &job,
                 };
-                match persist("recording a queue job", stop, || {
+                // Recorded with its outbox row: the scheduler publishes it in its programme's
+                // turn, as a stored job. Nothing runs from the producer's message itself.
+                if persist("recording a queue job", stop, || {
                     self.store.upsert_external(*kind, ext.clone())
                 })
                 .await
+                .is_some()
                 {
-                    Some(id) => id,
-                    None => return,
+                    delivery.settle(Settled::Ack).await;
                 }
+                return;
             }
         };
         // No job starts while ABDM is known to be down, and the rate token is taken before the
         // claim, so the lease does not tick away while this worker waits for its turn.
+        // Stopping hands back at once what has not started: a worker at 5/s would otherwise sit
+        // on its prefetched messages, waiting for tokens, for its whole grace period.
         if !self.breaker.wait_closed(&self.client, stop).await {
-            return;
+            return delivery.settle(Settled::Requeue).await;
         }
-        self.limiter.acquire().await;
+        tokio::select! {
+            _ = self.limiter.acquire() => {}
+            _ = stop.cancelled() => return delivery.settle(Settled::Requeue).await,
+        }
         let token_at = tokio::time::Instant::now();
         let claim = persist("claiming a job", stop, || claimer.claim(job_id)).await;
         match claim {

@@ -177,6 +177,7 @@ impl TestEnv {
                 file_name,
                 file_sha256: None,
                 parent: None,
+                priority: Default::default(),
             })
             .await
             .expect("batch")
@@ -343,6 +344,7 @@ impl TestEnv {
                 kind,
                 benefit: BENEFIT.into(),
                 force,
+                priority: Default::default(),
             },
             Arc::new(()),
         )
