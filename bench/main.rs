@@ -13,6 +13,7 @@
 //! abha-bulk-bench overload --rates 50,200 --workers 1,2,4 # configured 2R, ABDM limit R
 //! abha-bulk-bench submit --rows 1000000                   # rows/s and peak RSS of submit
 //! abha-bulk-bench inprocess --rows 20000                  # labelled: the tuned in-process set-up
+//! abha-bulk-bench fair --rate 100 --big 1000000           # fair shares (issue 17)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use clap::{Parser, Subcommand};
 #[allow(dead_code)]
 #[path = "../chaos/error.rs"]
 mod error;
+mod fairness;
 mod inprocess;
 mod measure;
 mod plot;
@@ -106,6 +108,15 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000_000)]
         big_submit: u64,
     },
+    /// Fair shares: a small batch behind a big one of another programme, weights 1 : 3, a
+    /// batch beside a reconcile, RabbitMQ's depth; one worker at R, the sandbox limited to R.
+    Fair {
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Rows of the second big batch the small one is submitted behind (0: skip it).
+        #[arg(long, default_value_t = 0)]
+        big: u64,
+    },
     /// Labelled second figure: relay + worker + sandbox in this process, tuned settings.
     Inprocess {
         #[arg(long, default_value_t = 20_000)]
@@ -125,10 +136,15 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 
 /// Writes a benefit-link CSV of `rows` distinct seeded beneficiaries.
 pub fn gen_file(rows: u64, out: &Path) -> anyhow::Result<()> {
+    gen_people(0, rows, out)
+}
+
+/// Writes a benefit-link CSV of the seeded beneficiaries `from..from + rows`.
+pub fn gen_people(from: u64, rows: u64, out: &Path) -> anyhow::Result<()> {
     let pop = abha_bulk::sandbox::Population::new(POPULATION, SEED);
     let mut w = csv::Writer::from_path(out)?;
     w.write_record(["external_ref", "abha_number"])?;
-    for i in 0..rows {
+    for i in from..from + rows {
         w.write_record([
             format!("B-{i:08}"),
             pop.abha(i % POPULATION).expose().to_string(),
@@ -221,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
             out_dir,
             big_submit,
         } => report::all(&services, &out_dir, big_submit).await?,
+        Cmd::Fair { rate, big } => fairness::all(&services, rate, big).await?,
         Cmd::Inprocess {
             rows,
             database,

@@ -45,6 +45,9 @@ pub struct RigOpts {
     pub sandbox_limit: f64,
     /// Extra settings for every process (tuning experiments).
     pub env: Vec<(String, String)>,
+    /// Written as the run's `config/bench.toml` (settings that are tables, such as
+    /// `benefits.weights`).
+    pub config_toml: Option<String>,
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -91,6 +94,10 @@ impl Rig {
         let db_url = format!("postgres://postgres@{}/{db}", services.pg);
         let work = std::env::temp_dir().join(format!("abha-bench-{id}"));
         std::fs::create_dir_all(work.join("config")).map_err(io("creating the work folder"))?;
+        if let Some(toml) = &opts.config_toml {
+            std::fs::write(work.join("config").join("bench.toml"), toml)
+                .map_err(io("writing the run's settings"))?;
+        }
         let sandbox_port = free_port()?;
         let abdm = format!("http://127.0.0.1:{sandbox_port}");
         let mut key = [0u8; 32];
@@ -255,17 +262,49 @@ impl Rig {
     }
 
     fn submit_args(file: &Path) -> Vec<String> {
+        Self::submit_args_for(file, BENEFIT)
+    }
+
+    fn submit_args_for(file: &Path, benefit: &str) -> Vec<String> {
         [
             "submit",
             &file.display().to_string(),
             "--kind",
             "benefit-link",
             "--benefit",
-            BENEFIT,
+            benefit,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect()
+    }
+
+    /// `abha-bulk submit FILE --kind benefit-link --benefit BENEFIT` to completion.
+    pub async fn submit_for(&self, file: &Path, benefit: &str) -> Result<()> {
+        self.launcher
+            .run("submit", &Self::submit_args_for(file, benefit), 3600)
+            .await?;
+        Ok(())
+    }
+
+    /// Starts `abha-bulk ARGS` in the background (a reconcile beside a batch).
+    pub fn spawn_cmd(&self, name: &str, args: &[&str]) -> Result<Proc> {
+        self.launcher.spawn(&Spec {
+            name: name.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            health_port: None,
+        })
+    }
+
+    /// The shared work queue's name.
+    pub fn work_queue(&self) -> String {
+        format!("{}.work", self.prefix)
+    }
+
+    /// The run's work folder.
+    pub fn work_dir(&self) -> &Path {
+        &self.work
     }
 
     /// `abha-bulk submit FILE --kind benefit-link` to completion; its wall time in seconds.

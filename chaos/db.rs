@@ -8,7 +8,7 @@ use sqlx::{Connection, PgConnection};
 
 use crate::error::{ChaosError, Result, sql};
 
-async fn connect(url: &str) -> Result<PgConnection> {
+pub async fn connect(url: &str) -> Result<PgConnection> {
     tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(url))
         .await
         .map_err(|_| ChaosError::Timeout {

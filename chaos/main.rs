@@ -22,6 +22,7 @@ mod proxy;
 mod report;
 mod sandbox_api;
 mod schedule;
+mod second;
 mod services;
 mod setup;
 
@@ -162,12 +163,37 @@ async fn run(opts: &Opts, stop: CancellationToken) -> anyhow::Result<bool> {
     );
     let t0 = env.submit_all().await.context("submitting the samples")?;
     let chaos = env.chaos.clone();
+    // The second programme joins during the faults (its submit happens inside drive's time).
+    let second = tokio::spawn({
+        let (launcher, work) = (env.launcher().clone(), opts.work_dir.clone());
+        let population = 1_000_000.max(opts.rows() as u64 * 3);
+        let rows = if opts.short { 150 } else { 600 };
+        async move { second::run(&launcher, &work, population, rows, t0).await }
+    });
     let outcome = drive(&chaos, &plan, t0, opts.time_limit()).await;
-    let figures = env.figures(t0, outcome.as_ref().ok().copied()).await;
+    let mut figures = env.figures(t0, outcome.as_ref().ok().copied()).await;
+    let second = match second.await {
+        Ok(Ok((mut s, mut reconcile))) => {
+            reconcile.stop(Duration::from_secs(5)).await;
+            s.finished = second::finished(&chaos.db).await.ok().flatten();
+            Some(s)
+        }
+        Ok(Err(e)) => {
+            eprintln!("[chaos] the second programme could not run: {e}");
+            None
+        }
+        Err(e) => {
+            eprintln!("[chaos] the second programme's task failed: {e}");
+            None
+        }
+    };
+    if let Ok(f) = &mut figures {
+        f.second = second;
+    }
     env.shutdown().await;
     outcome.context("running the schedule")?;
     let figures = figures.context("reading the figures")?;
-    let bounds = measure::bounds(&figures, opts.max_recovery_secs);
+    let bounds = measure::bounds(&figures, opts.max_recovery_secs, opts.rate());
     println!(
         "\nwall time: {:.0} s (setup and submit {:.0} s)",
         now() - started,

@@ -61,6 +61,8 @@ impl Env {
         std::fs::create_dir_all(&logs).map_err(io("creating the logs folder"))?;
         let config = work.join("config");
         std::fs::create_dir_all(&config).map_err(io("creating the config folder"))?;
+        std::fs::write(config.join("chaos.toml"), crate::second::config_toml())
+            .map_err(io("writing the run's settings"))?;
         eprintln!(
             "[chaos] starting the run's own PostgreSQL (port {})",
             opts.pg_port
@@ -169,6 +171,11 @@ impl Env {
         })
     }
 
+    /// How the run starts its processes.
+    pub fn launcher(&self) -> &Launcher {
+        &self.launcher
+    }
+
     /// Submits the nine files with `abha-bulk submit`; the unix second after the last.
     pub async fn submit_all(&mut self) -> Result<f64> {
         for kind in KINDS {
@@ -229,6 +236,7 @@ impl Env {
             unplanned_exits: fleet.unplanned_exits.clone(),
             t0,
             elapsed,
+            second: None,
         })
     }
 

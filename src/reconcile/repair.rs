@@ -7,8 +7,9 @@ use crate::queue::Topology;
 use crate::store::Store;
 
 /// Repairs abha-bulk's own state: expired leases; jobs whose message was lost get a new outbox
-/// row (only for kinds whose queue is empty); outbox rows due but never published (the relay
-/// was down, or just repaired) are published; batch counters. Returns (leases, outbox rows
+/// row (only for kinds whose queue is empty); outbox rows due but never published are
+/// published when no relay schedules (else the relay publishes them in fair order); batch
+/// counters. Returns (leases, outbox rows
 /// published, batches).
 pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) -> (u64, u64, u64) {
     let leases = store.requeue_expired_leases().await.unwrap_or_else(|e| {
@@ -34,7 +35,18 @@ pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) 
             }
             let _ = ch.close(200, "reconcile repair".into()).await;
         }
-        if let Ok(publisher) = crate::queue::publish::Publisher::open(&conn, topology.clone()).await
+        // Due rows are the scheduling relay's to publish, in fair order and only as fast as
+        // the bounded broker takes them; publish here only when no relay schedules (none
+        // holds the lock: the fleet is down), or this run would flood the work queue.
+        let relay_down = match store.try_scheduler_lock().await {
+            Ok(Some(_lock)) => true,
+            Ok(None) => false,
+            Err(_) => false,
+        };
+        if !relay_down {
+            tracing::debug!("a relay schedules: due outbox rows are left to it");
+        } else if let Ok(publisher) =
+            crate::queue::publish::Publisher::open(&conn, topology.clone()).await
         {
             // Everything due now, in rounds; bounded so a huge backlog is left to the relay.
             for _ in 0..200 {
