@@ -67,13 +67,20 @@ impl BatchStatus {
         let mut line = format!("priority {}", self.priority);
         match (&self.planned, self.share()) {
             (Some(p), Some((share, rate))) => line.push_str(&format!(
-                "; share {} of the rate ({rate:.1} calls/s); expected to finish {} of the {} active batches ({} of {}'s {}), the ETA counting their work",
+                "; share {} of the rate ({rate:.1} calls/s); expected to finish {} of the {} active batches ({}), the ETA counting their work",
                 percent(share),
                 ordinal(p.position),
                 self.active,
-                ordinal(p.programme_position),
-                p.programme,
-                self.programme_active,
+                if self.programme_active <= 1 {
+                    format!("{}'s only one", p.programme)
+                } else {
+                    format!(
+                        "{} of {}'s {}",
+                        ordinal(p.programme_position),
+                        p.programme,
+                        self.programme_active
+                    )
+                },
             )),
             (Some(p), None) => line.push_str(&format!(
                 "; share unknown (no scheduler has reported one for it in the last {:.0} s), ETA from its own rate; expected to finish {} of the {} active batches",

@@ -56,25 +56,19 @@ pub fn share_card(s: &BatchStatus, minutes: &MinuteRates) -> String {
         (Some(p), Some((share, rate))) => (
             percent(share),
             format!(
-                "of the ABDM rate: {rate:.1} calls/s now, priority {prio}. Expected to finish \
-                 {pos} of {benefit}'s {n} active batches; the ETA counts their work and the \
-                 other programmes'.",
+                "of the ABDM rate: {rate:.1} calls/s now, priority {prio}. {place}; the ETA \
+                 counts the work of every active batch, of every programme.",
                 prio = esc(&s.priority),
-                pos = ordinal(p.programme_position),
-                benefit = esc(&p.programme),
-                n = s.programme_active,
+                place = place(p.programme_position, s.programme_active, &p.programme),
             ),
         ),
         (Some(p), None) => (
             "unknown".to_string(),
             format!(
                 "No scheduler has reported a share for this batch in the last minute, so the \
-                 ETA comes from its own rate. Priority {prio}; expected to finish {pos} of \
-                 {benefit}'s {n} active batches.",
+                 ETA comes from its own rate. Priority {prio}. {place}.",
                 prio = esc(&s.priority),
-                pos = ordinal(p.programme_position),
-                benefit = esc(&p.programme),
-                n = s.programme_active,
+                place = place(p.programme_position, s.programme_active, &p.programme),
             ),
         ),
         (None, _) => (
@@ -108,6 +102,20 @@ pub fn share_card(s: &BatchStatus, minutes: &MinuteRates) -> String {
     )
 }
 
+/// "Expected to finish 2nd of PMJAY's 3 active batches", or "PMJAY's only active batch"
+/// (escaped).
+fn place(position: usize, of: usize, programme: &str) -> String {
+    if of <= 1 {
+        format!("It is {}'s only active batch", esc(programme))
+    } else {
+        format!(
+            "Expected to finish {} of {}'s {of} active batches",
+            ordinal(position),
+            esc(programme)
+        )
+    }
+}
+
 /// The failed and dead rows of a batch by code: count, what ABDM said, what to do.
 pub async fn failures(st: &ApiState, batch: Uuid) -> Result<String, Problem> {
     let groups = st.store.failures_by_code(batch, GROUPS_SHOWN).await?;
@@ -136,7 +144,7 @@ pub fn failures_table(groups: &[FailureGroup]) -> String {
                 String::new()
             };
             format!(
-                "<tr><td><code>{code}</code></td><td class=\"num\">{rows}{dead}</td><td>{said}</td><td>{action}</td></tr>\n",
+                "<tr><td class=\"code\"><code>{code}</code></td><td class=\"num\">{rows}{dead}</td><td>{said}</td><td>{action}</td></tr>\n",
                 code = esc(code.unwrap_or("none")),
                 rows = g.rows,
                 said = esc(&said),
@@ -233,6 +241,12 @@ mod tests {
             },
         ]);
         assert!(html.contains("<code>ABDM-1114</code></td><td class=\"num\">12</td>"));
+        assert_eq!(
+            place(1, 1, "<P>"),
+            "It is &lt;P&gt;'s only active batch",
+            "escaped"
+        );
+        assert!(place(2, 3, "PMJAY").starts_with("Expected to finish 2nd of PMJAY's 3"));
         assert!(html.contains("user &lt;not&gt; found"), "{html}");
         assert!(html.contains("3 after every retry"));
         assert!(html.contains("Retry failed rows"));
