@@ -323,6 +323,7 @@ async fn the_api_shows_share_rate_priority_position_and_eta() {
     };
 
     let v = get(format!("/v1/batches/{b}")).await;
+    described(&v);
     assert_eq!(v["priority"], "high");
     assert!(close(&v["share"], 0.25) && close(&v["rate"], 5.0), "{v}");
     assert!(close(&v["eta_seconds"], 7.0), "{v}");
@@ -341,6 +342,7 @@ async fn the_api_shows_share_rate_priority_position_and_eta() {
     let list = v["batches"].as_array().unwrap();
     assert_eq!(list.len(), 2, "{v}");
     for item in list {
+        described(item);
         let (position, eta) = if item["id"] == a.to_string() {
             (1, 2.0)
         } else {
@@ -364,4 +366,32 @@ async fn the_api_shows_share_rate_priority_position_and_eta() {
     assert_eq!(v["position"], 1);
     server.abort();
     env.cleanup().await;
+}
+
+/// Every field of a batch answer is in the OpenAPI description's `Batch`, with a type it
+/// allows (schemathesis checks the same on its own requests, which seldom meet an active
+/// batch with a share).
+fn described(batch: &Value) {
+    let spec: Value = serde_json::from_str(include_str!("../src/api/openapi.json")).unwrap();
+    let props = &spec["components"]["schemas"]["Batch"]["properties"];
+    for (field, value) in batch.as_object().unwrap() {
+        let prop = &props[field];
+        assert!(prop.is_object(), "{field} is not in openapi.json's Batch");
+        let kind = match value {
+            Value::Null => "null",
+            Value::Bool(_) => "boolean",
+            Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        let allowed: Vec<&str> = match &prop["type"] {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+            _ => continue,
+        };
+        let ok = allowed.contains(&kind) || (kind == "integer" && allowed.contains(&"number"));
+        assert!(ok, "{field}: {value} is not {allowed:?}");
+    }
 }
