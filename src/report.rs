@@ -210,13 +210,23 @@ pub fn format_duration(secs: f64) -> String {
     }
 }
 
-/// Reads the status of a batch, with its place among the active batches.
+/// Reads the status of a batch, with its place among its programme's active batches: where
+/// the scheduler is silent, only they are measured (their order is the batch's `position`;
+/// other programmes' batches matter only through their shares).
 pub async fn status(store: &Store, batch: &BatchInfo) -> Result<BatchStatus, StoreError> {
+    status_measuring(store, batch, |p| p == batch.benefit).await
+}
+
+/// [`status`], measuring the batches of the programmes `measure` accepts where no share is
+/// known (every programme for a place among all active batches).
+pub async fn status_measuring(
+    store: &Store,
+    batch: &BatchInfo,
+    measure: impl Fn(&str) -> bool,
+) -> Result<BatchStatus, StoreError> {
     let counts = store.batch_counts(batch.id).await?;
-    // Its programme's batches are measured when the scheduler is silent: their order is the
-    // batch's position; other programmes' batches only matter through their shares.
     let known = HashMap::from([(batch.id, counts.open())]);
-    let plan = Plan::load(store, &known, |p| p == batch.benefit).await?;
+    let plan = Plan::load(store, &known, measure).await?;
     status_in(store, batch, counts, &plan).await
 }
 

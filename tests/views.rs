@@ -101,21 +101,25 @@ async fn share(env: &TestEnv, batch: Uuid, programme: &str, share: f64, rate: f6
 
 /// Three active batches over a fleet rate of 20 calls/s: `a` (10 jobs, 2 of them done in the
 /// last minute, so its own rate is 2/60 per second) and `b` (100 jobs, high priority) of `BENEFIT` at 5/s each, `c` (30 jobs) of
-/// `OTHER` at 10/s. Played forward: a ends at 2 s (10 / 5: the scheduler's backlog of 10 is
+/// `OTHER` at 10/s (3 done in the last minute: its own rate is 3/60 per second). Played
+/// forward: a ends at 2 s (10 / 5: the scheduler's backlog of 10 is
 /// larger than its 8 open jobs), c at 3 s (30 / 10), and b, at 10/s from 2 s and 20/s from
 /// 3 s, at 7 s.
 async fn three_batches(env: &TestEnv) -> (Uuid, Uuid, Uuid) {
     let a = active_batch(env, BENEFIT, 10, 120).await;
     let b = active_batch(env, BENEFIT, 100, 5).await;
-    let c = active_batch(env, OTHER, 30, 1).await;
-    sqlx::query(
-        "UPDATE jobs SET state = 'succeeded', outcome = 'linked', finished_at = now() - interval '1 second'
-         WHERE batch_id = $1 AND row_number <= 2",
-    )
-    .bind(a)
-    .execute(&env.store.pool)
-    .await
-    .unwrap();
+    let c = active_batch(env, OTHER, 30, 100).await;
+    for (batch, done) in [(a, 2), (c, 3)] {
+        sqlx::query(
+            "UPDATE jobs SET state = 'succeeded', outcome = 'linked', finished_at = now() - interval '1 second'
+             WHERE batch_id = $1 AND row_number <= $2",
+        )
+        .bind(batch)
+        .bind(done)
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
+    }
     sqlx::query("UPDATE batches SET priority = 'high' WHERE id = $1")
         .bind(b)
         .execute(&env.store.pool)
@@ -216,10 +220,26 @@ async fn status_shows_shares_positions_and_etas_in_prose_and_json() {
         list.contains("no scheduler has reported the shares"),
         "{list}"
     );
-    // The batches nothing finished in have no ETA and come last.
+    // Every programme's batches are measured for the operator; b, where nothing finished,
+    // has no ETA and comes last.
     let v = json(&run(&env, &["status", "--output", "json"]));
-    assert_eq!(v["batches"][0]["id"], a.to_string());
-    assert!(v["batches"][1]["eta_seconds"].is_null());
+    let ids: Vec<&Value> = v["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["id"])
+        .collect();
+    assert_eq!(ids, [&a.to_string(), &c.to_string(), &b.to_string()]);
+    assert!(
+        close(&v["batches"][1]["eta_seconds"], 540.0),
+        "27 open at 3/60 per second: {v}"
+    );
+    assert!(v["batches"][2]["eta_seconds"].is_null());
+    let v = json(&run(&env, &["status", &c.to_string(), "--output", "json"]));
+    assert_eq!(
+        (v["fleet_position"].as_u64(), v["position"].as_u64()),
+        (Some(2), Some(1))
+    );
     env.cleanup().await;
 }
 

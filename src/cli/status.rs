@@ -26,7 +26,8 @@ pub(super) async fn status(settings: &Settings, args: &StatusArgs) -> anyhow::Re
             if args.watch {
                 watch(&store, Some(batch)).await
             } else {
-                let s = crate::report::status(&store, &batch).await?;
+                // The operator sees every programme: its place among all active batches.
+                let s = crate::report::status_measuring(&store, &batch, |_| true).await?;
                 match args.output {
                     OutputFormat::Text => out!("{}", s.render()),
                     OutputFormat::Json => out!("{}", pretty(&one_json(&s))?),
