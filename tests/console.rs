@@ -1,7 +1,10 @@
 //! The web console (`/console`) in a real browser: headless Chromium driven through
 //! chromedriver (WebDriver, by fantoccini). Signs in with an API key, uploads a CSV, sees its
-//! rejected rows, watches the progress bar reach done against the sandbox, downloads the masked
-//! report, finds retry and cancel, and checks that another programme's key gets a 404 page.
+//! rejected rows, watches the progress bar reach done against the sandbox, sees failed rows
+//! grouped by code with what to do, a running batch's share of the rate beside its chart of the
+//! last hour and the running batches in order of expected completion (the scheduler's rows
+//! written directly), downloads the masked report, finds retry and cancel, and checks that
+//! another programme's key gets a 404 page.
 //! A screenshot of each step is kept under `target/test-output/console/`.
 //!
 //! `scripts/test.sh` installs `chromium` and `chromium-driver` and sets
