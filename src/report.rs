@@ -314,6 +314,101 @@ mod tests {
         assert_eq!(spreadsheet_safe(""), "");
     }
 
+    fn batch_status(state: &str, planned: Option<Planned>, open: i64) -> BatchStatus {
+        BatchStatus {
+            batch: BatchInfo {
+                id: uuid::Uuid::nil(),
+                kind: "benefit-link".into(),
+                benefit: "PMJAY".into(),
+                source: "csv".into(),
+                file_name: None,
+                state: state.into(),
+                total_rows: 10,
+                accepted_rows: 10,
+                rejected_rows: 0,
+                duplicate_rows: 0,
+                created_at: chrono::Utc::now(),
+                finished_at: None,
+            },
+            counts: StateCounts([("queued".to_string(), open)].into()),
+            rate: 0.5,
+            window: RateWindow {
+                finished: 30,
+                secs: 60.0,
+            },
+            priority: "high".into(),
+            planned,
+            active: 3,
+            programme_active: 1,
+        }
+    }
+
+    fn planned(share: Option<f64>, eta: Option<f64>, basis: Option<EtaBasis>) -> Planned {
+        Planned {
+            programme: "PMJAY".into(),
+            priority: "high".into(),
+            share,
+            rate: share.map(|s| s * 20.0),
+            backlog: share.map(|_| 10),
+            open: 10,
+            eta_secs: eta,
+            basis,
+            position: 2,
+            programme_position: 1,
+        }
+    }
+
+    #[test]
+    fn status_says_where_its_eta_comes_from() {
+        // Scheduled: the plan's ETA, not open / own rate (10 / 0.5 = 20 s).
+        let s = batch_status(
+            "active",
+            Some(planned(Some(0.5), Some(1.5), Some(EtaBasis::Scheduled))),
+            10,
+        );
+        assert_eq!(
+            (s.eta_secs(), s.eta_basis()),
+            (Some(1.5), Some(EtaBasis::Scheduled))
+        );
+        let text = s.render();
+        assert!(text.contains("ETA 2s"), "{text}");
+        assert!(
+            text.contains("priority high; share 50% of the rate (10.0 calls/s); expected to finish 2nd of the 3 active batches (PMJAY's only one)"),
+            "{text}"
+        );
+        let v = s.to_json();
+        assert_eq!(
+            (v["share"].as_f64(), v["position"].as_u64()),
+            (Some(0.5), Some(1))
+        );
+        // No share: its own rate, said so.
+        let s = batch_status(
+            "active",
+            Some(planned(None, Some(20.0), Some(EtaBasis::Measured))),
+            10,
+        );
+        assert_eq!(
+            (s.eta_secs(), s.eta_basis()),
+            (Some(20.0), Some(EtaBasis::Measured))
+        );
+        assert!(s.render().contains("share unknown"), "{}", s.render());
+        assert!(s.to_json()["share"].is_null());
+        // Not active: no share, no place; done or still being submitted.
+        let s = batch_status("finished", None, 0);
+        assert_eq!((s.eta_secs(), s.eta_basis()), (None, None));
+        assert!(
+            s.render().ends_with("ETA done\n  priority high"),
+            "{}",
+            s.render()
+        );
+        assert!(s.to_json()["position"].is_null());
+        let s = batch_status("submitting", None, 10);
+        assert!(
+            s.render()
+                .ends_with("priority high; no share yet (still being submitted)")
+        );
+    }
+
     #[test]
     fn durations_read_well() {
         assert_eq!(format_duration(5.2), "5s");
