@@ -305,13 +305,19 @@ async fn a_programme_uses_the_console_in_a_browser() {
             .await
             .contains("retrying will not help")
     );
-    assert!(text(&c, &cell(2, 2)).await.contains("1 after every retry"));
+    assert!(text(&c, &cell(2, 2)).await.contains("1 out of retries"));
     assert!(text(&c, &cell(2, 4)).await.contains("Retry failed rows"));
     assert_eq!(
         text(&c, "#share").await,
         "none",
         "a finished batch takes no share"
     );
+    c.execute(
+        "document.getElementById('failures').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .unwrap();
     shot(&c, "05a-failures-by-code").await;
 
     // A batch the scheduler runs at 40 % of the rate, with an hour of published messages: its

@@ -84,7 +84,7 @@ pub fn share_card(s: &BatchStatus, minutes: &MinuteRates) -> String {
         let now = minutes.per_sec.last().copied().unwrap_or(0.0);
         let peak = minutes.per_sec.iter().copied().fold(0.0f64, f64::max);
         format!(
-            r#"<figure class="chart">{svg}<figcaption id="rate-chart-caption">Published per second, last hour: now {now:.1}/s, peak {peak:.1}/s ({published} messages)</figcaption></figure>"#,
+            r#"<figure class="chart">{svg}<div class="spark-axis"><span>an hour ago</span><span>now</span></div><figcaption id="rate-chart-caption">Published per second, last hour: now {now:.1}/s, peak {peak:.1}/s ({published} messages)</figcaption></figure>"#,
             svg = sparkline(&minutes.per_sec),
             published = minutes.published,
         )
@@ -137,7 +137,7 @@ pub fn failures_table(groups: &[FailureGroup]) -> String {
                 .unwrap_or_else(|| "no message recorded".into());
             let dead = if g.dead > 0 {
                 format!(
-                    r#"<br><span class="hint">{} after every retry</span>"#,
+                    r#"<br><span class="hint">{} out of retries</span>"#,
                     g.dead
                 )
             } else {
@@ -248,7 +248,7 @@ mod tests {
         );
         assert!(place(2, 3, "PMJAY").starts_with("Expected to finish 2nd of PMJAY's 3"));
         assert!(html.contains("user &lt;not&gt; found"), "{html}");
-        assert!(html.contains("3 after every retry"));
+        assert!(html.contains("3 out of retries"));
         assert!(html.contains("Retry failed rows"));
         assert!(failures_table(&[]).contains("No row has failed"));
     }
