@@ -22,8 +22,8 @@ mod ops;
 mod status;
 mod tour_cmd;
 pub use args::{
-    BatchArg, Cli, Command, DemoArgs, ReconcileArgs, RekeyArgs, ReportArgs, RetryArgs, SandboxArgs,
-    StatusArgs, SubmitArgs, TourArgs, WorkerArgs,
+    BatchArg, Cli, Command, DemoArgs, OutputFormat, ReconcileArgs, RekeyArgs, ReportArgs,
+    RetryArgs, SandboxArgs, StatusArgs, SubmitArgs, TourArgs, WorkerArgs,
 };
 use tour_cmd::{print_tour, tour_inputs};
 

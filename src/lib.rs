@@ -23,7 +23,7 @@
 //! | [`scheduler`] | fair shares of the one rate: two-level stride scheduling (programmes by weight, their batches by priority) |
 //! | [`relay`] | outbox → RabbitMQ; [`relay::housekeeping`]: lease expiry, batch closing, gauges |
 //! | [`worker`] | consume (through the [`worker::source`] seam: RabbitMQ or an in-memory queue) → claim → rate limit → ABDM → record → ack; graceful shutdown. `mod.rs`: settings, connection, consume loop; `job`: one delivery's path; `claims`, `gate`, `outcomes`, `group`, `classify`, `support` |
-//! | [`report`] | status, per-row CSV report, formula escaping |
+//! | [`report`] | status, per-row CSV report, formula escaping; [`report::schedule`]: each active batch's share, position and ETA from the scheduler's shares |
 //! | [`reconcile`] | nightly roster vs ABDM comparison (`reconcile.rs`), `repair` of the service's own state, `fixes` (the link/de-link batches of `--apply`), `output` (progress, CSV) |
 //! | [`api`] | `abha-bulk serve`: the programme API (keys per programme, upload, status, report) |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz` |

@@ -1,158 +1,28 @@
 //! The web console (`/console`) in a real browser: headless Chromium driven through
 //! chromedriver (WebDriver, by fantoccini). Signs in with an API key, uploads a CSV, sees its
-//! rejected rows, watches the progress bar reach done against the sandbox, downloads the masked
-//! report, finds retry and cancel, and checks that another programme's key gets a 404 page.
+//! rejected rows, watches the progress bar reach done against the sandbox, sees failed rows
+//! grouped by code with what to do, a running batch's share of the rate beside its chart of the
+//! last hour and the running batches in order of expected completion (the scheduler's rows
+//! written directly), downloads the masked report, finds retry and cancel, and checks that
+//! another programme's key gets a 404 page.
 //! A screenshot of each step is kept under `target/test-output/console/`.
 //!
 //! `scripts/test.sh` installs `chromium` and `chromium-driver` and sets
 //! `ABHA_BULK_CHROMEDRIVER`; under CI the test fails without a driver, elsewhere it says it
 //! skipped.
 
+#[path = "common/browser.rs"]
+mod browser;
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use abha_bulk::api::{ApiState, router};
+use browser::{SHOTS, browser, driver_path, heading, session_cookie, shot, sign_in, text};
 use common::{BENEFIT, PipelineOpts, TestEnv};
-use fantoccini::{Client, ClientBuilder, Locator};
-use hyper_util::client::legacy::connect::HttpConnector;
-use serde_json::json;
-
-/// Where the screenshots of each step are kept.
-const SHOTS: &str = "target/test-output/console";
-
-fn driver_path() -> Option<PathBuf> {
-    std::env::var_os("ABHA_BULK_CHROMEDRIVER")
-        .map(PathBuf::from)
-        .or_else(|| Some(PathBuf::from("/usr/bin/chromedriver")))
-        .filter(|p| p.exists())
-}
-
-fn chromium_path() -> String {
-    std::env::var("ABHA_BULK_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// chromedriver and the Chromium it starts, in a process group of their own: killed whole
-/// when dropped, so a failing test leaves no browser behind.
-struct Driver(tokio::process::Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        if let Some(pid) = self.0.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .status();
-        }
-    }
-}
-
-/// chromedriver as a child process and a browser session through it.
-async fn browser(driver: &Path, profile: &Path) -> (Driver, Client) {
-    let port = free_port();
-    let child = tokio::process::Command::new(driver)
-        .arg(format!("--port={port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-        .map(Driver)
-        .expect("chromedriver starts");
-    let caps = json!({"goog:chromeOptions": {
-        "binary": chromium_path(),
-        "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1280,1400", format!("--user-data-dir={}", profile.display())],
-    }});
-    let caps = caps.as_object().unwrap().clone();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        // chromedriver listens on loopback over plain HTTP: no TLS connector needed.
-        let builder = ClientBuilder::new(HttpConnector::new())
-            .capabilities(caps.clone())
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await;
-        match builder {
-            Ok(c) => return (child, c),
-            Err(e) if Instant::now() > deadline => panic!("no browser session: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-        }
-    }
-}
-
-async fn shot(c: &Client, name: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(SHOTS);
-    std::fs::create_dir_all(&dir).unwrap();
-    let png = c.screenshot().await.expect("screenshot");
-    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
-    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
-}
-
-async fn text(c: &Client, css: &str) -> String {
-    c.wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
-        .text()
-        .await
-        .unwrap()
-}
-
-/// Waits (up to 10 s) for the page's heading to read `want` (a click's navigation is
-/// asynchronous: the old page may still be there).
-async fn heading(c: &Client, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let h1 = match c.find(Locator::Css("h1")).await {
-            Ok(e) => e.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if h1 == want {
-            return;
-        }
-        assert!(Instant::now() < deadline, "heading {h1:?}, not {want:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn sign_in(c: &Client, base: &str, key: &str) {
-    c.goto(&format!("{base}/console")).await.unwrap();
-    c.wait()
-        .for_element(Locator::Id("key"))
-        .await
-        .unwrap()
-        .send_keys(key)
-        .await
-        .unwrap();
-    c.find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    heading(c, "Batches").await;
-    let url = c.current_url().await.unwrap();
-    assert!(
-        !url.as_str().contains(key),
-        "the key is never in an address"
-    );
-}
-
-async fn session_cookie(c: &Client) -> String {
-    let cookie = c.get_named_cookie("abha_console").await.expect("cookie");
-    assert_eq!(cookie.http_only(), Some(true));
-    assert_eq!(cookie.secure(), Some(true));
-    format!("abha_console={}", cookie.value())
-}
+use fantoccini::Locator;
+use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_programme_uses_the_console_in_a_browser() {
@@ -396,8 +266,119 @@ async fn a_programme_uses_the_console_in_a_browser() {
         .unwrap();
     assert_eq!(ours.len(), 1, "nothing stored");
 
-    // Retry and cancel are there; cancelling a finished batch is refused.
+    // Failed rows grouped by code, each with what to do: two rows unknown to ABDM, one out of
+    // retries on timeouts (written directly: every row of the sandbox run succeeded).
+    for (rows, state, code, message) in [
+        ("1, 2", "failed", "ABDM-1114", "user not found"),
+        (
+            "3",
+            "dead",
+            "timeout",
+            "ABDM did not answer within the timeout",
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET state = '{state}', last_code = '{code}', last_message = '{message}'
+             WHERE batch_id = $1 AND row_number IN ({rows})"
+        )))
+        .bind(batch)
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
+    }
     env.store.finish_batches().await.unwrap();
+    c.goto(&format!("{base}/console/batches/{id}"))
+        .await
+        .unwrap();
+    let failures = text(&c, "#failures").await;
+    let (unknown, timeouts) = (failures.find("ABDM-1114"), failures.find("timeout"));
+    assert!(
+        unknown.is_some() && timeouts.is_some() && unknown < timeouts,
+        "the larger group first: {failures}"
+    );
+    let cell =
+        |row: usize, col: usize| format!("#failures tbody tr:nth-child({row}) td:nth-child({col})");
+    assert_eq!(text(&c, &cell(1, 2)).await, "2");
+    assert_eq!(text(&c, &cell(1, 3)).await, "user not found");
+    assert!(
+        text(&c, &cell(1, 4))
+            .await
+            .contains("retrying will not help")
+    );
+    assert!(text(&c, &cell(2, 2)).await.contains("1 out of retries"));
+    assert!(text(&c, &cell(2, 4)).await.contains("Retry failed rows"));
+    assert_eq!(
+        text(&c, "#share").await,
+        "none",
+        "a finished batch takes no share"
+    );
+    c.execute(
+        "document.getElementById('failures').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .unwrap();
+    shot(&c, "05a-failures-by-code").await;
+
+    // A batch the scheduler runs at 40 % of the rate, with an hour of published messages: its
+    // share beside the chart, and the list's running batches with position and ETA.
+    let running = running_batch(&env, 6).await;
+    sqlx::query(
+        "INSERT INTO batch_shares (batch_id, programme, share, rate, backlog) VALUES ($1, $2, 0.4, 8.0, 6)",
+    )
+    .bind(running)
+    .bind(BENEFIT)
+    .execute(&env.store.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO batch_minutes (batch_id, minute, published)
+         SELECT $1, date_trunc('minute', now()) - make_interval(mins => m), 60 * (1 + m % 8)
+         FROM generate_series(1, 59) AS m",
+    )
+    .bind(running)
+    .execute(&env.store.pool)
+    .await
+    .unwrap();
+    c.goto(&format!("{base}/console/batches/{running}"))
+        .await
+        .unwrap();
+    assert_eq!(text(&c, "#share").await, "40%");
+    let said = text(&c, "#share-text").await;
+    assert!(
+        said.contains("8.0 calls/s") && said.contains("DEMO-BENEFIT's only active batch"),
+        "{said}"
+    );
+    let points = c
+        .find(Locator::Css("#rate-chart polyline"))
+        .await
+        .expect("the rate chart")
+        .attr("points")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(points.split(' ').count(), 60, "a point a minute: {points}");
+    let caption = text(&c, "#rate-chart-caption").await;
+    assert!(caption.contains("peak 8.0/s"), "{caption}");
+    assert!(
+        text(&c, "#eta").await.ends_with(" s"),
+        "an ETA at its share"
+    );
+    assert!(text(&c, "#no-failures").await.contains("No row has failed"));
+    shot(&c, "05b-share-and-rate-chart").await;
+    c.goto(&format!("{base}/console/batches")).await.unwrap();
+    let active = text(&c, "#active").await;
+    assert!(
+        active.contains("1 of 1") && active.contains("40%") && active.contains("normal"),
+        "{active}"
+    );
+    assert!(!active.contains(&batch.to_string()[..8]));
+    shot(&c, "05c-running-now").await;
+    c.goto(&format!("{base}/console/batches/{id}"))
+        .await
+        .unwrap();
+
+    // Retry and cancel are there; cancelling a finished batch is refused.
     c.find(Locator::Id("retry")).await.unwrap();
     c.find(Locator::Id("cancel"))
         .await
@@ -420,7 +401,7 @@ async fn a_programme_uses_the_console_in_a_browser() {
     assert!(
         text(&c, "#notice")
             .await
-            .contains("0 failed rows queued again")
+            .contains("3 failed rows queued again")
     );
     shot(&c, "07-retry").await;
     c.goto(&format!("{base}/console/batches")).await.unwrap();
@@ -487,4 +468,34 @@ async fn a_programme_uses_the_console_in_a_browser() {
     drop(chromedriver);
     server.abort();
     env.cleanup().await;
+}
+
+/// An active batch of `n` queued link jobs that nothing publishes (no outbox rows).
+async fn running_batch(env: &TestEnv, n: u64) -> Uuid {
+    let pop = env.pop();
+    let batch = env.new_link_batch(Some("later.csv")).await;
+    let rows: Vec<_> = (0..n)
+        .map(|i| {
+            let job = abha_bulk::jobs::kind::Job::BenefitLink(
+                abha_bulk::abdm::benefit::Beneficiary::Abha(pop.abha(500 + i)),
+            );
+            env.store.prepare(i as i64 + 1, None, &job)
+        })
+        .collect();
+    env.store
+        .insert_jobs(
+            batch,
+            abha_bulk::jobs::kind::JobKind::BenefitLink,
+            BENEFIT,
+            &rows,
+        )
+        .await
+        .unwrap();
+    env.store.finish_submit(batch, n, n, 0, 0).await.unwrap();
+    sqlx::query("DELETE FROM outbox WHERE batch_ref = $1 OR batch_id = $1")
+        .bind(batch)
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
+    batch
 }

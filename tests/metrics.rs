@@ -34,6 +34,13 @@ async fn endpoints_answer_and_promtool_accepts_the_metrics() {
     abha_bulk::telemetry::metrics::QUEUE_MESSAGES
         .with_label_values(&[env.topology.dead_letter_queue.as_str()])
         .set(0.0);
+    // Per-programme series appear once the scheduling relay published for a programme.
+    abha_bulk::telemetry::metrics::SCHED_SHARE
+        .with_label_values(&["DEMO-BENEFIT"])
+        .set(1.0);
+    abha_bulk::telemetry::metrics::SCHED_PUBLISHED
+        .with_label_values(&["DEMO-BENEFIT"])
+        .inc_by(0);
 
     let stop = CancellationToken::new();
     let addr = abha_bulk::http::serve(

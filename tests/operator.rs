@@ -16,27 +16,7 @@ use uuid::Uuid;
 
 /// The `abha-bulk` binary on the test's database.
 fn cli(env: &TestEnv, args: &[&str], extra_env: &[(&str, &str)]) -> Command {
-    let mut url = reqwest::Url::parse(&env.db_url).expect("db url");
-    let password = url.password().unwrap_or("").to_string();
-    url.set_password(None).expect("no password");
-    let mut c = Command::new(env!("CARGO_BIN_EXE_abha-bulk"));
-    c.args(args)
-        .current_dir(env.dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("ABHA_BULK_CONFIG_DIR", env.dir.path().join("no-config"))
-        .env("ABHA_BULK__DATABASE__URL", url.to_string())
-        .env("ABHA_BULK__DATABASE__PASSWORD", password)
-        // The key of the test vault: 32 bytes of 7.
-        .env(
-            "ABHA_BULK__PII__KEY",
-            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
-        )
-        .env("ABHA_BULK__TELEMETRY__LOG_FILTER", "warn");
-    for (k, v) in extra_env {
-        c.env(k, v);
-    }
-    c
+    env.cli(args, extra_env)
 }
 
 fn run(env: &TestEnv, args: &[&str]) -> Output {

@@ -31,6 +31,72 @@ const DESCRIPTIONS: &[(&str, &str)] = &[
     ("ABDM-9999", "ABDM internal error"),
 ];
 
+/// What an operator does about rows that failed with a last code: the console shows it beside
+/// each group of failed rows, so the fix is one read away (a fixed sentence per code or
+/// family of codes; the stored message says what ABDM answered).
+pub fn operator_action(code: Option<&str>) -> &'static str {
+    const RETRY_LATER: &str = "A fault of ABDM or of the network outlasted the retries: press \
+        Retry failed rows (abha-bulk retry-failed) once ABDM answers normally again.";
+    const FIX_ROWS: &str = "ABDM refused these rows as they are: correct them in the \
+        programme's records and submit the corrected rows; retrying will not help.";
+    let Some(code) = code else {
+        return "No code was recorded: read the message column of the report.";
+    };
+    match code {
+        "ABDM-1114" | "ABDM-1139" | "ABDM-1204" => {
+            "ABDM has no such record: check the identifiers against the programme's own \
+             records and submit the corrected rows; retrying will not help."
+        }
+        "ABDM-1137" => {
+            "ABDM does not know the benefit name: have it registered for this client (or \
+             correct the benefit), then press Retry failed rows."
+        }
+        "ABDM-1094" => {
+            "The X-token expired or the benefit is restricted: get fresh X-tokens for child \
+             rows (submit them again) or check the benefit's registration with ABDM."
+        }
+        "ABDM-1157" | "ABDM-1160" | "ABDM-1228" | "ABDM-1219" | "ABDM-1124" => {
+            "ABDM's rules forbid this for these people: nothing to retry; tell the \
+             beneficiaries' offices."
+        }
+        "ABDM-1227" | "ABDM-1027" => {
+            "ABDM blocked or capped these calls for a while: press Retry failed rows after \
+             the block ends (24 hours for ABDM-1027)."
+        }
+        "ABDM-1022" | "ABDM-2429" => {
+            "ABDM throttled these rows until their retries ran out: lower \
+             worker.rate_per_second (or wait for a quiet hour), then press Retry failed rows."
+        }
+        "900901" | "900902" => {
+            "The gateway session failed: check abdm.client_id and the client secret, then \
+             press Retry failed rows."
+        }
+        "ABDM-1016" => {
+            "ABDM refused the request time: check the workers' clocks (NTP), then press \
+             Retry failed rows."
+        }
+        "invalid_stored_job" => {
+            "The stored row can no longer be read (its X-token was erased, or the data key \
+             changed): submit the row again."
+        }
+        "lease_expired" => {
+            "Workers stopped while running these rows, again and again: read the workers' \
+             logs (crashes, memory), then press Retry failed rows."
+        }
+        "crypto" => {
+            "Encrypting for ABDM failed: check the ABDM certificate settings, then press \
+             Retry failed rows."
+        }
+        "ABDM-9999" | "timeout" | "connect" | "transport" | "decode" | "not_sent" => RETRY_LATER,
+        c if c.starts_with("session:") || c.starts_with("HTTP-5") => RETRY_LATER,
+        c if c.starts_with("HIS-") || c.starts_with("HTTP-4") => FIX_ROWS,
+        _ => {
+            "Read the message column of the report; press Retry failed rows if the cause \
+              was temporary."
+        }
+    }
+}
+
 /// Request field names that may appear in a validation answer's description.
 const KNOWN_FIELDS: &[&str] = &[
     "loginId",
@@ -138,6 +204,21 @@ impl ClientError {
 mod tests {
     use super::*;
     use crate::abdm::AbdmError;
+
+    #[test]
+    fn every_failure_family_has_an_action() {
+        assert!(operator_action(Some("ABDM-1114")).contains("retrying will not help"));
+        for transient in ["timeout", "ABDM-9999", "HTTP-503", "session:timeout"] {
+            assert!(
+                operator_action(Some(transient)).contains("Retry failed rows"),
+                "{transient}"
+            );
+        }
+        assert!(operator_action(Some("HIS-1000")).contains("correct them"));
+        assert!(operator_action(Some("ABDM-1022")).contains("rate_per_second"));
+        assert!(operator_action(None).contains("report"));
+        assert!(operator_action(Some("ABDM-4242")).contains("report"));
+    }
 
     #[test]
     fn stored_messages_carry_no_text_from_abdm() {

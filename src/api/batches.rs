@@ -365,13 +365,37 @@ pub async fn list(
         .store
         .batches_of(&caller.0.benefits, q.state.as_deref(), per_page, q.page)
         .await?;
+    let plan = if batches.iter().any(|b| b.state == "active") {
+        let known = std::collections::HashMap::new();
+        crate::report::Plan::load(&st.store, &known, |p| caller.0.sees(p)).await?
+    } else {
+        crate::report::Plan::default()
+    };
     Ok(Json(json!({
         "page": q.page, "per_page": per_page,
-        "batches": batches.iter().map(batch_json).collect::<Vec<_>>(),
+        "batches": batches.iter().map(|b| {
+            let mut v = batch_json(b);
+            if let Some(p) = plan.batches.get(&b.id) {
+                planned_fields(&mut v, p, &plan);
+            }
+            v
+        }).collect::<Vec<_>>(),
     })))
 }
 
-/// `GET /v1/batches/{id}`: counts by state, rate, ETA.
+/// An active batch's place in its programme's queue, its share and ETA (the list's extra
+/// fields; `GET /v1/batches/{id}` has them from `BatchStatus::to_json`).
+fn planned_fields(v: &mut Value, p: &crate::report::Planned, plan: &crate::report::Plan) {
+    v["priority"] = json!(p.priority);
+    v["share"] = json!(p.share);
+    v["rate"] = json!(p.rate);
+    v["eta_seconds"] = json!(p.eta_secs);
+    v["eta_basis"] = json!(p.basis.map(|b| b.as_str()));
+    v["position"] = json!(p.programme_position);
+    v["active_in_programme"] = json!(plan.programme_size(&p.programme));
+}
+
+/// `GET /v1/batches/{id}`: counts by state, rate, share of the fleet's rate, ETA, position.
 pub async fn show(
     State(st): State<ApiState>,
     caller: Caller,
@@ -380,10 +404,7 @@ pub async fn show(
     caller.require("read")?;
     let b = visible_batch(&st, &caller, &id).await?;
     let s = crate::report::status(&st.store, &b).await?;
-    let mut v = batch_json(&s.batch);
-    v["counts"] = json!(s.counts.0);
-    v["rate_per_second"] = json!(s.rate);
-    v["eta_seconds"] = json!(s.eta_secs());
+    let mut v = s.to_json();
     v["webhook"] = json!(st.store.webhook_status(b.id).await?);
     Ok(Json(v))
 }

@@ -76,6 +76,16 @@ pub enum Command {
     Rekey(RekeyArgs),
 }
 
+/// How `submit` and `status` answer on standard output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Prose for people (the default).
+    #[default]
+    Text,
+    /// One JSON document, for scripts (docs/operations.md, "JSON answers").
+    Json,
+}
+
 /// `rekey` options.
 #[derive(Debug, Clone, Args)]
 pub struct RekeyArgs {
@@ -105,6 +115,9 @@ pub struct SubmitArgs {
     /// (weights 1, 2, 4, 8; default: the programme's `benefits.priorities`, else normal).
     #[arg(long)]
     pub priority: Option<crate::scheduler::Priority>,
+    /// `json`: print the outcome (batch id, counts, warnings) as one JSON document.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 /// `worker` options.
@@ -131,6 +144,9 @@ pub struct StatusArgs {
     /// Without BATCH: list finished and cancelled batches too.
     #[arg(long, conflicts_with = "batch")]
     pub all: bool,
+    /// `json`: print the batch (without BATCH: `{"batches": [...]}`) as one JSON document.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text, conflicts_with = "watch")]
+    pub output: OutputFormat,
 }
 
 /// `report` options.

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use super::{ReconcileArgs, ReportArgs, SubmitArgs, WorkerArgs, spawn_signal_handler};
+use super::{
+    OutputFormat, ReconcileArgs, ReportArgs, SubmitArgs, WorkerArgs, spawn_signal_handler,
+};
 use crate::abdm::AbdmClient;
 use crate::config::{ExposeSecret, Settings};
 use crate::jobs::benefit::BenefitName;
@@ -85,18 +87,26 @@ pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Re
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
-    out!(
-        "batch {}: {} rows read, {} accepted, {} rejected, {} duplicate (run once) in {:.1} s ({:.0} rows/s)",
-        s.batch,
-        s.total,
-        s.accepted,
-        s.rejected,
-        s.duplicates,
-        s.elapsed.as_secs_f64(),
-        s.total as f64 / s.elapsed.as_secs_f64().max(0.001)
-    );
-    warn_overlaps(&store, &s, args.kind, &benefit).await;
-    if s.rejected > 0 {
+    let json = args.output == OutputFormat::Json;
+    if !json {
+        out!(
+            "batch {}: {} rows read, {} accepted, {} rejected, {} duplicate (run once) in {:.1} s ({:.0} rows/s)",
+            s.batch,
+            s.total,
+            s.accepted,
+            s.rejected,
+            s.duplicates,
+            s.elapsed.as_secs_f64(),
+            s.total as f64 / s.elapsed.as_secs_f64().max(0.001)
+        );
+    }
+    let overlaps = warn_overlaps(&store, &s, args.kind, &benefit).await;
+    if json {
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&submit_json(&s, args, &benefit, &overlaps))?
+        );
+    } else if s.rejected > 0 {
         out!(
             "rejected rows are in the report: abha-bulk report {} --out report.csv",
             s.batch
@@ -107,6 +117,30 @@ pub(super) async fn submit(settings: &Settings, args: &SubmitArgs) -> anyhow::Re
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `submit --output json` (docs/operations.md, "JSON answers").
+fn submit_json(
+    s: &crate::submit::SubmitSummary,
+    args: &SubmitArgs,
+    benefit: &BenefitName,
+    overlaps: &[crate::store::batch_views::Overlap],
+) -> serde_json::Value {
+    serde_json::json!({
+        "batch": s.batch,
+        "kind": args.kind.as_str(),
+        "benefit": benefit.as_str(),
+        "total_rows": s.total,
+        "accepted_rows": s.accepted,
+        "rejected_rows": s.rejected,
+        "duplicate_rows": s.duplicates,
+        "elapsed_seconds": s.elapsed.as_secs_f64(),
+        "warnings": s.warnings,
+        "overlaps": overlaps.iter().map(|o| serde_json::json!({
+            "batch": o.batch, "created_at": o.created_at, "file_name": o.file_name,
+            "rows": o.rows, "exact": o.exact,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 pub(super) async fn worker(settings: &Settings, args: &WorkerArgs) -> anyhow::Result<ExitCode> {
@@ -227,9 +261,9 @@ async fn warn_overlaps(
     s: &crate::submit::SubmitSummary,
     kind: crate::jobs::kind::JobKind,
     benefit: &BenefitName,
-) {
+) -> Vec<crate::store::batch_views::Overlap> {
     if s.accepted == 0 {
-        return;
+        return Vec::new();
     }
     let started = std::time::Instant::now();
     let overlaps = match store
@@ -239,7 +273,7 @@ async fn warn_overlaps(
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(error = %e, "could not compare the batch with earlier batches");
-            return;
+            return Vec::new();
         }
     };
     tracing::debug!(
@@ -262,6 +296,7 @@ async fn warn_overlaps(
             s.batch
         );
     }
+    overlaps
 }
 
 pub(super) async fn report(settings: &Settings, args: &ReportArgs) -> anyhow::Result<ExitCode> {

@@ -1,5 +1,7 @@
-//! Read-only views of batches for operators: the throughput a batch is really getting, the
-//! candidates of an id prefix, and rows of a new upload that earlier batches already hold.
+//! Read-only views of batches for operators: the throughput a batch is really getting, its
+//! share of the rate as the scheduler last wrote it, its published messages per minute, its
+//! failures by code, the candidates of an id prefix, and rows of a new upload that earlier
+//! batches already hold.
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -28,6 +30,49 @@ impl RateWindow {
             0.0
         }
     }
+}
+
+/// An active batch with the scheduler's last word on it (`batch_shares`, rewritten every few
+/// seconds by the relay that schedules; empty while no such relay runs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShareRow {
+    /// The batch.
+    pub batch: Uuid,
+    /// Its programme: the scheduler's, else the batch's benefit name.
+    pub programme: String,
+    /// `low`, `normal`, `high` or `urgent`.
+    pub priority: String,
+    /// Fraction of the fleet's rate it gets now (`None`: no share row).
+    pub share: Option<f64>,
+    /// The calls/s that share stands for.
+    pub rate: Option<f64>,
+    /// Jobs it had left to publish.
+    pub backlog: Option<i64>,
+    /// Seconds since the row was written.
+    pub age_secs: Option<f64>,
+}
+
+/// Failed and dead jobs of a batch with one last code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureGroup {
+    /// The last code (`ABDM-1114`, `timeout`, …; `None` when none was recorded).
+    pub code: Option<String>,
+    /// Failed and dead jobs with it.
+    pub rows: i64,
+    /// Of which dead (retries exhausted).
+    pub dead: i64,
+    /// The commonest stored message of the group (a fixed description, see
+    /// `abdm::messages`: never text from ABDM).
+    pub message: Option<String>,
+}
+
+/// Messages published for a batch per minute over the last hour, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MinuteRates {
+    /// Messages per second in each minute; the last is the current minute, so far.
+    pub per_sec: Vec<f64>,
+    /// Messages published over the window.
+    pub published: i64,
 }
 
 /// An earlier batch holding some of the rows of a new one.
@@ -94,6 +139,120 @@ impl Store {
                 secs: row.get::<Option<f64>, _>("run_secs").unwrap_or(0.0),
             }
         })
+    }
+
+    /// Every active batch, oldest first, with its priority and its share row if any.
+    pub async fn active_shares(&self) -> Result<Vec<ShareRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT b.id, COALESCE(s.programme, b.benefit) AS programme, b.priority, s.share,
+                    s.rate, s.backlog, EXTRACT(EPOCH FROM now() - s.updated_at)::float8 AS age
+             FROM batches b LEFT JOIN batch_shares s ON s.batch_id = b.id
+             WHERE b.state = 'active' ORDER BY b.created_at, b.id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading the shares of the active batches")?;
+        Ok(rows
+            .iter()
+            .map(|r| ShareRow {
+                batch: r.get("id"),
+                programme: r.get("programme"),
+                priority: r.get("priority"),
+                share: r.get("share"),
+                rate: r.get("rate"),
+                backlog: r.get("backlog"),
+                age_secs: r.get("age"),
+            })
+            .collect())
+    }
+
+    /// The priority of a batch (`normal` for a batch that does not exist).
+    pub async fn batch_priority(&self, id: Uuid) -> Result<String, StoreError> {
+        let p: Option<String> = sqlx::query_scalar("SELECT priority FROM batches WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .ctx("reading the priority of a batch")?;
+        Ok(p.unwrap_or_else(|| "normal".into()))
+    }
+
+    /// Jobs of a batch still on their way (queued, running, retrying), through the
+    /// `jobs_open` index.
+    pub async fn open_jobs(&self, id: Uuid) -> Result<i64, StoreError> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE batch_id = $1 AND state IN ('queued', 'running', 'retrying')",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .ctx("counting the open jobs of a batch")
+    }
+
+    /// Failed and dead jobs of a batch grouped by last code, largest group first, at most
+    /// `limit` groups (through the `jobs_closed` index).
+    pub async fn failures_by_code(
+        &self,
+        id: Uuid,
+        limit: i64,
+    ) -> Result<Vec<FailureGroup>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT last_code, count(*) AS n, count(*) FILTER (WHERE state = 'dead') AS dead,
+                    mode() WITHIN GROUP (ORDER BY last_message) AS message
+             FROM jobs WHERE batch_id = $1 AND state IN ('failed', 'dead')
+             GROUP BY last_code ORDER BY n DESC, last_code NULLS LAST LIMIT $2",
+        )
+        .bind(id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .ctx("grouping the failed jobs of a batch by code")?;
+        Ok(rows
+            .iter()
+            .map(|r| FailureGroup {
+                code: r.get("last_code"),
+                rows: r.get("n"),
+                dead: r.get("dead"),
+                message: r.get("message"),
+            })
+            .collect())
+    }
+
+    /// Messages published for a batch in each of the last `minutes` minutes (`batch_minutes`,
+    /// written by the relay that schedules), the current minute last and divided by the
+    /// seconds it has run so far.
+    pub async fn minute_rates(&self, id: Uuid, minutes: i32) -> Result<MinuteRates, StoreError> {
+        let rows = sqlx::query(
+            "WITH now_m AS (SELECT date_trunc('minute', now()) AS m,
+                                   GREATEST(EXTRACT(EPOCH FROM now() - date_trunc('minute', now())), 1)::float8 AS secs),
+                  pub AS (SELECT date_trunc('minute', minute) AS m, sum(published)::bigint AS n
+                          FROM batch_minutes, now_m
+                          WHERE batch_id = $1 AND minute >= now_m.m - make_interval(mins => $2 - 1)
+                          GROUP BY 1)
+             SELECT COALESCE(pub.n, 0) AS n, (g.m = now_m.m) AS current, now_m.secs
+             FROM now_m, generate_series(now_m.m - make_interval(mins => $2 - 1), now_m.m, interval '1 minute') AS g(m)
+             LEFT JOIN pub ON pub.m = g.m
+             ORDER BY g.m",
+        )
+        .bind(id)
+        .bind(minutes.max(1))
+        .fetch_all(&self.pool)
+        .await
+        .ctx("reading the published messages of a batch per minute")?;
+        let mut out = MinuteRates {
+            per_sec: Vec::with_capacity(rows.len()),
+            published: 0,
+        };
+        for r in &rows {
+            let n: i64 = r.get("n");
+            let secs: f64 = if r.get("current") {
+                r.get("secs")
+            } else {
+                60.0
+            };
+            out.published += n;
+            out.per_sec.push(n as f64 / secs.clamp(1.0, 60.0));
+        }
+        Ok(out)
     }
 
     /// Finds a batch by full id or a unique prefix of it (as printed by `status`). A prefix

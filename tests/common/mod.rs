@@ -183,6 +183,32 @@ impl TestEnv {
             .expect("batch")
     }
 
+    /// The `abha-bulk` binary on this test's database (no config files, the test vault's key,
+    /// warnings only), run in the test's folder.
+    pub fn cli(&self, args: &[&str], extra_env: &[(&str, &str)]) -> std::process::Command {
+        let mut url = reqwest::Url::parse(&self.db_url).expect("db url");
+        let password = url.password().unwrap_or("").to_string();
+        url.set_password(None).expect("no password");
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_abha-bulk"));
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ABHA_BULK_CONFIG_DIR", self.dir.path().join("no-config"))
+            .env("ABHA_BULK__DATABASE__URL", url.to_string())
+            .env("ABHA_BULK__DATABASE__PASSWORD", password)
+            // The key of the test vault: 32 bytes of 7.
+            .env(
+                "ABHA_BULK__PII__KEY",
+                "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+            )
+            .env("ABHA_BULK__TELEMETRY__LOG_FILTER", "warn");
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        c
+    }
+
     /// Database, topology, sandbox and client of a new test.
     pub async fn new() -> Self {
         init_tracing();

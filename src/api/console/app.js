@@ -20,6 +20,7 @@
     set("progress-text", p.text);
     set("rate", p.rate_text);
     set("eta", p.eta_text);
+    set("share", p.share_text);
     set("state", p.state);
     // A state with no rows is absent from the counts: show it as 0.
     var counts = p.counts || {};

@@ -7,16 +7,20 @@
 //! drift apart; the console only renders.
 //!
 //! Pages are `format!` templates compiled into the binary; every value is HTML-escaped by
-//! [`esc`]. The only script is `app.js`, which polls the progress of a batch page every 2 s.
+//! [`esc`]. The only script is `app.js`, which polls the progress of a batch page every 2 s;
+//! the rate chart is inline SVG drawn by the server.
 //! Every response carries a Content-Security-Policy without inline script or style, refuses to
 //! be framed, and is not cached. Page titles are fixed words, and no address carries more than
 //! a batch id: never a key, an ABHA number or any other identifier.
 //!
 //! - [`session`]: the key in an `HttpOnly` cookie, CSRF tokens, sign-in and sign-out.
 //! - [`pages`]: the batch list, upload, batch page, progress, report, retry, cancel.
+//! - [`views`]: a batch's share of the rate and its chart, failures by code, the running
+//!   batches in order of expected completion.
 
 pub mod pages;
 pub mod session;
+pub mod views;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::session::{Session, TokenForm};
-use super::{esc, page, problem_page};
+use super::{esc, page, problem_page, views};
 use crate::api::ApiState;
 use crate::api::batches::{self, ReportQuery, RetryQuery};
 use crate::api::problem::{Params, Problem};
@@ -34,6 +34,18 @@ async fn list_body(st: &ApiState, s: &Session) -> Result<String, Problem> {
         .store
         .batches_of(&s.caller.0.benefits, None, 100, 0)
         .await?;
+    // Every active batch of the programmes, not only those among the newest 100.
+    let running = st
+        .store
+        .batches_of(&s.caller.0.benefits, Some("active"), 500, 0)
+        .await?;
+    let plan = if running.is_empty() {
+        crate::report::Plan::default()
+    } else {
+        let known = std::collections::HashMap::new();
+        crate::report::Plan::load(&st.store, &known, |p| s.caller.0.sees(p)).await?
+    };
+    let running = super::views::active_table(&running, &plan);
     let rows: String = batches
         .iter()
         .map(|b| {
@@ -86,7 +98,9 @@ async fn list_body(st: &ApiState, s: &Session) -> Result<String, Problem> {
     } else {
         String::new()
     };
-    Ok(format!("<h1>Batches</h1>\n{table}\n{upload}"))
+    Ok(format!(
+        "<h1>Batches</h1>\n<h2>Running now</h2>\n{running}\n<h2>All batches</h2>\n{table}\n{upload}"
+    ))
 }
 
 /// Reads a small text part of the upload form (the token, kind, benefit), at most 1 KiB.
@@ -180,6 +194,9 @@ async fn batch_body(
     let status = crate::report::status(&st.store, &b).await?;
     let p = progress_json(&status);
     let rejected = st.store.rejected_sample(b.id, REJECTED_SHOWN).await?;
+    let minutes = st.store.minute_rates(b.id, views::CHART_MINUTES).await?;
+    let share_card = views::share_card(&status, &minutes);
+    let failures = views::failures(st, b.id).await?;
     let b = &status.batch;
     let notice = notice
         .map(|n| {
@@ -243,6 +260,7 @@ async fn batch_body(
 <p>Rate <span id="rate">{rate}</span> · ETA <span id="eta">{eta}</span></p>
 <table class="counts">{counts}</table>
 </section>
+{share_card}
 <section class="actions">
 <a id="report" class="button" href="/console/batches/{id}/report" download>Download the report (CSV, identifiers masked)</a>
 <form method="post" action="/console/batches/{id}/retry-failed" class="inline">
@@ -250,6 +268,8 @@ async fn batch_body(
 <form method="post" action="/console/batches/{id}/cancel" class="inline">
 <input type="hidden" name="csrf" value="{csrf}"><button id="cancel" type="submit" class="danger">Cancel the batch</button></form>
 </section>
+<h2>Failed rows by code</h2>
+{failures}
 <h2>Rejected rows</h2>
 {rejected_table}"#,
         id = b.id,
@@ -284,6 +304,13 @@ fn progress_json(s: &BatchStatus) -> Value {
         "counts": s.counts.0,
         "rate_per_second": s.rate,
         "eta_seconds": eta,
+        "share": s.share().map(|x| x.0),
+        "share_text": match s.share() {
+            Some((share, _)) => crate::report::percent(share),
+            None if s.planned.is_some() => "unknown".to_string(),
+            None => "none".to_string(),
+        },
+        "eta_basis": s.eta_basis().map(|b| b.as_str()),
         "text": format!("{done} of {total} rows done ({percent}%)"),
         "rate_text": format!("{:.1} rows/s", s.rate),
         "eta_text": match eta {
