@@ -39,11 +39,15 @@ impl Drop for File {
     }
 }
 
+/// Extra settings of this run (`--set`), for every process.
+static EXTRA: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
 fn rig_opts(rate: f64) -> RigOpts {
     RigOpts {
         workers: 1,
         rate: Some(rate),
         sandbox_limit: rate,
+        env: EXTRA.get().cloned().unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -108,8 +112,13 @@ pub async fn small_behind(services: &Services, rate: f64, big: u64) -> Result<f6
         let returned = Instant::now();
         let mut c = db(&rig).await?;
         let mut deepest = 0;
+        let mut first = None;
         loop {
-            if finals(&mut c, SMALL).await? >= 50 {
+            let n = finals(&mut c, SMALL).await?;
+            if n > 0 && first.is_none() {
+                first = Some(returned.elapsed().as_secs_f64());
+            }
+            if n >= 50 {
                 break;
             }
             if returned.elapsed() > Duration::from_secs(600) {
@@ -124,7 +133,8 @@ pub async fn small_behind(services: &Services, rate: f64, big: u64) -> Result<f6
         let secs = returned.elapsed().as_secs_f64();
         let done_big = finals(&mut c, BIG).await?;
         println!(
-            "small batch (50 rows of {SMALL}) behind {big} rows of {BIG}, R = {rate}: final {secs:.2} s after its submit returned ({done_big} rows of the big batch final meanwhile; at most {deepest} ready messages seen)"
+            "small batch (50 rows of {SMALL}) behind {big} rows of {BIG}, R = {rate}: final {secs:.2} s after its submit returned (first row final after {:.2} s; {done_big} rows of the big batch final meanwhile; at most {deepest} ready messages seen)",
+            first.unwrap_or(f64::NAN)
         );
         Ok(secs)
     }
@@ -202,7 +212,7 @@ pub async fn beside_reconcile(services: &Services, rate: f64, secs: u64) -> Resu
         let batch_rate = (n1 - n0) as f64 / secs as f64;
         let side = (calls1.saturating_sub(calls0)) as f64 / secs as f64;
         println!(
-            "a batch beside a running reconcile (5/s), R = {rate}, {secs} s: batch {batch_rate:.1} jobs/s = {:.1} % of R - 5; ABDM calls besides the batch's {side:.1}/s (reconcile still running at the end: {still})",
+            "a batch beside a running reconcile (5/s), R = {rate}, {secs} s: batch {batch_rate:.1} jobs/s = {:.1} % of R - 5; ABDM API calls in all {side:.1}/s (reconcile still running at the end: {still})",
             100.0 * batch_rate / (rate - 5.0)
         );
         Ok(batch_rate)
@@ -243,14 +253,30 @@ pub async fn depth(services: &Services, rate: f64, rows: u64, secs: u64) -> Resu
     result
 }
 
-/// Every figure of issue 17's table that these runs measure.
-pub async fn all(services: &Services, rate: f64, big: u64) -> Result<()> {
-    small_behind(services, rate, 6_000).await?;
-    if big > 0 {
-        small_behind(services, rate, big).await?;
+/// Every figure of issue 17's table that these runs measure (`only`: some of them).
+pub async fn all(
+    services: &Services,
+    rate: f64,
+    big: u64,
+    only: &[String],
+    set: &[(String, String)],
+) -> Result<()> {
+    let _ = EXTRA.set(set.to_vec());
+    let run = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    if run("small") {
+        small_behind(services, rate, 6_000).await?;
+        if big > 0 {
+            small_behind(services, rate, big).await?;
+        }
     }
-    weights(services, rate, 20).await?;
-    beside_reconcile(services, rate, 20).await?;
-    depth(services, rate, 20_000, 20).await?;
+    if run("weights") {
+        weights(services, rate, 20).await?;
+    }
+    if run("reconcile") {
+        beside_reconcile(services, rate, 20).await?;
+    }
+    if run("depth") {
+        depth(services, rate, 20_000, 20).await?;
+    }
     Ok(())
 }

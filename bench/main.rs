@@ -116,6 +116,12 @@ enum Cmd {
         /// Rows of the second big batch the small one is submitted behind (0: skip it).
         #[arg(long, default_value_t = 0)]
         big: u64,
+        /// Only these figures: small, weights, reconcile, depth (default: all).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Extra settings for every process, e.g. ABHA_BULK__RELAY__BROKER_HORIZON_MS=500.
+        #[arg(long = "set", value_parser = parse_kv)]
+        set: Vec<(String, String)>,
     },
     /// Labelled second figure: relay + worker + sandbox in this process, tuned settings.
     Inprocess {
@@ -237,7 +243,12 @@ async fn main() -> anyhow::Result<()> {
             out_dir,
             big_submit,
         } => report::all(&services, &out_dir, big_submit).await?,
-        Cmd::Fair { rate, big } => fairness::all(&services, rate, big).await?,
+        Cmd::Fair {
+            rate,
+            big,
+            only,
+            set,
+        } => fairness::all(&services, rate, big, &only, &set).await?,
         Cmd::Inprocess {
             rows,
             database,

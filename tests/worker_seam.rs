@@ -29,6 +29,7 @@ fn worker(env: &TestEnv, grace: Duration) -> Arc<Worker> {
             backoff_cap: Duration::from_millis(200),
             grace,
             kinds: JobKind::ALL.to_vec(),
+            prefetch_horizon: Duration::from_millis(500),
         },
     )
 }
@@ -234,6 +235,7 @@ async fn a_stopping_worker_hands_back_at_once_what_has_not_started() {
             backoff_cap: Duration::from_millis(200),
             grace: Duration::from_secs(30),
             kinds: JobKind::ALL.to_vec(),
+            prefetch_horizon: Duration::from_millis(500),
         },
     );
     let q = MemoryQueue::default();

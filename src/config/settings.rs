@@ -167,6 +167,10 @@ pub struct WorkerSettings {
     pub global_rate_limit: bool,
     /// Calls in flight at once in one worker (and RabbitMQ prefetch).
     pub in_flight: u16,
+    /// How much work, at the worker's current rate, it holds unacked: the prefetch is this
+    /// many milliseconds of calls (at least 2, at most `in_flight`).
+    #[serde(rename = "prefetch_horizon_ms", with = "millis")]
+    pub prefetch_horizon: Duration,
     /// Attempts per job before it is dead.
     pub max_attempts: u32,
     /// First retry delay.

@@ -96,7 +96,7 @@ impl Default for RelayConfig {
             idle: Duration::from_millis(100),
             housekeeping: Duration::from_secs(2),
             publish_timeout: Duration::from_secs(10),
-            broker_horizon: Duration::from_secs(1),
+            broker_horizon: Duration::from_millis(500),
             broker_min: 20,
             broker_max: 2000,
             rate_client: None,

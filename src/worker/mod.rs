@@ -64,6 +64,8 @@ pub struct WorkerConfig {
     pub grace: Duration,
     /// Kinds to consume.
     pub kinds: Vec<JobKind>,
+    /// Work held unacked, in time at the current rate (the prefetch; see [`prefetch_for`]).
+    pub prefetch_horizon: Duration,
 }
 
 impl WorkerConfig {
@@ -82,6 +84,7 @@ impl WorkerConfig {
             backoff_cap: s.backoff_cap,
             grace: s.grace_period,
             kinds: JobKind::ALL.to_vec(),
+            prefetch_horizon: s.prefetch_horizon,
         }
     }
 
@@ -224,7 +227,11 @@ impl Worker {
         let conn = queue::connect(url).await?;
         let ch = conn.create_channel().await.ctx("opening a channel")?;
         self.topology.declare(&ch).await?;
-        let prefetch = prefetch_for(self.limiter.current_rate(), self.cfg.in_flight);
+        let prefetch = prefetch_for(
+            self.limiter.current_rate(),
+            self.cfg.prefetch_horizon,
+            self.cfg.in_flight,
+        );
         ch.basic_qos(prefetch, BasicQosOptions::default())
             .await
             .ctx("setting the prefetch")?;
@@ -335,17 +342,15 @@ impl Worker {
     }
 }
 
-/// How much work, in seconds at the current rate, a worker holds unacked. Messages beyond
-/// what it can start soon only wait for tokens here while other replicas idle, and a stopping
-/// worker must hand them back (at 5/s, 60 prefetched messages took a whole 30 s grace).
-const PREFETCH_HORIZON: f64 = 1.0;
-
-/// The prefetch for a worker whose rate is `rate` calls/s: a second's worth of calls, at least
-/// 2, at most `in_flight` (the calls in flight at once). At the default 20/s that is 20; at
-/// 100/s and above, `in_flight`. Set when the consumer starts (RabbitMQ applies a new
-/// `basic.qos` only to consumers started after it).
-fn prefetch_for(rate: f64, in_flight: u16) -> u16 {
-    let want = (rate * PREFETCH_HORIZON).ceil();
+/// The prefetch for a worker whose rate is `rate` calls/s: `horizon` of calls
+/// (`worker.prefetch_horizon_ms`), at least 2, at most `in_flight` (the calls in flight at
+/// once). Messages beyond what it can start soon only wait for tokens here while other
+/// replicas idle, sit ahead of every other programme's work, and must be handed back on stop
+/// (at 5/s, 60 prefetched messages took a whole 30 s grace). At the default 20/s and 0.5 s
+/// that is 10; at 128/s and above, `in_flight`. Set when the consumer starts (RabbitMQ
+/// applies a new `basic.qos` only to consumers started after it).
+fn prefetch_for(rate: f64, horizon: Duration, in_flight: u16) -> u16 {
+    let want = (rate * horizon.as_secs_f64()).ceil();
     if want.is_finite() {
         (want.max(2.0) as u64).min(u64::from(in_flight)) as u16
     } else {
@@ -358,12 +363,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_worker_holds_about_a_second_of_work() {
-        assert_eq!(prefetch_for(5.0, 64), 5);
-        assert_eq!(prefetch_for(20.0, 64), 20);
-        assert_eq!(prefetch_for(100.0, 64), 64);
-        assert_eq!(prefetch_for(0.2, 64), 2);
-        assert_eq!(prefetch_for(f64::INFINITY, 64), 64);
+    fn a_worker_holds_its_horizon_of_work() {
+        let half = Duration::from_millis(500);
+        assert_eq!(prefetch_for(5.0, half, 64), 3);
+        assert_eq!(prefetch_for(20.0, half, 64), 10);
+        assert_eq!(prefetch_for(100.0, half, 64), 50);
+        assert_eq!(prefetch_for(200.0, half, 64), 64);
+        assert_eq!(prefetch_for(0.2, half, 64), 2);
+        assert_eq!(prefetch_for(f64::INFINITY, half, 64), 64);
     }
 
     #[test]
@@ -377,6 +384,7 @@ mod tests {
             backoff_cap: Duration::from_millis(1000),
             grace: Duration::from_secs(1),
             kinds: vec![],
+            prefetch_horizon: Duration::from_millis(500),
         };
         for attempt in 1..=8u32 {
             let cap = Duration::from_millis((100u64 << (attempt - 1)).min(1000));

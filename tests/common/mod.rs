@@ -307,6 +307,7 @@ impl TestEnv {
             backoff_cap: Duration::from_millis(200),
             grace: o.grace,
             kinds: JobKind::ALL.to_vec(),
+            prefetch_horizon: Duration::from_millis(500),
         };
         let worker = Worker::with_breaker(
             store.clone(),
