@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use abha_bulk::api::{ApiState, router};
+use abha_bulk::api::{ApiSettings, ApiState, Guards, app};
 use common::{BENEFIT, PipelineOpts, TestEnv};
 use serde_json::Value;
 
@@ -23,11 +23,12 @@ async fn start(env: &TestEnv, max_upload: u64) -> Api {
         max_upload,
         read_timeout: Duration::from_secs(2),
         spool: env.dir.path().to_path_buf(),
+        guards: Guards::new(&ApiSettings::default()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
-        axum::serve(listener, router(state)).await.unwrap();
+        axum::serve(listener, app(state)).await.unwrap();
     });
     Api {
         base: format!("http://{addr}"),

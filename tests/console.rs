@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use abha_bulk::api::{ApiState, router};
+use abha_bulk::api::{ApiSettings, ApiState, Guards, app};
 use common::{BENEFIT, PipelineOpts, TestEnv};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -171,11 +171,12 @@ async fn a_programme_uses_the_console_in_a_browser() {
         max_upload: 1 << 20,
         read_timeout: Duration::from_secs(5),
         spool: env.dir.path().to_path_buf(),
+        guards: Guards::new(&ApiSettings::default()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     // localhost: a browser keeps `Secure` cookies over plain HTTP only there.
     let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
-    let server = tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let server = tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
     let scopes = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let (_, pmjay) = env
         .store

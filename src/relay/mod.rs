@@ -66,8 +66,6 @@ pub async fn run(
     let mut backoff = reconnect_backoff();
     let mut last_housekeeping = Instant::now() - cfg.housekeeping;
     let mut last_gauges = Instant::now() - GAUGE_INTERVAL;
-    // Webhooks of the programme API go out from here (docs/api.md).
-    let webhooks = reqwest::Client::new();
     while !stop.is_cancelled() {
         let publisher = match connect(&amqp_url, &topology).await {
             Ok(p) => {
@@ -88,7 +86,6 @@ pub async fn run(
             }
             if last_housekeeping.elapsed() >= cfg.housekeeping {
                 housekeeping::round(&store).await;
-                crate::api::webhooks::round(&store, &webhooks).await;
                 last_housekeeping = Instant::now();
             }
             if last_gauges.elapsed() >= GAUGE_INTERVAL {

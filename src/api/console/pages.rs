@@ -14,6 +14,7 @@ use super::{esc, page, problem_page};
 use crate::api::ApiState;
 use crate::api::batches::{self, ReportQuery, RetryQuery};
 use crate::api::problem::{Params, Problem};
+use crate::api::upload;
 use crate::jobs::kind::JobKind;
 use crate::report::BatchStatus;
 
@@ -136,10 +137,11 @@ async fn upload_file(st: &ApiState, s: &Session, mut form: Multipart) -> Result<
                 // The token is checked before a byte of the file is stored.
                 s.check(csrf.as_deref())?;
                 let (kind, benefit) =
-                    batches::upload_target(st, &s.caller, kind.as_deref(), benefit.as_deref())?;
+                    upload::upload_target(st, &s.caller, kind.as_deref(), benefit.as_deref())?;
                 let name = field.file_name().map(str::to_string);
                 let (_, Json(v)) =
-                    batches::run_upload(st, kind, &benefit, name.as_deref(), field).await?;
+                    upload::run_upload(st, &s.caller, kind, &benefit, name.as_deref(), field)
+                        .await?;
                 let batch = v["batch"]
                     .as_str()
                     .and_then(|b| Uuid::parse_str(b).ok())
