@@ -428,31 +428,30 @@ async fn a_programme_uses_the_console_in_a_browser() {
     assert!(text(&c, "#batches").await.contains("benefit-link"));
     shot(&c, "08-batches-list").await;
 
-    // Revoking the key ends its console session at once.
-    let (_, spare) = env
-        .store
-        .create_api_key(Some("spare"), &[BENEFIT.into()], &scopes(&["read"]), None)
-        .await
-        .unwrap();
-    let spare_id = spare.split('_').nth(1).unwrap().to_string();
-    let r = http
-        .get(format!("{base}/console/batches"))
-        .header("cookie", format!("abha_console={}.{spare}", "0".repeat(64)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(env.store.revoke_api_key(&spare_id).await.unwrap());
-    let r = http
-        .get(format!("{base}/console/batches"))
-        .header("cookie", format!("abha_console={}.{spare}", "0".repeat(64)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    assert_eq!(r.headers()["location"], "/console/sign-in");
+    // The session is on the server: the cookie holds a session id, never the key, and a
+    // copy of it works only while the session lives.
+    let get_with = |cookie: String| {
+        http.get(format!("{base}/console/batches"))
+            .header("cookie", cookie)
+            .send()
+    };
+    let signed_out = |r: reqwest::Response| {
+        assert_eq!(r.status(), 303);
+        assert_eq!(r.headers()["location"], "/console/sign-in");
+    };
+    let copied = session_cookie(&c).await;
+    let secret = pmjay.split('_').nth(2).unwrap();
+    assert!(!copied.contains(secret), "the key is not in the cookie");
+    assert_eq!(get_with(copied.clone()).await.unwrap().status(), 200);
+    // The key itself where the old console kept it is no session.
+    signed_out(
+        get_with(format!("abha_console={}.{pmjay}", "0".repeat(64)))
+            .await
+            .unwrap(),
+    );
 
-    // Sign out: the batch page sends the browser back to sign in.
+    // Sign out: the batch page sends the browser back to sign in, and the copied cookie is
+    // dead too (the session ended everywhere, not only in this browser).
     c.find(Locator::Id("sign-out"))
         .await
         .unwrap()
@@ -464,6 +463,49 @@ async fn a_programme_uses_the_console_in_a_browser() {
         .await
         .unwrap();
     heading(&c, "Sign in").await;
+    shot(&c, "09-signed-out").await;
+    signed_out(get_with(copied).await.unwrap());
+
+    // Idle too long, or past its absolute lifetime: the session is over.
+    let age = |column: &'static str, by: &'static str| {
+        let pool = env.store.pool.clone();
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE console_sessions SET {column} = {column} - interval '{by}' WHERE ended_at IS NULL"
+            )))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    sign_in(&c, &base, &pmjay).await;
+    let idle = session_cookie(&c).await;
+    assert_eq!(get_with(idle.clone()).await.unwrap().status(), 200);
+    age("last_seen_at", "31 minutes").await;
+    signed_out(get_with(idle).await.unwrap());
+    c.goto(&format!("{base}/console/batches")).await.unwrap();
+    heading(&c, "Sign in").await;
+    sign_in(&c, &base, &pmjay).await;
+    let old = session_cookie(&c).await;
+    assert_eq!(get_with(old.clone()).await.unwrap().status(), 200);
+    age("created_at", "13 hours").await;
+    signed_out(get_with(old).await.unwrap());
+
+    // Revoking the key ends its console sessions at once.
+    let (_, spare) = env
+        .store
+        .create_api_key(Some("spare"), &[BENEFIT.into()], &scopes(&["read"]), None)
+        .await
+        .unwrap();
+    c.goto(&format!("{base}/console/sign-in")).await.unwrap();
+    sign_in(&c, &base, &spare).await;
+    let spare_cookie = session_cookie(&c).await;
+    assert_eq!(get_with(spare_cookie.clone()).await.unwrap().status(), 200);
+    let spare_prefix = spare.split('_').nth(1).unwrap().to_string();
+    assert!(env.store.revoke_api_key(&spare_prefix).await.unwrap());
+    signed_out(get_with(spare_cookie).await.unwrap());
+    c.goto(&format!("{base}/console/batches")).await.unwrap();
+    heading(&c, "Sign in").await;
 
     // Another programme's key: an empty list and a 404 page for this batch.
     sign_in(&c, &base, &other).await;
@@ -472,7 +514,7 @@ async fn a_programme_uses_the_console_in_a_browser() {
         .await
         .unwrap();
     assert_eq!(text(&c, "#problem").await, "Not found");
-    shot(&c, "09-other-programme-404").await;
+    shot(&c, "10-other-programme-404").await;
     let cookie = session_cookie(&c).await;
     for path in ["", "/report", "/progress"] {
         let r = http
