@@ -1,94 +1,20 @@
 //! What keeps one client of the programme API from hurting the others, through the real
-//! server: failed-authentication throttling (measured), upload slots, the spool's floor, file
-//! names, 405 as a problem document, `Idempotency-Key` per the IETF draft, the streamed,
-//! uncached report, and a batch list whose query count does not grow with its page size.
+//! server: failed-authentication throttling (measured, on `/v1` and the console's sign-in),
+//! upload slots, the spool's floor, file names, and 405 as a problem document.
+//! (`Idempotency-Key`, the batch list and the report: `tests/api_idempotency.rs`.)
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use abha_bulk::api::{ApiSettings, ApiState, Guards, app};
+use abha_bulk::api::ApiSettings;
 use abha_bulk::telemetry::metrics::AUTH_FAILURES;
+use common::api::{client_from, key, links, problem, retry_after, start};
 use common::{BENEFIT, TestEnv};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
-
-struct Api {
-    base: String,
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn start(env: &TestEnv, settings: ApiSettings) -> Api {
-    let state = ApiState {
-        store: env.store.clone(),
-        served: vec![],
-        max_upload: 1 << 20,
-        read_timeout: Duration::from_secs(10),
-        spool: env.dir.path().to_path_buf(),
-        guards: Guards::new(&settings),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app(state)).await.unwrap();
-    });
-    Api {
-        base: format!("http://{addr}"),
-        addr,
-        task,
-    }
-}
-
-/// A client whose connections come from `ip` (any 127.0.0.0/8 address works on loopback).
-fn client_from(ip: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .local_address(ip.parse::<IpAddr>().unwrap())
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-async fn key(env: &TestEnv, scopes: &[&str]) -> (uuid::Uuid, String) {
-    let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-    let (k, secret) = env
-        .store
-        .create_api_key(None, &[BENEFIT.to_string()], &scopes, None)
-        .await
-        .unwrap();
-    (k.id, secret)
-}
-
-async fn problem(r: reqwest::Response, status: u16) -> Value {
-    assert_eq!(r.status().as_u16(), status);
-    assert_eq!(
-        r.headers()["content-type"].to_str().unwrap(),
-        "application/problem+json"
-    );
-    let v: Value = r.json().await.unwrap();
-    assert_eq!(v["status"], status);
-    v
-}
-
-fn retry_after(r: &reqwest::Response) -> u64 {
-    r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-fn links(env: &TestEnv, range: std::ops::Range<u64>) -> String {
-    let pop = env.pop();
-    let mut s = String::from("external_ref,abha_number\n");
-    for i in range {
-        s.push_str(&format!("L{i},{}\n", pop.abha(i).expose()));
-    }
-    s
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_keys_are_throttled_per_address_and_per_prefix_with_a_measured_bound() {
@@ -431,136 +357,6 @@ async fn uploads_are_capped_named_safely_and_every_refusal_is_a_problem_document
     assert!(retry_after(&r) >= 1);
     assert_eq!(problem(r, 507).await["type"], "docs/api.md#no-space");
     assert_eq!(std::fs::read_dir(env.dir.path()).unwrap().count(), 0);
-    api.task.abort();
-    env.cleanup().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idempotency_keys_follow_the_ietf_draft() {
-    let env = TestEnv::new().await;
-    let api = start(&env, ApiSettings::default()).await;
-    let http = reqwest::Client::new();
-    let (id, k) = key(&env, &["submit", "read"]).await;
-    let upload = |idem: &str, body: String| {
-        http.post(format!(
-            "{}/v1/batches?kind=benefit-link&benefit={BENEFIT}",
-            api.base
-        ))
-        .bearer_auth(&k)
-        .header("content-type", "text/csv")
-        .header("idempotency-key", idem)
-        .body(body)
-        .send()
-    };
-    let first = upload("k-1", links(&env, 0..3)).await.unwrap();
-    assert_eq!(first.status(), 201);
-    let first: Value = first.json().await.unwrap();
-    // The same request again: the first answer. Another file with the same key: 422.
-    let again: Value = upload("k-1", links(&env, 0..3))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(again, first);
-    let v = problem(upload("k-1", links(&env, 5..9)).await.unwrap(), 422).await;
-    assert_eq!(v["type"], "docs/api.md#idempotency-key-reused");
-    // Too long, or empty: 400.
-    let v = problem(
-        upload(&"x".repeat(256), links(&env, 5..9)).await.unwrap(),
-        400,
-    )
-    .await;
-    assert_eq!(v["field"], "Idempotency-Key");
-    problem(upload("", links(&env, 5..9)).await.unwrap(), 400).await;
-    // An upload whose serve died mid-way left its key "running": 409 while it is recent...
-    for (idem, age) in [("k-dead", "11 minutes"), ("k-busy", "1 second")] {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO api_idempotency (key_id, idempotency_key, created_at)
-             VALUES ($1, $2, now() - interval '{age}')"
-        )))
-        .bind(id)
-        .bind(idem)
-        .execute(&env.store.pool)
-        .await
-        .unwrap();
-    }
-    let r = upload("k-busy", links(&env, 10..12)).await.unwrap();
-    assert!(retry_after(&r) >= 1);
-    problem(r, 409).await;
-    // ... and free again once it expired (api.idempotency_running_secs): the retry works.
-    let r = upload("k-dead", links(&env, 10..12)).await.unwrap();
-    assert_eq!(r.status(), 201);
-    api.task.abort();
-    env.cleanup().await;
-}
-
-/// Counts the statements sqlx runs (its `sqlx::query` events).
-struct CountQueries(Arc<AtomicUsize>);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountQueries {
-    fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if e.metadata().target() == "sqlx::query" {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_batch_list_takes_the_same_few_queries_whatever_the_page_size_and_reports_are_not_cached()
- {
-    use tracing_subscriber::layer::SubscriberExt;
-    let queries = Arc::new(AtomicUsize::new(0));
-    tracing::subscriber::set_global_default(
-        tracing_subscriber::registry().with(CountQueries(queries.clone())),
-    )
-    .unwrap();
-    let env = TestEnv::new().await;
-    let api = start(&env, ApiSettings::default()).await;
-    let http = reqwest::Client::new();
-    let (_, k) = key(&env, &["read", "reveal"]).await;
-    let mut last = None;
-    for _ in 0..60 {
-        last = Some(env.new_link_batch(None).await);
-    }
-    let mut counted = Vec::new();
-    for per_page in [1, 500] {
-        let before = queries.load(Ordering::SeqCst);
-        let v: Value = http
-            .get(format!("{}/v1/batches?per_page={per_page}", api.base))
-            .bearer_auth(&k)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        counted.push(queries.load(Ordering::SeqCst) - before);
-        assert_eq!(v["batches"].as_array().unwrap().len(), per_page.min(60));
-    }
-    eprintln!(
-        "queries for per_page=1: {}, per_page=500: {}",
-        counted[0], counted[1]
-    );
-    assert!(counted[0] > 0, "the counter sees sqlx's statements");
-    assert_eq!(counted[0], counted[1]);
-    assert!(counted[1] <= 3, "{counted:?}");
-
-    // The report, masked or revealed, is streamed (no file in the spool) and never cached.
-    let batch = last.unwrap();
-    for query in ["", "?reveal=true&reason=audit%20check"] {
-        let r = http
-            .get(format!("{}/v1/batches/{batch}/report{query}", api.base))
-            .bearer_auth(&k)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.headers()["cache-control"], "no-store");
-        let text = r.text().await.unwrap();
-        assert!(text.starts_with("row,external_ref,"), "{text}");
-        assert_eq!(std::fs::read_dir(env.dir.path()).unwrap().count(), 0);
-    }
     api.task.abort();
     env.cleanup().await;
 }

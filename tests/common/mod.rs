@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
