@@ -171,7 +171,13 @@ async fn a_programme_uses_the_console_in_a_browser() {
         max_upload: 1 << 20,
         read_timeout: Duration::from_secs(5),
         spool: env.dir.path().to_path_buf(),
-        guards: Guards::new(&ApiSettings::default()),
+        // A person types slower than the default refill (1 a second): a small burst and a slow
+        // refill let the browser reach the throttle in a few tries.
+        guards: Guards::new(&ApiSettings {
+            auth_failure_burst: 3,
+            auth_failures_per_sec: 0.01,
+            ..ApiSettings::default()
+        }),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     // localhost: a browser keeps `Secure` cookies over plain HTTP only there.
@@ -525,6 +531,44 @@ async fn a_programme_uses_the_console_in_a_browser() {
             .unwrap();
         assert_eq!(r.status(), 404, "{path}");
     }
+
+    // Wrong keys at the sign-in are throttled: past the burst the browser gets the 429 page.
+    for k in ["abk_0badc0de_wrong"; 4] {
+        c.goto(&format!("{base}/console/sign-in")).await.unwrap();
+        if c.find(Locator::Id("key")).await.is_err() {
+            // Still signed in as `other`: sign out first.
+            c.find(Locator::Id("sign-out"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            heading(&c, "Sign in").await;
+        }
+        c.find(Locator::Id("key"))
+            .await
+            .unwrap()
+            .send_keys(k)
+            .await
+            .unwrap();
+        c.find(Locator::Id("sign-in"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        // The answer's page (a fresh form has no error line) before the next try.
+        text(&c, ".error").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text(&c, ".error")
+        .await
+        .contains("too many failed sign-ins")
+    {
+        assert!(Instant::now() < deadline, "the throttled sign-in says so");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shot(&c, "11-sign-in-throttled").await;
 
     c.close().await.unwrap();
     drop(chromedriver);
