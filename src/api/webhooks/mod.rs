@@ -181,14 +181,15 @@ pub async fn run(store: Store, settings: WebhookSettings, stop: CancellationToke
     let concurrency = settings.concurrency.max(1);
     // The lease outlives the deadline by a margin, so a delivery is never sent twice at once.
     let lease = (settings.deadline + Duration::from_secs(30)).as_secs_f64();
-    let mut running: JoinSet<Uuid> = JoinSet::new();
+    let mut running: JoinSet<()> = JoinSet::new();
+    // Which key each running delivery belongs to, by task id: a task that panics still gives
+    // its key's slot back.
+    let mut keys: HashMap<tokio::task::Id, Uuid> = HashMap::new();
     let mut per_key: HashMap<Uuid, usize> = HashMap::new();
     let mut last_enqueue: Option<tokio::time::Instant> = None;
     while !stop.is_cancelled() {
-        while let Some(done) = running.try_join_next() {
-            if let Ok(key) = done {
-                release(&mut per_key, key);
-            }
+        while let Some(done) = running.try_join_next_with_id() {
+            release(&mut per_key, &mut keys, task_id(&done));
         }
         if last_enqueue.is_none_or(|t| t.elapsed() >= settings.poll) {
             if let Err(e) = store.enqueue_webhooks().await {
@@ -206,18 +207,18 @@ pub async fn run(store: Store, settings: WebhookSettings, stop: CancellationToke
                 Ok(due) => {
                     for d in due {
                         *per_key.entry(d.key).or_default() += 1;
-                        let (store, http, allowed, key) =
-                            (store.clone(), http.clone(), allowed.clone(), d.key);
+                        let key = d.key;
+                        let (store, http, allowed) = (store.clone(), http.clone(), allowed.clone());
                         let deadline = settings.deadline;
-                        running.spawn(async move {
+                        let task = running.spawn(async move {
                             // The client's timeout covers the request; this covers the rest.
                             let _ = tokio::time::timeout(
                                 deadline + Duration::from_secs(5),
                                 deliver(store, http, allowed, d),
                             )
                             .await;
-                            key
                         });
+                        keys.insert(task.id(), key);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "reading due webhooks failed"),
@@ -225,7 +226,9 @@ pub async fn run(store: Store, settings: WebhookSettings, stop: CancellationToke
         }
         // Wake when a delivery ends (its key may have more) or the poll interval passes.
         tokio::select! {
-            Some(Ok(key)) = running.join_next(), if !running.is_empty() => release(&mut per_key, key),
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                release(&mut per_key, &mut keys, task_id(&done));
+            }
             _ = tokio::time::sleep(settings.poll) => {}
             _ = stop.cancelled() => {}
         }
@@ -233,7 +236,24 @@ pub async fn run(store: Store, settings: WebhookSettings, stop: CancellationToke
     running.shutdown().await;
 }
 
-fn release(per_key: &mut HashMap<Uuid, usize>, key: Uuid) {
+fn task_id(done: &Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
+    match done {
+        Ok((id, ())) => *id,
+        Err(e) => {
+            tracing::error!(error = %e, "a webhook delivery task failed");
+            e.id()
+        }
+    }
+}
+
+fn release(
+    per_key: &mut HashMap<Uuid, usize>,
+    keys: &mut HashMap<tokio::task::Id, Uuid>,
+    task: tokio::task::Id,
+) {
+    let Some(key) = keys.remove(&task) else {
+        return;
+    };
     if let Some(n) = per_key.get_mut(&key) {
         *n -= 1;
         if *n == 0 {
