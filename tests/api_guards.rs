@@ -212,6 +212,15 @@ async fn stalled_upload(addr: SocketAddr, key: &str) -> tokio::net::TcpStream {
     s
 }
 
+/// Waits (up to 10 s) until the server holds `n` upload slots.
+async fn slots_in_use(api: &common::api::Api, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api.guards.uploads.running() != n {
+        assert!(Instant::now() < deadline, "{n} upload(s) never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Retries `send` until it answers `status` (the server takes a moment to start an upload).
 async fn until_status<F, Fut>(status: u16, send: F) -> reqwest::Response
 where
@@ -268,6 +277,7 @@ async fn uploads_are_capped_named_safely_and_every_refusal_is_a_problem_document
     };
     // A's one upload runs (stalled): A's next is refused, B's runs, then the server is full.
     let hold_a = stalled_upload(api.addr, &a).await;
+    slots_in_use(&api, 1).await;
     let r = until_status(429, || async { upload(&a, fresh()).await.unwrap() }).await;
     assert!(retry_after(&r) >= 1);
     let v = problem(r, 429).await;

@@ -180,6 +180,11 @@ impl UploadSlots {
         })
     }
 
+    /// Uploads running now (for tests and diagnostics).
+    pub fn running(&self) -> usize {
+        self.held.lock().expect("slots lock").0
+    }
+
     /// A slot for an upload of `key`, or why not.
     pub fn take(self: &Arc<Self>, key: Uuid) -> Result<UploadSlot, NoSlot> {
         let mut held = self.held.lock().expect("slots lock");

@@ -16,17 +16,20 @@ pub struct Api {
     pub addr: SocketAddr,
     /// The server task.
     pub task: tokio::task::JoinHandle<()>,
+    /// Its guards (tests read the upload slots in use).
+    pub guards: std::sync::Arc<Guards>,
 }
 
 /// Starts the API on loopback with `settings`, spooling into the test's folder.
 pub async fn start(env: &TestEnv, settings: ApiSettings) -> Api {
+    let guards = Guards::new(&settings);
     let state = ApiState {
         store: env.store.clone(),
         served: vec![],
         max_upload: 1 << 20,
         read_timeout: Duration::from_secs(10),
         spool: env.dir.path().to_path_buf(),
-        guards: Guards::new(&settings),
+        guards: guards.clone(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -37,6 +40,7 @@ pub async fn start(env: &TestEnv, settings: ApiSettings) -> Api {
         base: format!("http://{addr}"),
         addr,
         task,
+        guards,
     }
 }
 
