@@ -1,7 +1,8 @@
 //! Webhook deliveries on their own (`api::webhooks::run`, no relay, no RabbitMQ): a receiver
 //! that hangs holds back only its own programme's deliveries, redirects are not followed,
 //! private and metadata destinations are refused at delivery time unless the operator allows
-//! the host, and a revoked or expired key's deliveries stop.
+//! the host, and a revoked or expired key's deliveries stop. Started beside the relay (as
+//! `worker` and `relay` do), deliveries go out while RabbitMQ is unreachable.
 
 mod common;
 
@@ -316,5 +317,30 @@ async fn revoked_and_expired_keys_get_no_deliveries() {
     for r in [live, revoked, expired] {
         r.task.abort();
     }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_go_out_beside_a_relay_that_cannot_reach_rabbitmq() {
+    let env = TestEnv::new().await;
+    let hook = receiver(StatusCode::OK, Duration::ZERO, None).await;
+    let k = programme(&env, &hook.url, 1).await;
+    // The pipeline as `worker` starts it (relay, and the webhook sender beside it), with
+    // RabbitMQ unreachable: the relay keeps reconnecting, the deliveries still go.
+    let pipeline = env.start_via(
+        common::PipelineOpts::default(),
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+    );
+    assert_eq!(
+        wait_for(&hook.got, 1, Duration::from_secs(15)).await.len(),
+        1
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !deliveries(&env, k).await[0].3 {
+        assert!(Instant::now() < deadline, "the delivery is recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pipeline.kill().await;
+    hook.task.abort();
     env.cleanup().await;
 }
