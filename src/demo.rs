@@ -169,6 +169,11 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
         topology.clone(),
         wcfg,
     );
+    let webhooks = tokio::spawn(crate::api::webhooks::run(
+        store.clone(),
+        settings.webhooks.clone(),
+        stop.clone(),
+    ));
     let relay = tokio::spawn(crate::relay::run(
         store.clone(),
         amqp.clone(),
@@ -263,6 +268,7 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
     stop.cancel();
     let _ = consumer.await;
     let _ = relay.await;
+    let _ = webhooks.await;
 
     let mut kinds = Vec::new();
     for (kind, s) in &batches {

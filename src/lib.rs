@@ -25,7 +25,7 @@
 //! | [`worker`] | consume (through the [`worker::source`] seam: RabbitMQ or an in-memory queue) → claim → rate limit → ABDM → record → ack; graceful shutdown. `mod.rs`: settings, connection, consume loop; `job`: one delivery's path; `claims`, `gate`, `outcomes`, `group`, `classify`, `support` |
 //! | [`report`] | status, per-row CSV report, formula escaping; [`report::schedule`]: each active batch's share, position and ETA from the scheduler's shares |
 //! | [`reconcile`] | nightly roster vs ABDM comparison (`reconcile.rs`), `repair` of the service's own state, `fixes` (the link/de-link batches of `--apply`), `output` (progress, CSV) |
-//! | [`api`] | `abha-bulk serve`: the programme API (keys per programme, upload, status, report) |
+//! | [`api`] | `abha-bulk serve`: the programme API (keys per programme, upload, status, report), `guard` (failed-auth throttle, upload slots), `console` (server-side sessions), `webhooks` (the sender task beside the relay, `destination` checks) |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz` |
 //! | [`demo`] | the whole pipeline in one process on a generated sample |
 //! | [`tour`] | one real call of every operation against ABDM or the sandbox, printed |

@@ -298,7 +298,7 @@ pub struct ReportCounts {
 }
 
 mod output;
-pub use output::{ReportError, ReportTarget, Reveal, os_account, write_report};
+pub use output::{ReportError, ReportTarget, Reveal, os_account, write_report, write_report_to};
 
 #[cfg(test)]
 mod tests {

@@ -98,6 +98,8 @@ pub mod metrics {
         "abha_abdm_circuit_open",
         "abha_abdm_circuit_probes_total",
         "abha_ratelimit_stale_tokens_total",
+        "abha_api_auth_failures_total",
+        "abha_webhook_deliveries_total",
     ];
 
     /// The process-wide registry served at `/metrics`.
@@ -355,6 +357,27 @@ pub mod metrics {
         )
     });
 
+    /// `abha_api_auth_failures_total{surface,reason}`: failed authentications of the programme
+    /// API (`surface="api"`) and the console sign-in (`surface="console"`); `reason` is
+    /// `missing`, `unknown`, `revoked` or `throttled` (refused with 429 before any check).
+    pub static AUTH_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        counter(
+            "abha_api_auth_failures_total",
+            "Failed authentications of the programme API and console by surface and reason",
+            &["surface", "reason"],
+        )
+    });
+
+    /// `abha_webhook_deliveries_total{result}`: webhook delivery attempts by result
+    /// (`delivered`, `failed`, `timeout`, `refused`: a destination the operator did not allow).
+    pub static WEBHOOK_DELIVERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        counter(
+            "abha_webhook_deliveries_total",
+            "Webhook delivery attempts by result",
+            &["result"],
+        )
+    });
+
     /// Touches every metric so that `/metrics` lists them all from the start. `kinds` are the
     /// job kind labels: the caller passes them so that telemetry, which everything uses, does
     /// not depend on the jobs registry.
@@ -381,6 +404,14 @@ pub mod metrics {
         LazyLock::force(&BROKER_TARGET);
         LazyLock::force(&RECONCILE_LAST_RUN);
         LazyLock::force(&RECONCILE_DRIFT);
+        for surface in ["api", "console"] {
+            for reason in ["missing", "unknown", "revoked", "throttled"] {
+                AUTH_FAILURES.with_label_values(&[surface, reason]);
+            }
+        }
+        for result in ["delivered", "failed", "timeout", "refused"] {
+            WEBHOOK_DELIVERIES.with_label_values(&[result]);
+        }
         // Known label values start at 0, so rates and alerts see a series from the start.
         for kind in kinds {
             for outcome in ["succeeded", "failed", "dead", "retrying", "cancelled"] {

@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use abha_bulk::api::{ApiState, router};
+use abha_bulk::api::{ApiSettings, ApiState, Guards, app};
 use common::{BENEFIT, PipelineOpts, TestEnv};
 use serde_json::Value;
 
@@ -23,11 +23,13 @@ async fn start(env: &TestEnv, max_upload: u64) -> Api {
         max_upload,
         read_timeout: Duration::from_secs(2),
         spool: env.dir.path().to_path_buf(),
+        guards: Guards::new(&ApiSettings::default()),
+        priorities: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
-        axum::serve(listener, router(state)).await.unwrap();
+        axum::serve(listener, app(state)).await.unwrap();
     });
     Api {
         base: format!("http://{addr}"),
@@ -466,5 +468,62 @@ async fn a_finished_batch_is_told_to_the_keys_webhook_signed_and_without_identif
     assert_eq!(status["webhook"]["attempts"], 2);
     server.abort();
     api.task.abort();
+    env.cleanup().await;
+}
+
+/// A batch's priority over the API (issue 17): given, refused when unknown (naming the
+/// field), and by default the programme's `benefits.priorities`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_sets_its_priority_or_gets_the_programme_default() {
+    let env = TestEnv::new().await;
+    let mut api = start(&env, 1 << 20).await;
+    api.task.abort();
+    // The same server, with a programme default of `high`.
+    let state = ApiState {
+        store: env.store.clone(),
+        served: vec![],
+        max_upload: 1 << 20,
+        read_timeout: Duration::from_secs(2),
+        spool: env.dir.path().to_path_buf(),
+        guards: Guards::new(&ApiSettings::default()),
+        priorities: [(BENEFIT.to_string(), abha_bulk::scheduler::Priority::High)].into(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    api.base = format!("http://{}", listener.local_addr().unwrap());
+    api.task = tokio::spawn(async move {
+        axum::serve(listener, app(state)).await.unwrap();
+    });
+    let k = key(&env, BENEFIT, &["submit", "read"]).await;
+    let upload = |query: &str, rows: std::ops::Range<u64>| {
+        api.http
+            .post(format!(
+                "{}/v1/batches?kind=benefit-link&benefit={BENEFIT}{query}",
+                api.base
+            ))
+            .bearer_auth(&k)
+            .header("content-type", "text/csv")
+            .body(links_csv(&env, rows))
+            .send()
+    };
+    let pool = env.store.pool.clone();
+    let priority_of = |r: reqwest::Response| {
+        let pool = pool.clone();
+        async move {
+            assert_eq!(r.status(), 201);
+            let v: Value = r.json().await.unwrap();
+            let id = uuid::Uuid::parse_str(v["batch"].as_str().unwrap()).unwrap();
+            sqlx::query_scalar::<_, String>("SELECT priority FROM batches WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let urgent = priority_of(upload("&priority=urgent", 0..3).await.unwrap()).await;
+    assert_eq!(urgent, "urgent");
+    let default = priority_of(upload("", 3..6).await.unwrap()).await;
+    assert_eq!(default, "high");
+    let bad = problem(upload("&priority=soon", 6..9).await.unwrap(), 400).await;
+    assert_eq!(bad["field"], "priority", "{bad}");
     env.cleanup().await;
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use abha_bulk::api::{ApiState, router};
+use abha_bulk::api::{ApiSettings, ApiState, Guards, app};
 use common::{BENEFIT, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,10 +29,12 @@ async fn the_api_holds_to_its_openapi_description_under_fuzzing() {
         max_upload: 1 << 20,
         read_timeout: Duration::from_secs(5),
         spool: env.dir.path().to_path_buf(),
+        guards: Guards::new(&ApiSettings::default()),
+        priorities: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let server = tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
     let (_, key) = env
         .store
         .create_api_key(

@@ -3,22 +3,24 @@
 //! rejected rows, watches the progress bar reach done against the sandbox, sees failed rows
 //! grouped by code with what to do, a running batch's share of the rate beside its chart of the
 //! last hour and the running batches in order of expected completion (the scheduler's rows
-//! written directly), downloads the masked report, finds retry and cancel, and checks that
-//! another programme's key gets a 404 page.
+//! written directly), downloads the masked report, finds retry and cancel, checks the
+//! server-side session (sign-out, expiry, revocation), the sign-in throttle, and that another
+//! programme's key gets a 404 page.
 //! A screenshot of each step is kept under `target/test-output/console/`.
 //!
 //! `scripts/test.sh` installs `chromium` and `chromium-driver` and sets
 //! `ABHA_BULK_CHROMEDRIVER`; under CI the test fails without a driver, elsewhere it says it
 //! skipped.
 
-#[path = "common/browser.rs"]
-mod browser;
 mod common;
+
+#[path = "console/browser.rs"]
+mod browser;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use abha_bulk::api::{ApiState, router};
+use abha_bulk::api::{ApiSettings, ApiState, Guards, app};
 use browser::{SHOTS, browser, driver_path, heading, session_cookie, shot, sign_in, text};
 use common::{BENEFIT, PipelineOpts, TestEnv};
 use fantoccini::Locator;
@@ -41,11 +43,19 @@ async fn a_programme_uses_the_console_in_a_browser() {
         max_upload: 1 << 20,
         read_timeout: Duration::from_secs(5),
         spool: env.dir.path().to_path_buf(),
+        // A person types slower than the default refill (1 a second): a small burst and a slow
+        // refill let the browser reach the throttle in a few tries.
+        priorities: Default::default(),
+        guards: Guards::new(&ApiSettings {
+            auth_failure_burst: 3,
+            auth_failures_per_sec: 0.01,
+            ..ApiSettings::default()
+        }),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     // localhost: a browser keeps `Secure` cookies over plain HTTP only there.
     let base = format!("http://localhost:{}", listener.local_addr().unwrap().port());
-    let server = tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let server = tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
     let scopes = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let (_, pmjay) = env
         .store
@@ -408,31 +418,30 @@ async fn a_programme_uses_the_console_in_a_browser() {
     assert!(text(&c, "#batches").await.contains("benefit-link"));
     shot(&c, "08-batches-list").await;
 
-    // Revoking the key ends its console session at once.
-    let (_, spare) = env
-        .store
-        .create_api_key(Some("spare"), &[BENEFIT.into()], &scopes(&["read"]), None)
-        .await
-        .unwrap();
-    let spare_id = spare.split('_').nth(1).unwrap().to_string();
-    let r = http
-        .get(format!("{base}/console/batches"))
-        .header("cookie", format!("abha_console={}.{spare}", "0".repeat(64)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(env.store.revoke_api_key(&spare_id).await.unwrap());
-    let r = http
-        .get(format!("{base}/console/batches"))
-        .header("cookie", format!("abha_console={}.{spare}", "0".repeat(64)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-    assert_eq!(r.headers()["location"], "/console/sign-in");
+    // The session is on the server: the cookie holds a session id, never the key, and a
+    // copy of it works only while the session lives.
+    let get_with = |cookie: String| {
+        http.get(format!("{base}/console/batches"))
+            .header("cookie", cookie)
+            .send()
+    };
+    let signed_out = |r: reqwest::Response| {
+        assert_eq!(r.status(), 303);
+        assert_eq!(r.headers()["location"], "/console/sign-in");
+    };
+    let copied = session_cookie(&c).await;
+    let secret = pmjay.split('_').nth(2).unwrap();
+    assert!(!copied.contains(secret), "the key is not in the cookie");
+    assert_eq!(get_with(copied.clone()).await.unwrap().status(), 200);
+    // The key itself where the old console kept it is no session.
+    signed_out(
+        get_with(format!("abha_console={}.{pmjay}", "0".repeat(64)))
+            .await
+            .unwrap(),
+    );
 
-    // Sign out: the batch page sends the browser back to sign in.
+    // Sign out: the batch page sends the browser back to sign in, and the copied cookie is
+    // dead too (the session ended everywhere, not only in this browser).
     c.find(Locator::Id("sign-out"))
         .await
         .unwrap()
@@ -444,6 +453,49 @@ async fn a_programme_uses_the_console_in_a_browser() {
         .await
         .unwrap();
     heading(&c, "Sign in").await;
+    shot(&c, "09-signed-out").await;
+    signed_out(get_with(copied).await.unwrap());
+
+    // Idle too long, or past its absolute lifetime: the session is over.
+    let age = |column: &'static str, by: &'static str| {
+        let pool = env.store.pool.clone();
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE console_sessions SET {column} = {column} - interval '{by}' WHERE ended_at IS NULL"
+            )))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    sign_in(&c, &base, &pmjay).await;
+    let idle = session_cookie(&c).await;
+    assert_eq!(get_with(idle.clone()).await.unwrap().status(), 200);
+    age("last_seen_at", "31 minutes").await;
+    signed_out(get_with(idle).await.unwrap());
+    c.goto(&format!("{base}/console/batches")).await.unwrap();
+    heading(&c, "Sign in").await;
+    sign_in(&c, &base, &pmjay).await;
+    let old = session_cookie(&c).await;
+    assert_eq!(get_with(old.clone()).await.unwrap().status(), 200);
+    age("created_at", "13 hours").await;
+    signed_out(get_with(old).await.unwrap());
+
+    // Revoking the key ends its console sessions at once.
+    let (_, spare) = env
+        .store
+        .create_api_key(Some("spare"), &[BENEFIT.into()], &scopes(&["read"]), None)
+        .await
+        .unwrap();
+    c.goto(&format!("{base}/console/sign-in")).await.unwrap();
+    sign_in(&c, &base, &spare).await;
+    let spare_cookie = session_cookie(&c).await;
+    assert_eq!(get_with(spare_cookie.clone()).await.unwrap().status(), 200);
+    let spare_prefix = spare.split('_').nth(1).unwrap().to_string();
+    assert!(env.store.revoke_api_key(&spare_prefix).await.unwrap());
+    signed_out(get_with(spare_cookie).await.unwrap());
+    c.goto(&format!("{base}/console/batches")).await.unwrap();
+    heading(&c, "Sign in").await;
 
     // Another programme's key: an empty list and a 404 page for this batch.
     sign_in(&c, &base, &other).await;
@@ -452,7 +504,7 @@ async fn a_programme_uses_the_console_in_a_browser() {
         .await
         .unwrap();
     assert_eq!(text(&c, "#problem").await, "Not found");
-    shot(&c, "09-other-programme-404").await;
+    shot(&c, "10-other-programme-404").await;
     let cookie = session_cookie(&c).await;
     for path in ["", "/report", "/progress"] {
         let r = http
@@ -463,6 +515,44 @@ async fn a_programme_uses_the_console_in_a_browser() {
             .unwrap();
         assert_eq!(r.status(), 404, "{path}");
     }
+
+    // Wrong keys at the sign-in are throttled: past the burst the browser gets the 429 page.
+    for k in ["abk_0badc0de_wrong"; 4] {
+        c.goto(&format!("{base}/console/sign-in")).await.unwrap();
+        if c.find(Locator::Id("key")).await.is_err() {
+            // Still signed in as `other`: sign out first.
+            c.find(Locator::Id("sign-out"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            heading(&c, "Sign in").await;
+        }
+        c.find(Locator::Id("key"))
+            .await
+            .unwrap()
+            .send_keys(k)
+            .await
+            .unwrap();
+        c.find(Locator::Id("sign-in"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        // The answer's page (a fresh form has no error line) before the next try.
+        text(&c, ".error").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !text(&c, ".error")
+        .await
+        .contains("too many failed sign-ins")
+    {
+        assert!(Instant::now() < deadline, "the throttled sign-in says so");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shot(&c, "11-sign-in-throttled").await;
 
     c.close().await.unwrap();
     drop(chromedriver);

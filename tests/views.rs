@@ -9,7 +9,7 @@ mod common;
 use std::process::Output;
 use std::time::Duration;
 
-use abha_bulk::api::{ApiState, router};
+use abha_bulk::api::{ApiState, app};
 use abha_bulk::jobs::kind::JobKind;
 use common::{BENEFIT, TestEnv};
 use serde_json::Value;
@@ -324,10 +324,12 @@ async fn the_api_shows_share_rate_priority_position_and_eta() {
         max_upload: 1 << 20,
         read_timeout: Duration::from_secs(2),
         spool: env.dir.path().to_path_buf(),
+        guards: abha_bulk::api::Guards::new(&abha_bulk::api::ApiSettings::default()),
+        priorities: Default::default(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let server = tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
     let (_, key) = env
         .store
         .create_api_key(None, &[BENEFIT.into()], &["read".into()], None)

@@ -1,14 +1,10 @@
-//! The batch endpoints: upload, list, show, report, retry-failed, cancel.
-
-use std::io::Write;
-use std::path::PathBuf;
+//! The batch endpoints: list, show, report, retry-failed, cancel (upload: [`super::upload`]).
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -16,32 +12,8 @@ use uuid::Uuid;
 use super::ApiState;
 use super::auth::Caller;
 use super::problem::{Params, Problem};
-use crate::jobs::benefit::BenefitName;
-use crate::jobs::kind::JobKind;
-use crate::report::{ReportTarget, Reveal};
-use crate::store::api_keys::Idempotency;
+use crate::report::Reveal;
 use crate::store::batches::BatchInfo;
-use crate::submit::{SubmitError, SubmitRequest, submit_until};
-
-/// `POST /v1/batches` parameters.
-#[derive(Debug, Deserialize)]
-pub struct UploadQuery {
-    kind: Option<String>,
-    benefit: Option<String>,
-    /// Name to record for the file (its base name is kept).
-    file_name: Option<String>,
-}
-
-/// A spooled upload, removed when dropped.
-struct Spool(PathBuf);
-
-impl Drop for Spool {
-    fn drop(&mut self) {
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
 
 fn batch_json(b: &BatchInfo) -> Value {
     json!({
@@ -66,266 +38,6 @@ pub(crate) async fn visible_batch(
         Some(b) if caller.0.sees(&b.benefit) => Ok(b),
         _ => Err(Problem::not_found()),
     }
-}
-
-/// Streams the body (a raw request body, or a console form's file part) into a private file;
-/// refuses bodies over the limit (413), idle longer than the read timeout (408), cut short
-/// (400) or empty (400).
-async fn spool_body<S, E>(st: &ApiState, stream: S, file_name: &str) -> Result<Spool, Problem>
-where
-    S: futures::Stream<Item = Result<bytes::Bytes, E>>,
-{
-    let dir = st
-        .spool
-        .join(format!("abha-upload-{}", Uuid::new_v4().simple()));
-    let path = dir.join(file_name);
-    let spool = Spool(path.clone());
-    let io = |e: std::io::Error| {
-        tracing::error!(error = %e, "cannot spool an upload");
-        Problem::internal()
-    };
-    std::fs::create_dir_all(&dir).map_err(io)?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut file = std::io::BufWriter::new(opts.open(&path).map_err(io)?);
-    let mut stream = std::pin::pin!(stream);
-    let mut size = 0u64;
-    loop {
-        let next = tokio::time::timeout(st.read_timeout, stream.next())
-            .await
-            .map_err(|_| {
-                Problem::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "slow-upload",
-                    "Request timeout",
-                    format!(
-                        "the upload body stalled for {} s; nothing was stored",
-                        st.read_timeout.as_secs()
-                    ),
-                )
-            })?;
-        match next {
-            None => break,
-            Some(Err(_)) => {
-                return Err(Problem::bad_request(
-                    "incomplete-upload",
-                    "the upload stopped before its end; nothing was stored",
-                ));
-            }
-            Some(Ok(chunk)) => {
-                size += chunk.len() as u64;
-                if size > st.max_upload {
-                    return Err(Problem::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "too-large",
-                        "Payload too large",
-                        format!(
-                            "uploads are limited to {} bytes (api.max_upload_mib)",
-                            st.max_upload
-                        ),
-                    ));
-                }
-                file.write_all(&chunk).map_err(io)?;
-            }
-        }
-    }
-    file.flush().map_err(io)?;
-    if size == 0 {
-        return Err(Problem::bad_request(
-            "empty-upload",
-            "the body is empty: send the CSV file",
-        ));
-    }
-    Ok(spool)
-}
-
-/// `POST /v1/batches?kind=…&benefit=…` with the CSV as the body (`Content-Type: text/csv`).
-pub async fn upload(
-    State(st): State<ApiState>,
-    caller: Caller,
-    Params(q): Params<UploadQuery>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, Json<Value>), Problem> {
-    caller.require("submit")?;
-    let (kind, benefit) = upload_target(&st, &caller, q.kind.as_deref(), q.benefit.as_deref())?;
-    let csv = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/csv") || v.starts_with("application/csv"));
-    if !csv {
-        return Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "content-type",
-            "Unsupported media type",
-            "send the CSV file with Content-Type: text/csv",
-        ));
-    }
-    let idem = headers
-        .get("idempotency-key")
-        .map(|v| v.to_str().map(str::to_string))
-        .transpose()
-        .map_err(|_| {
-            Problem::bad_request("bad-header", "Idempotency-Key must be text")
-                .field("Idempotency-Key")
-        })?
-        .filter(|k| !k.is_empty() && k.len() <= 200);
-    if let Some(k) = &idem {
-        match st.store.idempotency_begin(caller.0.id, k).await? {
-            Idempotency::Fresh => {}
-            Idempotency::Answered(status, body) => {
-                return Ok((
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
-                    Json(body),
-                ));
-            }
-            Idempotency::Running => {
-                return Err(Problem::new(
-                    StatusCode::CONFLICT,
-                    "in-progress",
-                    "Conflict",
-                    "an upload with this Idempotency-Key is still running",
-                ));
-            }
-        }
-    }
-    let answer = run_upload(
-        &st,
-        kind,
-        &benefit,
-        q.file_name.as_deref(),
-        body.into_data_stream(),
-    )
-    .await;
-    if let Ok((_, Json(v))) = &answer
-        && let Some(batch) = v["batch"].as_str().and_then(|b| Uuid::parse_str(b).ok())
-    {
-        st.store.set_batch_key(batch, caller.0.id).await?;
-    }
-    if let Some(k) = &idem {
-        match &answer {
-            Ok((status, Json(body))) => {
-                st.store
-                    .idempotency_done(caller.0.id, k, status.as_u16(), body)
-                    .await?
-            }
-            Err(_) => st.store.idempotency_forget(caller.0.id, k).await?,
-        }
-    }
-    answer
-}
-
-/// Checks an upload's kind and benefit for `caller` (the API's query parameters or the
-/// console's form fields): 400 for a bad one, 403 for another programme's benefit.
-pub(crate) fn upload_target(
-    st: &ApiState,
-    caller: &Caller,
-    kind: Option<&str>,
-    benefit: Option<&str>,
-) -> Result<(JobKind, BenefitName), Problem> {
-    let kind = kind.and_then(JobKind::parse).ok_or_else(|| {
-        Problem::bad_request(
-            "bad-parameter",
-            format!(
-                "kind must be one of {}",
-                JobKind::ALL.map(|k| k.as_str()).join(", ")
-            ),
-        )
-        .field("kind")
-    })?;
-    let benefit = BenefitName::parse_served(benefit.unwrap_or(""), &st.served)
-        .map_err(|e| Problem::bad_request("bad-parameter", e.to_string()).field("benefit"))?;
-    if !caller.0.sees(benefit.as_str()) {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "Forbidden",
-            "this API key may not submit for that benefit",
-        )
-        .field("benefit"));
-    }
-    Ok((kind, benefit))
-}
-
-/// Spools `body` and submits it atomically (the CLI's `submit_until`); the answer is the
-/// upload's JSON document, which the console renders as a page.
-pub(crate) async fn run_upload<S, E>(
-    st: &ApiState,
-    kind: JobKind,
-    benefit: &BenefitName,
-    file_name: Option<&str>,
-    body: S,
-) -> Result<(StatusCode, Json<Value>), Problem>
-where
-    S: futures::Stream<Item = Result<bytes::Bytes, E>>,
-{
-    let name = file_name
-        .and_then(|n| std::path::Path::new(n).file_name())
-        .and_then(|n| n.to_str())
-        .filter(|n| !n.starts_with('.'))
-        .unwrap_or("upload.csv")
-        .to_string();
-    let spool = spool_body(st, body, &name).await?;
-    let req = SubmitRequest {
-        path: spool.0.clone(),
-        kind,
-        benefit: benefit.as_str().to_string(),
-        force: false,
-        priority: Default::default(),
-    };
-    let stop = tokio_util::sync::CancellationToken::new();
-    let summary = match submit_until(&st.store, &req, std::sync::Arc::new(()), &stop).await {
-        Ok(s) => s,
-        Err(SubmitError::AlreadySubmitted { batch, .. }) => {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "already-submitted",
-                "Conflict",
-                format!(
-                    "this file was already submitted for this kind and benefit as batch {batch}"
-                ),
-            ));
-        }
-        Err(SubmitError::BeingSubmitted { batch, .. }) => {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "already-submitted",
-                "Conflict",
-                format!("this file is being submitted right now as batch {batch}"),
-            ));
-        }
-        Err(SubmitError::Ingest { source, .. }) => {
-            return Err(Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "bad-file",
-                "Unprocessable file",
-                source.to_string(),
-            ));
-        }
-        Err(SubmitError::Store(e)) => return Err(e.into()),
-        Err(e) => {
-            tracing::error!(error = %e, "upload failed");
-            return Err(Problem::internal());
-        }
-    };
-    let rejected = st.store.rejected_sample(summary.batch, 100).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "batch": summary.batch, "kind": kind.as_str(), "benefit": benefit.as_str(),
-            "total_rows": summary.total, "accepted_rows": summary.accepted,
-            "rejected_rows": summary.rejected, "duplicate_rows": summary.duplicates,
-            "warnings": summary.warnings,
-            "rejected": rejected.iter().map(|r| json!({
-                "row": r.row_number, "column": r.column, "reason": r.reason,
-            })).collect::<Vec<_>>(),
-        })),
-    ))
 }
 
 /// `GET /v1/batches` parameters.
@@ -428,42 +140,44 @@ pub async fn report(
     let b = visible_batch(&st, &caller, &id).await?;
     let operator = format!("api-key:{}", caller.0.id);
     let reason = q.reason.unwrap_or_default();
-    let reveal = if q.reveal {
+    let reveal_reason = if q.reveal {
         caller.require("reveal")?;
         if reason.trim().is_empty() {
             return Err(
                 Problem::bad_request("bad-parameter", "reveal needs a reason").field("reason"),
             );
         }
-        Some(Reveal {
-            os_user: "abha-bulk-api",
-            operator: Some(&operator),
-            reason: &reason,
-        })
+        Some(reason)
     } else {
         None
     };
-    let dir = st
-        .spool
-        .join(format!("abha-report-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).map_err(|_| Problem::internal())?;
-    let spool = Spool(dir.join("report.csv"));
-    let target = ReportTarget::File {
-        path: spool.0.clone(),
-        force: false,
-    };
-    crate::report::write_report(&st.store, b.id, &target, reveal)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "report failed");
-            Problem::internal()
-        })?;
-    // Opened, then unlinked: the stream reads the open file, nothing stays on disk.
-    let file = tokio::fs::File::open(&spool.0)
-        .await
-        .map_err(|_| Problem::internal())?;
-    drop(spool);
-    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    // Streamed as it is written: no temporary file, so a revealed report never lies in clear
+    // on disk. Chunks go through a small bounded channel (a slow client slows the writer).
+    if tokio::runtime::Handle::current().runtime_flavor()
+        != tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        tracing::error!("the report stream needs the multi-thread runtime");
+        return Err(Problem::internal());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let store = st.store.clone();
+    let batch = b.id;
+    tokio::spawn(async move {
+        let reveal = reveal_reason.as_deref().map(|reason| Reveal {
+            os_user: "abha-bulk-api",
+            operator: Some(&operator),
+            reason,
+        });
+        let sink = Box::new(ChannelWriter(tx.clone()));
+        if let Err(e) = crate::report::write_report_to(&store, batch, sink, reveal).await {
+            tracing::warn!(error = %e, "report stream ended early");
+            // The client sees a cut body, never a short report that looks whole.
+            let _ = tx.send(Err(std::io::Error::other("report failed"))).await;
+        }
+    });
+    let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }));
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
@@ -471,10 +185,32 @@ pub async fn report(
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"report-{}.csv\"", b.id),
             ),
+            // Masked or revealed, a report is about people: no cache keeps a copy.
+            (header::CACHE_CONTROL, "no-store".to_string()),
         ],
         body,
     )
         .into_response())
+}
+
+/// A blocking `Write` into the response's channel (the report writer is synchronous): each
+/// write waits, outside the async scheduler, until the channel has room.
+struct ChannelWriter(tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let chunk = bytes::Bytes::copy_from_slice(buf);
+        let tx = &self.0;
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(tx.send(Ok(chunk)))
+        })
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `POST /v1/batches/{id}/retry-failed?code=…` parameters.

@@ -22,6 +22,9 @@ pub struct Problem {
     /// Per-field detail (the parameter, header or column at fault).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Seconds to send as `Retry-After` (429, 503).
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -38,6 +41,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -45,6 +49,23 @@ impl Problem {
     pub fn field(mut self, field: &str) -> Self {
         self.field = Some(field.to_string());
         self
+    }
+
+    /// Adds `Retry-After` (whole seconds, at least 1).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+        self
+    }
+
+    /// 429: too many failed authentications from this address or for this key prefix.
+    pub fn throttled(wait: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "throttled",
+            "Too many requests",
+            "too many failed authentications from this address or for this key: wait and retry",
+        )
+        .retry_after(wait)
     }
 
     /// 400.
@@ -118,6 +139,10 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         r
     }
 }

@@ -45,13 +45,27 @@ pub struct CreateKeyArgs {
     pub webhook_url: Option<String>,
 }
 
-/// An HTTPS URL, or plain HTTP to this host only (tests, a local relay).
-fn check_webhook_url(url: &str) -> anyhow::Result<()> {
+/// An HTTPS URL to a public address; private, loopback and link-local destinations (and plain
+/// HTTP) only to a host named in `webhooks.allow_private_hosts`. Checked again on the resolved
+/// address at every delivery (`api::webhooks::destination`).
+fn check_webhook_url(url: &str, settings: &Settings) -> anyhow::Result<()> {
+    use crate::api::webhooks::destination::{Allowed, check_url};
     let u = reqwest::Url::parse(url).with_context(|| format!("--webhook-url {url:?}"))?;
-    let local = matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+    let allowed = Allowed::new(&settings.webhooks.allow_private_hosts);
+    check_url(&u, &allowed).map_err(|why| {
+        anyhow::anyhow!(
+            "--webhook-url {url:?}: {why} (https:// to a public address; name a private host in webhooks.allow_private_hosts)"
+        )
+    })?;
+    let host = u.host_str().unwrap_or("").to_ascii_lowercase();
     anyhow::ensure!(
-        u.scheme() == "https" || (u.scheme() == "http" && local),
-        "--webhook-url must be https:// (plain http only to this host)"
+        !(host == "localhost" || host.ends_with(".localhost"))
+            || settings
+                .webhooks
+                .allow_private_hosts
+                .iter()
+                .any(|h| h.eq_ignore_ascii_case(&host)),
+        "--webhook-url {url:?}: localhost is private (name it in webhooks.allow_private_hosts)"
     );
     Ok(())
 }
@@ -74,7 +88,7 @@ pub(super) async fn api_key(settings: &Settings, cmd: &ApiKeyCommand) -> anyhow:
                 );
             }
             if let Some(url) = &a.webhook_url {
-                check_webhook_url(url)?;
+                check_webhook_url(url, settings)?;
             }
             let expires = a
                 .expires_days
@@ -146,9 +160,19 @@ pub(super) async fn serve(settings: &Settings) -> anyhow::Result<ExitCode> {
             .read_timeout
             .max(std::time::Duration::from_secs(1)),
         spool: std::env::temp_dir(),
+        guards: crate::api::Guards::new(&settings.api),
+        priorities: settings.benefits.priorities.clone(),
     };
     let stop = tokio_util::sync::CancellationToken::new();
     super::spawn_signal_handler(stop.clone());
+    crate::api::serve_metrics(settings.api.metrics_listen, stop.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot serve metrics on api.metrics_listen {}",
+                settings.api.metrics_listen
+            )
+        })?;
     crate::api::serve(state, listen, stop)
         .await
         .with_context(|| format!("cannot serve on api.listen {}", settings.api.listen))?;

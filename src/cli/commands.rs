@@ -196,6 +196,12 @@ pub(super) async fn worker(settings: &Settings, args: &WorkerArgs) -> anyhow::Re
     .await
     .with_context(|| format!("cannot listen on worker.http_listen {}", w.http_listen))?;
     let relay = (!no_relay).then(|| {
+        // Webhooks go out beside the relay, in a task of their own (docs/api.md#webhooks).
+        tokio::spawn(crate::api::webhooks::run(
+            store.clone(),
+            settings.webhooks.clone(),
+            stop.clone(),
+        ));
         tokio::spawn(crate::relay::run(
             store.clone(),
             amqp.clone(),
@@ -242,6 +248,11 @@ pub(super) async fn relay(settings: &Settings) -> anyhow::Result<ExitCode> {
     let store = Store::connect(settings).await?;
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone());
+    let webhooks = tokio::spawn(crate::api::webhooks::run(
+        store.clone(),
+        settings.webhooks.clone(),
+        stop.clone(),
+    ));
     crate::relay::run(
         store,
         settings.rabbitmq_url()?.expose_secret().to_string(),
@@ -250,6 +261,7 @@ pub(super) async fn relay(settings: &Settings) -> anyhow::Result<ExitCode> {
         stop,
     )
     .await;
+    let _ = webhooks.await;
     Ok(ExitCode::SUCCESS)
 }
 

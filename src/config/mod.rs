@@ -22,7 +22,7 @@ pub use settings::{
     RabbitSettings, ReconcileSettings, RelaySettings, SandboxSettings, Settings, TelemetrySettings,
     WorkerSettings,
 };
-pub(crate) use settings::{addr, secs};
+pub(crate) use settings::{addr, millis, secs};
 
 /// The compiled-in defaults: the same file as `config/default.toml` in the repository, so
 /// a binary runs with no config folder at all.

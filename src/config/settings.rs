@@ -36,6 +36,9 @@ pub struct Settings {
     /// The programme API (`abha-bulk serve`).
     #[serde(default)]
     pub api: crate::api::ApiSettings,
+    /// Webhook deliveries of the programme API (sent beside the relay).
+    #[serde(default)]
+    pub webhooks: crate::api::webhooks::WebhookSettings,
 }
 
 /// Benefit (programme) names; see `jobs::benefit`.
@@ -356,7 +359,7 @@ pub struct SandboxSettings {
 }
 
 /// `key_ms = 1500` → 1.5 s: the unit stays in the key's name, the type in the field's.
-mod millis {
+pub(crate) mod millis {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

@@ -156,14 +156,12 @@ pub async fn run(
 
 /// The housekeeping and the gauges, every `every`, until `stop`: in a task of its own so that
 /// lease expiry, batch closing, the X-token sweep and aborted submits go on while RabbitMQ is
-/// unreachable (they need only Postgres).
+/// unreachable (they need only Postgres). Webhooks go out from a task of their own
+/// (`api::webhooks::run`, started beside the relay), so a hung receiver delays nothing here.
 async fn chores(store: Store, every: Duration, stop: CancellationToken) {
-    // Webhooks of the programme API go out from here (docs/api.md).
-    let webhooks = reqwest::Client::new();
     let mut last_gauges = Instant::now() - GAUGE_INTERVAL;
     while !stop.is_cancelled() {
         housekeeping::round(&store).await;
-        crate::api::webhooks::round(&store, &webhooks).await;
         if last_gauges.elapsed() >= GAUGE_INTERVAL {
             housekeeping::batch_gauges(&store).await;
             last_gauges = Instant::now();

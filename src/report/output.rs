@@ -220,6 +220,26 @@ pub async fn write_report(
     result
 }
 
+/// Writes a batch's report into `sink` (the programme API streams it to the client this way,
+/// so a revealed report never lies in clear in a temporary file). A reveal is audited first.
+pub async fn write_report_to(
+    store: &Store,
+    batch: Uuid,
+    sink: Box<dyn Write + Send>,
+    reveal: Option<Reveal<'_>>,
+) -> Result<ReportCounts, ReportError> {
+    if let Some(r) = &reveal {
+        if r.reason.trim().is_empty() {
+            return Err(ReportError::NoReason);
+        }
+        let operator = r.operator.map(str::trim).filter(|o| !o.is_empty());
+        store
+            .audit_reveal(batch, r.os_user, operator, r.reason.trim())
+            .await?;
+    }
+    write_rows(store, batch, sink, "the response", reveal.is_some()).await
+}
+
 fn csv_error(shown: &str, e: csv::Error) -> ReportError {
     if !matches!(e.kind(), csv::ErrorKind::Io(_)) {
         return ReportError::Csv(shown.to_string(), e);

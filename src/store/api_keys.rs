@@ -79,6 +79,8 @@ pub enum Idempotency {
     Answered(u16, serde_json::Value),
     /// An earlier upload with this key is still running.
     Running,
+    /// The key was first used for another request (another file or parameters): 422.
+    Mismatch,
 }
 
 impl Store {
@@ -130,6 +132,18 @@ impl Store {
             .map(|r| key_from_row(&r)))
     }
 
+    /// The key with this id (live or not).
+    pub async fn api_key_by_id(&self, id: Uuid) -> Result<Option<ApiKey>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("reading an API key")?;
+        Ok(row.as_ref().map(key_from_row))
+    }
+
     /// Every key, newest first.
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -141,34 +155,58 @@ impl Store {
         Ok(rows.iter().map(key_from_row).collect())
     }
 
-    /// Revokes the key with this id or prefix; returns whether one was revoked.
+    /// Revokes the key with this id or prefix, and ends its console sessions; returns whether
+    /// one was revoked.
     pub async fn revoke_api_key(&self, id_or_prefix: &str) -> Result<bool, StoreError> {
         let id = Uuid::parse_str(id_or_prefix).ok();
-        let n = sqlx::query(
+        let mut tx = self.pool.begin().await.ctx("revoking an API key")?;
+        let revoked: Option<Uuid> = sqlx::query_scalar(
             "UPDATE api_keys SET revoked_at = now()
-             WHERE revoked_at IS NULL AND (id = $1 OR prefix = $2)",
+             WHERE revoked_at IS NULL AND (id = $1 OR prefix = $2) RETURNING id",
         )
         .bind(id)
         .bind(id_or_prefix)
-        .execute(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
-        .ctx("revoking an API key")?
-        .rows_affected();
-        Ok(n > 0)
+        .ctx("revoking an API key")?;
+        if let Some(k) = revoked {
+            sqlx::query(
+                "UPDATE console_sessions SET ended_at = now() WHERE key_id = $1 AND ended_at IS NULL",
+            )
+            .bind(k)
+            .execute(&mut *tx)
+            .await
+            .ctx("ending a revoked key's console sessions")?;
+        }
+        tx.commit().await.ctx("revoking an API key")?;
+        Ok(revoked.is_some())
     }
 
-    /// Records the first use of an `Idempotency-Key`, or says what the earlier use answered.
+    /// Records the first use of an `Idempotency-Key` for a request with `fingerprint`, or says
+    /// what the earlier use answered. A record still running after `running_ttl` (its `serve`
+    /// died mid-upload) and an answer older than `answered_ttl` have expired: the key is
+    /// taken over as fresh.
     pub async fn idempotency_begin(
         &self,
         key: Uuid,
         idempotency_key: &str,
+        fingerprint: &[u8],
+        running_ttl: std::time::Duration,
+        answered_ttl: std::time::Duration,
     ) -> Result<Idempotency, StoreError> {
         let fresh = sqlx::query(
-            "INSERT INTO api_idempotency (key_id, idempotency_key) VALUES ($1, $2)
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO api_idempotency (key_id, idempotency_key, fingerprint) VALUES ($1, $2, $3)
+             ON CONFLICT (key_id, idempotency_key) DO UPDATE
+                SET fingerprint = EXCLUDED.fingerprint, status = NULL, body = NULL, created_at = now()
+                WHERE (api_idempotency.status IS NULL
+                       AND api_idempotency.created_at < now() - make_interval(secs => $4))
+                   OR api_idempotency.created_at < now() - make_interval(secs => $5)",
         )
         .bind(key)
         .bind(idempotency_key)
+        .bind(fingerprint)
+        .bind(running_ttl.as_secs_f64())
+        .bind(answered_ttl.as_secs_f64())
         .execute(&self.pool)
         .await
         .ctx("recording an idempotency key")?
@@ -178,13 +216,18 @@ impl Store {
             return Ok(Idempotency::Fresh);
         }
         let row = sqlx::query(
-            "SELECT status, body FROM api_idempotency WHERE key_id = $1 AND idempotency_key = $2",
+            "SELECT status, body, fingerprint FROM api_idempotency
+             WHERE key_id = $1 AND idempotency_key = $2",
         )
         .bind(key)
         .bind(idempotency_key)
         .fetch_one(&self.pool)
         .await
         .ctx("reading an idempotency key")?;
+        let stored: Option<Vec<u8>> = row.get(2);
+        if stored.is_some_and(|f| f != fingerprint) {
+            return Ok(Idempotency::Mismatch);
+        }
         Ok(match (row.get::<Option<i32>, _>(0), row.get(1)) {
             (Some(status), Some(body)) => Idempotency::Answered(status as u16, body),
             _ => Idempotency::Running,
@@ -273,23 +316,20 @@ impl Store {
         per_page: u32,
         page: u32,
     ) -> Result<Vec<super::batches::BatchInfo>, StoreError> {
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM batches WHERE benefit = ANY($1) AND ($2::text IS NULL OR state = $2)
+        // One query whatever the page size (not one per batch).
+        let sql = format!(
+            "SELECT {} FROM batches WHERE benefit = ANY($1) AND ($2::text IS NULL OR state = $2)
              ORDER BY created_at DESC LIMIT $3 OFFSET $4",
-        )
-        .bind(benefits)
-        .bind(state)
-        .bind(i64::from(per_page))
-        .bind(i64::from(page) * i64::from(per_page))
-        .fetch_all(&self.pool)
-        .await
-        .ctx("listing batches")?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(b) = self.batch(id).await? {
-                out.push(b);
-            }
-        }
-        Ok(out)
+            super::batches::BATCH_COLUMNS
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(benefits)
+            .bind(state)
+            .bind(i64::from(per_page))
+            .bind(i64::from(page) * i64::from(per_page))
+            .fetch_all(&self.pool)
+            .await
+            .ctx("listing batches")?;
+        Ok(rows.iter().map(super::batches::batch_from_row).collect())
     }
 }

@@ -9,6 +9,7 @@ pub mod batches;
 pub mod budget;
 pub mod circuit;
 pub mod claims;
+pub mod console_sessions;
 pub mod jobs;
 pub mod outbox;
 pub mod outcomes;

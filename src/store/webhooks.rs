@@ -1,6 +1,6 @@
 //! Webhook deliveries of the programme API: queued when a batch uploaded with a key that has
-//! a webhook finishes or is cancelled, leased by the relay's housekeeping, retried with
-//! backoff. The body carries the batch id and counts, never an identifier.
+//! a webhook finishes or is cancelled, leased by the webhook sender (`api::webhooks::run`),
+//! retried with backoff. The body carries the batch id and counts, never an identifier.
 
 use sqlx::Row;
 use uuid::Uuid;
@@ -13,6 +13,8 @@ use super::{QueryContext, Store, StoreError};
 pub struct DueWebhook {
     /// Delivery id (the `webhook-id` header; the receiver's idempotency key).
     pub id: Uuid,
+    /// The API key (programme) it belongs to.
+    pub key: Uuid,
     /// Where to.
     pub url: String,
     /// The signing secret (decrypted).
@@ -82,6 +84,7 @@ impl Store {
                                    FROM (SELECT state, count(*) AS n FROM jobs WHERE batch_id = b.id GROUP BY state) c))
              FROM batches b JOIN api_keys k ON k.id = b.api_key_id
              WHERE k.webhook_url IS NOT NULL AND b.state IN ('finished', 'cancelled')
+               AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
                AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.batch_id = b.id)
              ON CONFLICT DO NOTHING",
         )
@@ -93,24 +96,42 @@ impl Store {
     }
 
     /// Leases up to `limit` due deliveries for `lease_secs` (a sender that dies leaves them to
-    /// be sent again after it).
+    /// be sent again after it; a sender's own deadline is shorter than the lease, so two
+    /// senders never hold the same delivery at once). At most `per_key` deliveries of one key
+    /// are leased, none of the keys in `busy` (those this sender is still delivering to), and
+    /// none of a revoked or expired key: one programme's slow receiver holds only its own
+    /// deliveries back.
     pub async fn due_webhooks(
         &self,
         limit: i64,
         lease_secs: f64,
+        per_key: i64,
+        busy: &[Uuid],
     ) -> Result<Vec<DueWebhook>, StoreError> {
         let rows = sqlx::query(
-            "UPDATE webhook_deliveries d SET next_at = now() + make_interval(secs => $2)
+            "WITH candidates AS (
+                 SELECT d.id, d.key_id, d.next_at FROM webhook_deliveries d
+                 JOIN api_keys k ON k.id = d.key_id
+                 WHERE d.delivered_at IS NULL AND d.next_at <= now() AND d.attempts < $3
+                   AND k.webhook_url IS NOT NULL AND k.revoked_at IS NULL
+                   AND (k.expires_at IS NULL OR k.expires_at > now())
+                   AND NOT (d.key_id = ANY($5))
+                 ORDER BY d.next_at LIMIT 1000 FOR UPDATE OF d SKIP LOCKED),
+             picked AS (
+                 SELECT id FROM (SELECT id, next_at,
+                                        row_number() OVER (PARTITION BY key_id ORDER BY next_at) AS n
+                                 FROM candidates) c
+                 WHERE n <= $4 ORDER BY next_at LIMIT $1)
+             UPDATE webhook_deliveries d SET next_at = now() + make_interval(secs => $2)
              FROM api_keys k
-             WHERE d.id IN (SELECT id FROM webhook_deliveries
-                            WHERE delivered_at IS NULL AND next_at <= now() AND attempts < $3
-                            ORDER BY next_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-               AND k.id = d.key_id AND k.webhook_url IS NOT NULL
+             WHERE d.id IN (SELECT id FROM picked) AND k.id = d.key_id
              RETURNING d.id, k.webhook_url, k.webhook_secret, d.body, d.attempts, k.id",
         )
         .bind(limit)
         .bind(lease_secs)
         .bind(MAX_ATTEMPTS)
+        .bind(per_key)
+        .bind(busy)
         .fetch_all(&self.pool)
         .await
         .ctx("leasing webhook deliveries")?;
@@ -119,6 +140,7 @@ impl Store {
             let secret: Option<Vec<u8>> = r.get(2);
             out.push(DueWebhook {
                 id: r.get(0),
+                key: r.get(5),
                 url: r.get(1),
                 secret: self
                     .vault

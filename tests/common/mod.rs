@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -124,6 +126,16 @@ impl Pipeline {
         let _ = self.relay.await;
         // Only now: stops the aborted worker's background rate-recovery task.
         self.stop.cancel();
+    }
+}
+
+/// Webhook settings of tests: loopback receivers allowed, a short poll.
+pub fn test_webhooks() -> abha_bulk::api::webhooks::WebhookSettings {
+    abha_bulk::api::webhooks::WebhookSettings {
+        poll: Duration::from_millis(100),
+        deadline: Duration::from_secs(3),
+        allow_private_hosts: vec!["127.0.0.1".into()],
+        ..Default::default()
     }
 }
 
@@ -317,6 +329,13 @@ impl TestEnv {
             cfg.clone(),
             o.breaker.clone().unwrap_or_default(),
         );
+        // Webhooks go out beside the relay (as `worker` and `relay` start them); tests' receivers
+        // listen on loopback, which the operator's allow-list must name.
+        tokio::spawn(abha_bulk::api::webhooks::run(
+            store.clone(),
+            test_webhooks(),
+            stop.clone(),
+        ));
         let relay = tokio::spawn(abha_bulk::relay::run(
             store.clone(),
             amqp_url.to_string(),

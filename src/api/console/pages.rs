@@ -14,6 +14,7 @@ use super::{esc, page, problem_page, views};
 use crate::api::ApiState;
 use crate::api::batches::{self, ReportQuery, RetryQuery};
 use crate::api::problem::{Params, Problem};
+use crate::api::upload;
 use crate::jobs::kind::JobKind;
 use crate::report::BatchStatus;
 
@@ -89,6 +90,7 @@ async fn list_body(st: &ApiState, s: &Session) -> Result<String, Problem> {
 <input type="hidden" name="csrf" value="{csrf}">
 <label for="kind">Kind</label><select id="kind" name="kind">{kinds}</select>
 <label for="benefit">Benefit</label><select id="benefit" name="benefit">{benefits}</select>
+<label for="priority">Priority</label><select id="priority" name="priority"><option value="">the programme's default</option><option value="low">low</option><option value="normal">normal</option><option value="high">high</option><option value="urgent">urgent</option></select>
 <label for="file">CSV file</label><input id="file" name="file" type="file" accept=".csv,text/csv" required>
 <button id="upload" type="submit">Upload</button>
 </form>
@@ -140,20 +142,28 @@ pub async fn upload(State(st): State<ApiState>, s: Session, form: Multipart) -> 
 
 async fn upload_file(st: &ApiState, s: &Session, mut form: Multipart) -> Result<Uuid, Problem> {
     s.caller.require("submit")?;
-    let (mut csrf, mut kind, mut benefit) = (None, None, None);
+    let (mut csrf, mut kind, mut benefit, mut priority) = (None, None, None, None);
     while let Some(field) = form.next_field().await.map_err(bad_form)? {
         match field.name().unwrap_or("") {
             "csrf" => csrf = Some(small_field(field).await?),
             "kind" => kind = Some(small_field(field).await?),
             "benefit" => benefit = Some(small_field(field).await?),
+            "priority" => priority = Some(small_field(field).await?),
             "file" => {
                 // The token is checked before a byte of the file is stored.
                 s.check(csrf.as_deref())?;
                 let (kind, benefit) =
-                    batches::upload_target(st, &s.caller, kind.as_deref(), benefit.as_deref())?;
+                    upload::upload_target(st, &s.caller, kind.as_deref(), benefit.as_deref())?;
+                let priority = upload::upload_priority(st, &benefit, priority.as_deref())?;
                 let name = field.file_name().map(str::to_string);
-                let (_, Json(v)) =
-                    batches::run_upload(st, kind, &benefit, name.as_deref(), field).await?;
+                let (_, Json(v)) = upload::run_upload(
+                    st,
+                    &s.caller,
+                    (kind, &benefit, priority),
+                    name.as_deref(),
+                    field,
+                )
+                .await?;
                 let batch = v["batch"]
                     .as_str()
                     .and_then(|b| Uuid::parse_str(b).ok())

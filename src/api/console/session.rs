@@ -1,11 +1,16 @@
-//! The console's session: the API key in a cookie, and the CSRF token of its forms.
+//! The console's session: a server-side session in a cookie, and the CSRF token of its forms.
 //!
 //! The cookie (`abha_console`) is `HttpOnly; Secure; SameSite=Strict; Path=/console`, so page
 //! scripts cannot read it, it only travels over HTTPS (or to localhost), never with a request
 //! started by another site, and never to the `/v1` API. Its value is `<nonce>` before sign-in
-//! and `<nonce>.<API key>` after: the key itself is the session, so revoking the key ends every
-//! console session at once, and each request is checked through the same store lookup as the
-//! API (`Store::api_key_for`, live, scopes). Nothing of the session is kept on the server.
+//! and `<nonce>.<session id>` after. The session lives in Postgres (`console_sessions`, see
+//! `store::console_sessions`): the key is checked once at sign-in and never travels again; a
+//! session ends after `api.console_idle_mins` without a request, `api.console_max_hours` after
+//! sign-in, at sign-out (for every copy of the cookie) and when its key is revoked or expires.
+//! Each request re-reads the session and its key (live, scopes).
+//!
+//! Sign-in goes through the same failed-authentication throttle as the API
+//! ([`crate::api::auth::authenticate`]): 429 with `Retry-After` past the burst.
 //!
 //! CSRF: every form carries `HMAC-SHA256(nonce, "csrf:" + key id)` (or `"csrf:sign-in"` before
 //! sign-in). Another site can neither read the cookie's random nonce nor the pages that show
@@ -24,18 +29,20 @@ use sha2::Sha256;
 
 use super::{esc, page, problem_page};
 use crate::api::ApiState;
-use crate::api::auth::Caller;
+use crate::api::auth::{Caller, Refusal, Surface, authenticate};
 use crate::api::problem::Problem;
 
 /// The cookie's name.
 pub const COOKIE: &str = "abha_console";
 const ATTRS: &str = "HttpOnly; Secure; SameSite=Strict; Path=/console";
 
-/// A signed-in console request: the key (checked live on this request) and the session nonce.
+/// A signed-in console request: the key (checked live on this request), the session nonce
+/// and the session's id.
 pub struct Session {
     /// The key, as the API's handlers take it.
     pub caller: Caller,
     nonce: String,
+    id: String,
 }
 
 impl Session {
@@ -94,7 +101,7 @@ fn new_nonce() -> String {
     hex(&(0..32).map(|_| rand::random::<u8>()).collect::<Vec<_>>())
 }
 
-/// The cookie's value in a request, split into nonce and key (if signed in).
+/// The cookie's value in a request, split into nonce and session id (if signed in).
 fn cookie(headers: &HeaderMap) -> Option<(String, Option<String>)> {
     let value = headers
         .get_all(header::COOKIE)
@@ -105,7 +112,9 @@ fn cookie(headers: &HeaderMap) -> Option<(String, Option<String>)> {
         .find(|(name, _)| *name == COOKIE)
         .map(|(_, v)| v.to_string())?;
     match value.split_once('.') {
-        Some((nonce, key)) if nonce.len() == 64 => Some((nonce.into(), Some(key.into()))),
+        Some((nonce, id)) if nonce.len() == 64 && id.len() == 64 => {
+            Some((nonce.into(), Some(id.into())))
+        }
         None if value.len() == 64 => Some((value, None)),
         _ => None,
     }
@@ -131,12 +140,17 @@ impl FromRequestParts<ApiState> for Session {
     type Rejection = SignInFirst;
 
     async fn from_request_parts(parts: &mut Parts, st: &ApiState) -> Result<Self, SignInFirst> {
-        let Some((nonce, Some(presented))) = cookie(&parts.headers) else {
+        let Some((nonce, Some(id))) = cookie(&parts.headers) else {
             return Err(SignInFirst);
         };
-        let key = match st.store.api_key_for(&presented).await {
-            Ok(Some(k)) if k.is_live() => k,
-            Ok(_) => return Err(SignInFirst),
+        let g = &st.guards;
+        let key = match st
+            .store
+            .console_session(&id, g.console_idle, g.console_max)
+            .await
+        {
+            Ok(Some(k)) => k,
+            Ok(None) => return Err(SignInFirst),
             Err(e) => {
                 tracing::error!(error = %e, "console session lookup failed");
                 return Err(SignInFirst);
@@ -146,6 +160,7 @@ impl FromRequestParts<ApiState> for Session {
         Ok(Session {
             caller: Caller(key),
             nonce,
+            id,
         })
     }
 }
@@ -177,8 +192,8 @@ fn sign_in_page(nonce: &str, status: StatusCode, error: Option<&str>) -> Respons
 <input id="key" name="key" type="password" autocomplete="off" required placeholder="abk_…">
 <button id="sign-in" type="submit">Sign in</button>
 </form>
-<p class="hint">Use a key from <code>abha-bulk api-key create</code>. It is kept in a cookie of
-this console only, never in an address.</p>"#,
+<p class="hint">Use a key from <code>abha-bulk api-key create</code>. It is checked once; the
+console then keeps only a session, which ends when you sign out or stay idle.</p>"#,
         csrf = token(nonce, "csrf:sign-in"),
     );
     let mut r = (status, page("Sign in", None, &body)).into_response();
@@ -202,10 +217,12 @@ pub struct SignInForm {
     csrf: Option<String>,
 }
 
-/// `POST /console/sign-in`: checks the form's token and the key, then starts the session.
+/// `POST /console/sign-in`: checks the form's token and the key (through the failed-auth
+/// throttle), then starts a server-side session.
 pub async fn sign_in(
     State(st): State<ApiState>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     Form(f): Form<SignInForm>,
 ) -> Response {
     let Some((nonce, _)) = cookie(&headers) else {
@@ -219,26 +236,33 @@ pub async fn sign_in(
         return problem_page(p, None);
     }
     let refuse = |why: &str| sign_in_page(&new_nonce(), StatusCode::UNAUTHORIZED, Some(why));
+    let client = st.guards.client_ip(&headers, &extensions);
     let presented = f.key.trim();
-    // Keys are `abk_<hex>_<hex>`: anything else cannot be one, nor go into a cookie.
-    if !presented
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        return refuse("unknown API key");
-    }
-    let key = match st.store.api_key_for(presented).await {
-        Ok(Some(k)) => k,
-        Ok(None) => return refuse("unknown API key"),
+    let checked = authenticate(&st.store, &st.guards, Surface::Console, client, presented).await;
+    let key = match checked {
+        Ok(Ok(k)) => k,
+        Ok(Err(Refusal::Throttled(wait))) => {
+            let mut r = sign_in_page(
+                &new_nonce(),
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("too many failed sign-ins: wait a little and try again"),
+            );
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return r;
+        }
+        Ok(Err(Refusal::Unknown)) => return refuse("unknown API key"),
+        Ok(Err(Refusal::Revoked)) => return refuse("this API key was revoked or has expired"),
+        Err(p) => return problem_page(p, None),
+    };
+    let id = match st.store.start_console_session(key.id).await {
+        Ok(id) => id,
         Err(e) => return problem_page(e.into(), None),
     };
-    if !key.is_live() {
-        tracing::info!(key_id = %key.id, "console refused a revoked or expired API key");
-        return refuse("this API key was revoked or has expired");
-    }
     tracing::info!(key_id = %key.id, "console sign-in");
     let mut r = Redirect::to("/console/batches").into_response();
-    let (name, value) = set_cookie(&format!("{}.{presented}", new_nonce()));
+    let (name, value) = set_cookie(&format!("{}.{id}", new_nonce()));
     r.headers_mut().insert(name, value);
     r
 }
@@ -250,10 +274,18 @@ pub struct TokenForm {
     pub csrf: Option<String>,
 }
 
-/// `POST /console/sign-out`: clears the cookie.
-pub async fn sign_out(session: Session, Form(f): Form<TokenForm>) -> Response {
+/// `POST /console/sign-out`: ends the session on the server (every copy of the cookie stops
+/// working) and clears the browser's cookie.
+pub async fn sign_out(
+    State(st): State<ApiState>,
+    session: Session,
+    Form(f): Form<TokenForm>,
+) -> Response {
     if let Err(p) = session.check(f.csrf.as_deref()) {
         return problem_page(p, Some(&session));
+    }
+    if let Err(e) = st.store.end_console_session(&session.id).await {
+        return problem_page(e.into(), Some(&session));
     }
     tracing::info!(key_id = %session.caller.0.id, "console sign-out");
     let mut r = Redirect::to("/console/sign-in").into_response();
@@ -286,12 +318,20 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
-            format!("x=1; {COOKIE}={n}.abk_1_2").parse().unwrap(),
+            format!("x=1; {COOKIE}={n}.{}", "ab".repeat(32))
+                .parse()
+                .unwrap(),
         );
-        assert_eq!(cookie(&h), Some((n.clone(), Some("abk_1_2".into()))));
+        assert_eq!(cookie(&h), Some((n.clone(), Some("ab".repeat(32)))));
         h.insert(header::COOKIE, format!("{COOKIE}={n}").parse().unwrap());
-        assert_eq!(cookie(&h), Some((n, None)));
+        assert_eq!(cookie(&h), Some((n.clone(), None)));
         h.insert(header::COOKIE, format!("{COOKIE}=short").parse().unwrap());
+        assert_eq!(cookie(&h), None);
+        // The old form (the key itself in the cookie) is no session.
+        h.insert(
+            header::COOKIE,
+            format!("{COOKIE}={n}.abk_1f2e3d4c_9a8b").parse().unwrap(),
+        );
         assert_eq!(cookie(&h), None);
     }
 }

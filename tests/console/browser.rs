@@ -1,6 +1,5 @@
-//! The browser of the console's test: chromedriver and headless Chromium in a process group
-//! of their own, and the few page helpers the test uses (kept apart so `tests/console.rs`
-//! reads as the walk through the console).
+//! The browser side of `tests/console.rs`: chromedriver and Chromium in a process group of
+//! their own, screenshots, and waiting for what a page shows.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
