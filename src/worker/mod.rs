@@ -164,6 +164,10 @@ impl Worker {
         cfg: WorkerConfig,
         breaker: BreakerConfig,
     ) -> Arc<Self> {
+        let breaker = BreakerConfig {
+            replica: cfg.id.clone(),
+            ..breaker
+        };
         let breaker = Arc::new(Breaker::new(store.clone(), client.client_id(), breaker));
         Arc::new(Self {
             leases: Arc::new(store.clone()),
