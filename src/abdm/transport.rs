@@ -144,6 +144,9 @@ impl AbdmClient {
             };
             let status = err.abdm().map(|e| e.status);
             trace.record(req.op, request_id, status, &Err(&err), started);
+            if err.is_clock_skew() {
+                crate::telemetry::metrics::CLOCK_REJECTED.inc();
+            }
             match &err {
                 ClientError::Abdm(e) if e.disposition() == Disposition::Auth && !auth_retried => {
                     auth_retried = true;
@@ -154,7 +157,6 @@ impl AbdmClient {
                     if e.code.as_deref() == Some(CLOCK_SKEW_CODE) && !clock_retried =>
                 {
                     clock_retried = true;
-                    crate::telemetry::metrics::CLOCK_REJECTED.inc();
                     tracing::warn!("ABDM rejected our TIMESTAMP (ABDM-1016); retrying once");
                 }
                 ClientError::Abdm(e)

@@ -68,7 +68,7 @@ impl Default for BreakerConfig {
             refresh: Duration::from_secs(1),
             window: Duration::from_secs(30),
             min_calls: 20,
-            open_ratio: 0.5,
+            open_ratio: 0.8,
             degraded_ratio: 0.2,
             replica: "worker".into(),
         }
