@@ -97,6 +97,9 @@ pub mod metrics {
         "abha_reconcile_drift",
         "abha_abdm_circuit_open",
         "abha_abdm_circuit_probes_total",
+        "abha_abdm_clock_rejected_total",
+        "abha_abdm_clock_hold",
+        "abha_abdm_failure_ratio",
         "abha_ratelimit_stale_tokens_total",
     ];
 
