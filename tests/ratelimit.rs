@@ -157,3 +157,69 @@ async fn a_throttled_step_goes_back_to_the_rate_that_held() {
     );
     env.cleanup().await;
 }
+
+/// Side work (reconcile at 5/s) spends from the fleet's bucket at its own rate and never
+/// lowers the rate every replica refills at (issue 17: a 5/s reconcile beside a 100/s batch
+/// dragged the batch down to 16.9 jobs/s, the shared row keeping the lowest caller's rate).
+/// Measured over 2 s: the fleet's limiter keeps about R − 5.
+#[tokio::test]
+async fn side_work_takes_a_share_of_the_fleet_rate_never_a_ceiling() {
+    let env = TestEnv::new().await;
+    let (rate, client) = (100.0, "side-client");
+    let fleet = RateLimiter::new(
+        rate,
+        10,
+        Some(GlobalBudget::new(env.store.clone(), client, rate, 10.0)),
+    );
+    let side = RateLimiter::new(
+        5.0,
+        1,
+        Some(GlobalBudget::new(env.store.clone(), client, rate, 10.0).side()),
+    );
+    // The fleet has taken a token first (it records its rate); the side caller, configured
+    // lower, must not lower it.
+    fleet.acquire().await;
+    let started = Instant::now();
+    let window = Duration::from_secs(2);
+    let count = |l: Arc<RateLimiter>, tasks: usize| {
+        let n = Arc::new(AtomicU64::new(0));
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (l, n) = (l.clone(), n.clone());
+                tokio::spawn(async move {
+                    while started.elapsed() < window {
+                        l.acquire().await;
+                        if started.elapsed() <= window {
+                            n.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        (n, handles)
+    };
+    let (fleet_calls, a) = count(fleet.clone(), 8);
+    let (side_calls, b) = count(side.clone(), 2);
+    for h in a.into_iter().chain(b) {
+        h.await.unwrap();
+    }
+    let (f, s) = (
+        fleet_calls.load(Ordering::Relaxed) as f64 / 2.0,
+        side_calls.load(Ordering::Relaxed) as f64 / 2.0,
+    );
+    assert!(s <= 6.5, "side work ran at {s}/s, configured 5/s");
+    assert!(
+        f >= 0.85 * (rate - 5.0),
+        "the fleet kept {f}/s beside side work at {s}/s"
+    );
+    assert!(f + s <= rate * 1.1 + 10.0, "together {}/s", f + s);
+    let (shared, fleet_rate): (Option<f64>, Option<f64>) =
+        sqlx::query_as("SELECT rate, fleet_rate FROM rate_budget WHERE client = $1")
+            .bind(client)
+            .fetch_one(&env.store.pool)
+            .await
+            .unwrap();
+    assert_eq!((shared, fleet_rate), (Some(rate), Some(rate)));
+    assert_eq!(side.current_rate(), 5.0);
+    env.cleanup().await;
+}

@@ -205,3 +205,61 @@ async fn malformed_messages_are_dead_lettered_redacted_and_acked() {
     }
     env.cleanup().await;
 }
+
+/// At a slow rate a worker holds messages that wait for tokens; stopping hands them back at
+/// once (requeued) instead of sitting on them for the whole grace period (issue 17: at 5/s a
+/// SIGTERMed worker used its 30 s grace and handed 23 of 60 back).
+#[tokio::test]
+async fn a_stopping_worker_hands_back_at_once_what_has_not_started() {
+    let env = TestEnv::new().await;
+    env.warm_up().await;
+    let batch = env.submit_links("SLOW-", 0..8).await;
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE batch_id = $1 ORDER BY id")
+        .bind(batch)
+        .fetch_all(&env.store.pool)
+        .await
+        .unwrap();
+    // 2 calls/s, burst 1: of 8 held messages, one or two start within the first second.
+    let w = Worker::new(
+        env.store.clone(),
+        env.client.clone(),
+        RateLimiter::new(2.0, 1, None),
+        env.topology.clone(),
+        WorkerConfig {
+            id: "slow-worker".into(),
+            in_flight: 8,
+            lease: Duration::from_secs(15),
+            max_attempts: 5,
+            backoff_base: Duration::from_millis(50),
+            backoff_cap: Duration::from_millis(200),
+            grace: Duration::from_secs(30),
+            kinds: JobKind::ALL.to_vec(),
+        },
+    );
+    let q = MemoryQueue::default();
+    for id in &ids {
+        q.publish(&Envelope::stored_bytes(JobKind::BenefitLink, *id));
+    }
+    let stop = CancellationToken::new();
+    let task = serve(w, &q, &stop);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let asked = std::time::Instant::now();
+    stop.cancel();
+    assert!(task.await.unwrap());
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
+    let s = q.settled();
+    let requeued = s.iter().filter(|(_, how)| *how == Settled::Requeue).count();
+    let acked = s.iter().filter(|(_, how)| *how == Settled::Ack).count();
+    assert_eq!(requeued + acked, 8, "{s:?}");
+    assert!(requeued >= 5, "only {requeued} handed back: {s:?}");
+    // What was handed back never ran: its jobs are still queued.
+    let queued: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE batch_id = $1 AND state = 'queued'")
+            .bind(batch)
+            .fetch_one(&env.store.pool)
+            .await
+            .unwrap();
+    assert_eq!(queued as usize, requeued);
+    env.cleanup().await;
+}

@@ -206,8 +206,10 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .ctx("reading the next jobs of a due batch")?;
-            let exhausted = (scanned.len() as i64) < room;
             after = scanned.last().map_or(after, |(id, _, _)| *id);
+            // Done when the scan came up short, or reached the end of the range (a range
+            // that ends exactly on a full scan would otherwise stay as a row with nothing left).
+            let exhausted = (scanned.len() as i64) < room || after >= b.upto_job;
             jobs.extend(
                 scanned
                     .into_iter()

@@ -291,6 +291,8 @@ impl Worker {
         tracing::info!(worker = %self.cfg.id, in_flight = self.cfg.in_flight, "worker consuming");
         let result = loop {
             tokio::select! {
+                // Stop first: a message handed back on stop must not be taken again.
+                biased;
                 _ = stop.cancelled() => break Ok(()),
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {

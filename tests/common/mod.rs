@@ -213,7 +213,8 @@ impl TestEnv {
             key: KeySource::Pem(KEY.into()),
             population: POPULATION,
             seed: SEED,
-            benefits: vec![BENEFIT.into()],
+            // Two more programmes for the fair-share tests (tests/fair_shares.rs).
+            benefits: vec![BENEFIT.into(), "PMJAY".into(), "COVIN".into()],
             faults: no_faults(),
             ..SandboxConfig::default()
         })
