@@ -46,6 +46,7 @@ struct Checks {
     mq: bool,
     abdm: bool,
     circuit_closed: bool,
+    clock_ok: bool,
 }
 
 struct Ready {
@@ -63,6 +64,7 @@ impl Ready {
         }
         let client = &self.r.client;
         let circuit_closed = self.r.breaker.as_ref().is_none_or(|b| !b.is_open());
+        let clock_ok = self.r.breaker.as_ref().is_none_or(|b| !b.clock_held());
         let (db, abdm) = tokio::join!(
             within(self.r.store.ping()),
             within(async {
@@ -75,6 +77,7 @@ impl Ready {
             mq: crate::queue::link::is_up(&self.r.amqp_url),
             abdm,
             circuit_closed,
+            clock_ok,
         };
         *last = Some((Instant::now(), c));
         c
@@ -108,15 +111,17 @@ async fn readyz(State(r): State<Arc<Ready>>) -> impl IntoResponse {
         mq,
         abdm,
         circuit_closed,
+        clock_ok,
     } = r.checks().await;
     let body = format!(
-        "postgres {}\nrabbitmq {}\nabdm_session {}\nabdm_circuit {}\n",
+        "postgres {}\nrabbitmq {}\nabdm_session {}\nabdm_circuit {}\nabdm_clock {}\n",
         ok(db),
         ok(mq),
         ok(abdm),
-        if circuit_closed { "closed" } else { "open" }
+        if circuit_closed { "closed" } else { "open" },
+        if clock_ok { "ok" } else { "refused" }
     );
-    let status = if db && mq && abdm && circuit_closed {
+    let status = if db && mq && abdm && circuit_closed && clock_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -97,6 +97,9 @@ pub mod metrics {
         "abha_reconcile_drift",
         "abha_abdm_circuit_open",
         "abha_abdm_circuit_probes_total",
+        "abha_abdm_clock_rejected_total",
+        "abha_abdm_clock_hold",
+        "abha_abdm_failure_ratio",
         "abha_ratelimit_stale_tokens_total",
         "abha_api_auth_failures_total",
         "abha_webhook_deliveries_total",
@@ -338,6 +341,33 @@ pub mod metrics {
         )
     });
 
+    /// `abha_abdm_clock_rejected_total`: ABDM-1016 answers (our `TIMESTAMP` refused). Each
+    /// one is this replica's clock (or a stamp made long before its send), never the row.
+    pub static CLOCK_REJECTED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+        plain_counter(
+            "abha_abdm_clock_rejected_total",
+            "ABDM-1016 answers: ABDM refused this replica's TIMESTAMP header (check its clock/NTP)",
+        )
+    });
+
+    /// `abha_abdm_clock_hold`: 1 while this replica takes no job because ABDM refuses its
+    /// `TIMESTAMP` (its clock is off); the other replicas go on.
+    pub static CLOCK_HOLD: LazyLock<Gauge> = LazyLock::new(|| {
+        gauge(
+            "abha_abdm_clock_hold",
+            "1 while this replica holds its jobs because ABDM refuses its TIMESTAMP (clock skew)",
+        )
+    });
+
+    /// `abha_abdm_failure_ratio`: the share of this replica's recent ABDM results (over
+    /// `worker.circuit_window_secs`) that were 5xx, timeouts or broken connections.
+    pub static FAILURE_RATIO: LazyLock<Gauge> = LazyLock::new(|| {
+        gauge(
+            "abha_abdm_failure_ratio",
+            "Share of this replica's ABDM results in the breaker window that were 5xx/timeouts",
+        )
+    });
+
     /// `abha_abdm_circuit_probes_total`.
     pub static CIRCUIT_PROBES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
         plain_counter(
@@ -384,6 +414,9 @@ pub mod metrics {
     pub fn register_all(kinds: &[&str]) {
         LazyLock::force(&CIRCUIT_OPEN);
         LazyLock::force(&CIRCUIT_PROBES);
+        LazyLock::force(&CLOCK_REJECTED);
+        LazyLock::force(&CLOCK_HOLD);
+        LazyLock::force(&FAILURE_RATIO);
         LazyLock::force(&RATELIMIT_STALE);
         LazyLock::force(&ABDM_REQUESTS);
         LazyLock::force(&ABDM_DURATION);

@@ -145,12 +145,13 @@ async fn job_ids(env: &TestEnv, batch: uuid::Uuid) -> Vec<i64> {
         .expect("jobs")
 }
 
-fn gate(env: &TestEnv, job_id: i64, owner: &str) -> JobGate {
+fn gate(env: &TestEnv, job_id: i64, owner: &str, claim_token: uuid::Uuid) -> JobGate {
     JobGate {
         limiter: abha_bulk::ratelimit::RateLimiter::new(1000.0, 10, None),
         leases: Arc::new(env.store.clone()),
         job_id,
         owner: owner.into(),
+        claim_token,
         lease: Duration::from_secs(30),
         prepaid: AtomicBool::new(true),
         token_at: tokio::time::Instant::now(),
@@ -164,7 +165,7 @@ async fn a_worker_that_lost_its_lease_makes_no_call_and_the_fence_records_intent
     let env = TestEnv::new().await;
     let batch = env.submit_links("L", 200..201).await;
     let id = job_ids(&env, batch).await[0];
-    let Claim::Run(_) = env
+    let Claim::Run(a) = env
         .store
         .claim(id, "A", Duration::from_secs(1))
         .await
@@ -186,11 +187,11 @@ async fn a_worker_that_lost_its_lease_makes_no_call_and_the_fence_records_intent
     // A's claim recorded the intent (A may have sent its link): B must look first.
     assert!(b.effect_may_have_happened);
     // A's gate refuses the side effect; reads would still pass (they are harmless).
-    let stale = gate(&env, id, "A");
+    let stale = gate(&env, id, "A", a.claim_token);
     assert!(stale.before_send(Operation::Link).await.is_err());
     assert!(stale.before_send(Operation::BenefitLookup).await.is_ok());
     // B's passes, and the intent is committed before B's call goes out.
-    gate(&env, id, "B")
+    gate(&env, id, "B", b.claim_token)
         .before_send(Operation::Link)
         .await
         .expect("B holds the lease");

@@ -24,6 +24,7 @@ fn gate(limiter: &Arc<RateLimiter>, leases: &Arc<MemoryLeases>, owner: &str) -> 
         leases: leases.clone(),
         job_id: JOB,
         owner: owner.into(),
+        claim_token: leases.token(JOB).expect("claimed"),
         lease: LEASE,
         prepaid: AtomicBool::new(true),
         token_at: Instant::now(),
@@ -172,4 +173,55 @@ async fn a_retry_after_pause_holds_every_job_of_the_worker() {
     limiter.acquire().await;
     // Halved to 5 calls/s: 200 ms between calls.
     assert_eq!(start.elapsed(), Duration::from_millis(2200));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_outcome_of_a_first_claim_cannot_touch_a_second_claim_by_the_same_process() {
+    // Issue 18, item 1. Worker W's task 1 claims the job and fences before its link (the
+    // intent is recorded). Postgres goes away for longer than the lease while task 1 retries
+    // its outcome write; meanwhile the lease runs out, housekeeping requeues the job and task 2
+    // of the same worker W claims it again. Task 1's write finally reaches Postgres: it is
+    // refused (same owner, other claim) and the intent stays for task 2 to look first.
+    let limiter = slow_limiter(Duration::from_secs(3)).await;
+    let leases = Arc::new(MemoryLeases::default());
+    let first = leases.claim_token(JOB, "W", LEASE).expect("free");
+    let task1 = gate(&limiter, &leases, "W");
+    task1
+        .prepaid
+        .store(false, std::sync::atomic::Ordering::Release);
+    task1.before_send(Operation::Link).await.expect("sent");
+    assert_eq!(leases.fences(), 1);
+    assert!(leases.intent(JOB), "the fence recorded the intent");
+    // The outage: longer than the lease; task 1's write keeps failing meanwhile.
+    advance(LEASE * 3).await;
+    let second = leases
+        .claim_token(JOB, "W", LEASE)
+        .expect("the lease ran out");
+    assert_ne!(first, second);
+    let task2 = gate(&limiter, &leases, "W");
+    // Postgres is back: task 1's outcome write (which would clear the intent: its own answer
+    // came back) is refused, and nothing of it is written.
+    assert!(
+        !leases.finish(JOB, "W", first, true),
+        "a late write of the first claim"
+    );
+    assert!(leases.intent(JOB), "the intent flag is not cleared");
+    assert_eq!(leases.token(JOB), Some(second));
+    // A second request of task 1 (a retry inside its client) makes no call either.
+    advance(LEASE).await;
+    let sent = task1.before_send(Operation::Link).await;
+    assert!(
+        matches!(sent, Err(ClientError::NotSent("lease lost"))),
+        "{sent:?}"
+    );
+    // Task 2 holds the job: its fence passes and its own outcome is written.
+    task2
+        .before_send(Operation::Link)
+        .await
+        .expect("task 2 holds it");
+    assert!(leases.finish(JOB, "W", second, false));
+    assert!(
+        leases.intent(JOB),
+        "task 2's answer was lost: the intent stays"
+    );
 }

@@ -11,7 +11,8 @@ use reqwest::header::HeaderName;
 use crate::abdm::certificate::KeyCache;
 use crate::abdm::error::ClientError;
 use crate::abdm::session::{SessionConfig, SessionManager};
-use crate::abdm::trace::CallTrace;
+use crate::abdm::trace::{CallTrace, Operation};
+use crate::abdm::transport::{Body, Request};
 use crate::config::{AbdmSettings, ExposeSecret};
 
 /// The ABDM V3 client. Cheap to share (`Arc`); every method is safe to call concurrently.
@@ -23,6 +24,9 @@ pub struct AbdmClient {
     pub(super) children_list_post: bool,
     pub(super) session: SessionManager,
     pub(super) keys: KeyCache,
+    /// Added to the clock in `TIMESTAMP` headers (`abdm.clock_offset_secs`: zero but in tests
+    /// of a skewed replica).
+    pub(super) clock_offset: chrono::TimeDelta,
 }
 
 impl std::fmt::Debug for AbdmClient {
@@ -68,6 +72,7 @@ impl AbdmClient {
                 client_secret: settings.client_secret.clone(),
                 cm_id: settings.cm_id.clone(),
                 refresh_fraction: settings.token_refresh_fraction,
+                clock_offset: chrono::TimeDelta::seconds(settings.clock_offset_secs),
             },
         );
         Ok(Self {
@@ -78,6 +83,7 @@ impl AbdmClient {
                 == crate::config::ChildrenListMethod::Post,
             session,
             keys: KeyCache::new(settings.key_refresh_min_interval),
+            clock_offset: chrono::TimeDelta::seconds(settings.clock_offset_secs),
         })
     }
 
@@ -110,10 +116,39 @@ impl AbdmClient {
     }
 
     /// One probe while the circuit breaker is open: a fresh gateway session (proves the
-    /// credentials) and the public certificate (proves the ABHA API answers). Changes nothing.
+    /// credentials), the public certificate, and one real read-only ABHA call
+    /// ([`Self::probe_abha`]): sessions and the certificate can work while the ABHA endpoints
+    /// answer 5xx, and a probe of those alone closed the breaker into the outage again.
+    /// Changes nothing. An `Err` that is an answer about the probe's made-up ABHA number (a 4xx
+    /// with an ABDM code) means ABDM works: the breaker decides with [`crate::breaker::signal`].
     pub async fn probe(&self, trace: &mut CallTrace) -> Result<(), ClientError> {
         self.session.force_refresh(trace).await?;
         let stale = self.keys.current().await;
-        self.fetch_key(stale.as_ref(), trace).await.map(|_| ())
+        self.fetch_key(stale.as_ref(), trace).await?;
+        self.probe_abha(trace).await
+    }
+
+    /// The read-only ABHA call of a probe: `GET /v3/profile/benefit/abha/{PROBE_ABHA}`, the
+    /// benefit lookup of a well-formed ABHA number that belongs to nobody (ABDM answers 404
+    /// ABDM-1114, the sandbox too). It carries every header a job's call does, `TIMESTAMP`
+    /// included, so it also tells whether ABDM accepts this replica's clock.
+    pub async fn probe_abha(&self, trace: &mut CallTrace) -> Result<(), ClientError> {
+        self.execute::<serde_json::Value>(
+            trace,
+            Request {
+                op: Operation::BenefitLookup,
+                method: reqwest::Method::GET,
+                path: format!("/v3/profile/benefit/abha/{PROBE_ABHA}"),
+                benefit: None,
+                x_token: None,
+                body: Body::Empty,
+            },
+        )
+        .await
+        .map(|_| ())
     }
 }
+
+/// The ABHA number a probe looks up: well-formed (14 digits, `91`), belonging to nobody. Not an
+/// identifier of a person, so it may appear in a URL and a log.
+pub const PROBE_ABHA: &str = "91-0000-0000-0000";

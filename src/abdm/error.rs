@@ -292,6 +292,12 @@ impl ClientError {
         }
     }
 
+    /// ABDM refused our `TIMESTAMP` (ABDM-1016): this replica's clock (or a stamp made long
+    /// before the send), never the row.
+    pub fn is_clock_skew(&self) -> bool {
+        matches!(self, Self::Abdm(e) if e.code.as_deref() == Some(CLOCK_SKEW_CODE))
+    }
+
     /// The ABDM answer, when there was one.
     pub fn abdm(&self) -> Option<&AbdmError> {
         match self {

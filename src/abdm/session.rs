@@ -8,7 +8,7 @@ use tokio::sync::{Mutex, RwLock};
 
 use crate::abdm::error::{AbdmError, ClientError};
 use crate::abdm::trace::{CallTrace, Operation};
-use crate::abdm::transport::standard_headers;
+use crate::abdm::transport::{stamp, standard_headers};
 use crate::config::{ExposeSecret, SecretString};
 
 /// The gateway's answer to `POST .../v3/sessions`.
@@ -38,6 +38,8 @@ pub struct SessionConfig {
     pub cm_id: String,
     /// Fraction of `expiresIn` after which the token is refreshed.
     pub refresh_fraction: f64,
+    /// Added to the clock in `TIMESTAMP` headers (`abdm.clock_offset_secs`; tests of skew).
+    pub clock_offset: chrono::TimeDelta,
 }
 
 /// Holds the gateway access token for every task of the process.
@@ -187,14 +189,13 @@ impl SessionManager {
             "clientSecret": self.cfg.client_secret.expose_secret(),
             "grantType": "client_credentials",
         });
-        let sent = self
+        let request = self
             .http
             .post(&self.cfg.url)
             .headers(headers)
             .header("X-CM-ID", &self.cfg.cm_id)
-            .json(&body)
-            .send()
-            .await;
+            .json(&body);
+        let sent = stamp(request, self.cfg.clock_offset).send().await;
         let response = match sent {
             Ok(r) => r,
             Err(e) => {

@@ -20,7 +20,8 @@ use crate::abdm::trace::{CallTrace, Operation};
 use crate::config::ExposeSecret;
 use crate::pii::XToken;
 
-/// A fresh `REQUEST-ID` and the `TIMESTAMP` (UTC, milliseconds, `Z`).
+/// A fresh `REQUEST-ID`. The `TIMESTAMP` is not here: it is stamped by [`stamp`] right
+/// before the send, after the gate's wait.
 pub(crate) fn standard_headers() -> (Uuid, HeaderMap) {
     let id = Uuid::new_v4();
     let mut h = HeaderMap::new();
@@ -28,16 +29,23 @@ pub(crate) fn standard_headers() -> (Uuid, HeaderMap) {
         "REQUEST-ID",
         HeaderValue::from_str(&id.to_string()).expect("uuid is a valid header"),
     );
-    h.insert(
-        "TIMESTAMP",
-        HeaderValue::from_str(&timestamp_now()).expect("timestamp is a valid header"),
-    );
     (id, h)
 }
 
+/// Adds the `TIMESTAMP` header (UTC now, shifted by `offset`: zero outside tests of a skewed
+/// clock, `abdm.clock_offset_secs`). Called after the gate: a request stamped before a wait
+/// for a rate token or a `Retry-After` pause (up to minutes) reached ABDM with a stale stamp
+/// and was refused with ABDM-1016.
+pub(crate) fn stamp(
+    builder: reqwest::RequestBuilder,
+    offset: chrono::TimeDelta,
+) -> reqwest::RequestBuilder {
+    builder.header("TIMESTAMP", timestamp_at(Utc::now() + offset))
+}
+
 /// `2024-09-19T10:15:30.123Z`.
-pub(crate) fn timestamp_now() -> String {
-    Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+pub(crate) fn timestamp_at(t: chrono::DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 /// How a request body is made; encrypted bodies are rebuilt if the key is fetched again.
@@ -114,6 +122,7 @@ impl AbdmClient {
                 builder = builder.json(b);
             }
             trace.pass(req.op).await?;
+            let builder = stamp(builder, self.clock_offset);
             let started = Instant::now();
             let result = self.send(builder).await;
             let err = match result {
@@ -135,6 +144,9 @@ impl AbdmClient {
             };
             let status = err.abdm().map(|e| e.status);
             trace.record(req.op, request_id, status, &Err(&err), started);
+            if err.is_clock_skew() {
+                crate::telemetry::metrics::CLOCK_REJECTED.inc();
+            }
             match &err {
                 ClientError::Abdm(e) if e.disposition() == Disposition::Auth && !auth_retried => {
                     auth_retried = true;

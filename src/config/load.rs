@@ -189,6 +189,16 @@ impl Settings {
                 ));
             }
         }
+        let (open, degraded) = (w.circuit_open_ratio, w.circuit_degraded_ratio);
+        if !(open > 0.0 && open <= 1.0 && degraded > 0.0 && degraded <= open) {
+            return Err(ConfigError::invalid(
+                "worker.circuit_degraded_ratio",
+                format!(
+                    "must satisfy 0 < circuit_degraded_ratio <= circuit_open_ratio <= 1, got \
+                     {degraded} and {open}"
+                ),
+            ));
+        }
         let r = &self.relay;
         if r.batch == 0 {
             return Err(ConfigError::invalid("relay.batch", "must be at least 1"));

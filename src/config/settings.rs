@@ -117,6 +117,11 @@ pub struct AbdmSettings {
     /// ciphertext: an invalid identifier must not cost a certificate call per row.
     #[serde(rename = "key_refresh_min_interval_secs", with = "secs")]
     pub key_refresh_min_interval: Duration,
+    /// Seconds added to this process's clock in `TIMESTAMP` headers. Hidden (not in
+    /// `config/default.toml`): it exists only to simulate a replica with a skewed clock in
+    /// tests and the chaos run; in production it stays 0 and the node's NTP keeps time.
+    #[serde(default)]
+    pub clock_offset_secs: i64,
 }
 
 /// Postgres connection.
@@ -206,6 +211,16 @@ pub struct WorkerSettings {
     /// Longest interval between probes while it is open.
     #[serde(rename = "circuit_probe_max_secs", with = "secs")]
     pub circuit_probe_max: Duration,
+    /// The span over which the breaker measures the share of failed ABDM results.
+    #[serde(rename = "circuit_window_secs", with = "secs")]
+    pub circuit_window: Duration,
+    /// Results in that window before its share counts.
+    pub circuit_min_calls: u32,
+    /// A failure share at or above this opens the breaker (0 < r <= 1).
+    pub circuit_open_ratio: f64,
+    /// A failure share at or above this postpones transient failures without spending an
+    /// attempt (0 < r <= `circuit_open_ratio`).
+    pub circuit_degraded_ratio: f64,
     /// AIMD: the shared rate is multiplied by this on a throttling answer (0 < f < 1).
     pub aimd_decrease_factor: f64,
     /// AIMD: the rate never drops below this fraction of `rate_per_second`, so a throttling
@@ -248,6 +263,10 @@ impl WorkerSettings {
             systemic_threshold: self.circuit_systemic_threshold.max(1),
             suspect_threshold: self.circuit_suspect_threshold.max(1),
             probe_max: self.circuit_probe_max.max(Duration::from_secs(1)),
+            window: self.circuit_window.max(Duration::from_secs(1)),
+            min_calls: self.circuit_min_calls.max(1),
+            open_ratio: self.circuit_open_ratio,
+            degraded_ratio: self.circuit_degraded_ratio,
             ..Default::default()
         }
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 pub use key::Decryptor;
 pub use population::{Person, Population};
-pub use state::{CallLog, Faults, ScriptedResponse, State};
+pub use state::{CallLog, FaultScope, Faults, ScriptedResponse, State};
 pub use timeline::Second;
 
 use crate::abdm::crypto::CryptoError;
@@ -50,6 +50,7 @@ pub fn settings_for_sandbox(base: &str) -> AbdmSettings {
         request_timeout: Duration::from_secs(5),
         token_refresh_fraction: 0.8,
         key_refresh_min_interval: Duration::ZERO,
+        clock_offset_secs: 0,
     }
 }
 

@@ -34,6 +34,23 @@ pub struct Faults {
     pub timeout_hold_ms: u64,
     /// `Retry-After` seconds sent with ABDM-1022 (none when 0).
     pub retry_after_secs: u64,
+    /// Which requests `error_5xx_percent` hits: `all` (every ABHA API request, the certificate
+    /// included) or `abha` (the ABHA endpoints only: the certificate and gateway sessions still
+    /// answer, the partial outage that a session-and-certificate probe could not see).
+    pub error_5xx_scope: FaultScope,
+    /// How far a `TIMESTAMP` may be from the sandbox's clock before ABDM-1016, seconds.
+    pub timestamp_tolerance_secs: u64,
+}
+
+/// The requests a 5xx fault hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultScope {
+    /// Every ABHA API request (the certificate included).
+    #[default]
+    All,
+    /// The ABHA endpoints only (not the certificate; sessions are never faulted).
+    Abha,
 }
 
 impl Default for Faults {
@@ -47,6 +64,8 @@ impl Default for Faults {
             latency_ms: 0,
             timeout_hold_ms: 120_000,
             retry_after_secs: 1,
+            error_5xx_scope: FaultScope::All,
+            timestamp_tolerance_secs: 300,
         }
     }
 }

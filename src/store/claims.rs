@@ -4,6 +4,12 @@
 //! (`worker::claims`) so that a busy worker pays one round trip and one commit for the jobs
 //! whose messages arrived together.
 //!
+//! Every claim writes a fresh random `claim_token`: the fence ([`Store::fence`]) and the outcome
+//! write (`store::outcomes`) match it as well as the owner, so a lease belongs to one claim, not
+//! to a process. Without it, a task whose outcome write outlived its lease (Postgres down for
+//! longer than the lease) could write over a second claim of the same job by another task of the
+//! same process, and clear the intent flag that second claim relies on.
+//!
 //! The claim is also the first fence: it sets the lease to `lease` from now and, for a
 //! kind whose call changes something at ABDM, records the durable intent
 //! (`effect_started_at`). The worker takes the job's first rate token before claiming, so the
@@ -53,17 +59,18 @@ impl Store {
         let rows = sqlx::query(
             "WITH c AS (
                 UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_owner = $2,
-                       lease_until = now() + make_interval(secs => $3), updated_at = now(),
+                       claim_token = gen_random_uuid(), lease_until = now() + make_interval(secs => $3), updated_at = now(),
                        effect_started_at = CASE WHEN kind = ANY($4) THEN COALESCE(effect_started_at, now())
                                                 ELSE effect_started_at END
                 WHERE id = ANY($1) AND (
                     (state IN ('queued', 'retrying') AND (next_due_at IS NULL OR next_due_at <= now() + interval '2 seconds'))
                     OR (state = 'running' AND lease_until < now()))
                 RETURNING id, batch_id, kind, benefit, attempts, created_at, payload, dedup_hash,
-                          COALESCE(effect_started_at < now(), false) AS effect)
-             SELECT id, batch_id, kind, benefit, attempts, created_at, payload, dedup_hash, effect, NULL::text AS state FROM c
+                          COALESCE(effect_started_at < now(), false) AS effect, claim_token)
+             SELECT id, batch_id, kind, benefit, attempts, created_at, payload, dedup_hash, effect, claim_token,
+                    NULL::text AS state FROM c
              UNION ALL
-             SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, state FROM jobs
+             SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, state FROM jobs
              WHERE id = ANY($1) AND id NOT IN (SELECT id FROM c)",
         )
         .bind(ids)
@@ -98,6 +105,7 @@ impl Store {
                         payload: r.get("payload"),
                         dedup_hash: r.get("dedup_hash"),
                         effect_may_have_happened: r.get("effect"),
+                        claim_token: r.get("claim_token"),
                     })
                 }
             };

@@ -32,6 +32,10 @@ pub struct ClaimedJob {
     /// An earlier attempt (of this or an earlier run of the row) may have changed something at
     /// ABDM and its answer was not recorded: this attempt must look before it acts.
     pub effect_may_have_happened: bool,
+    /// This claim's token: the fence and the outcome write match it (with the owner), so
+    /// nothing of this claim is written once another claim took the job, even by the same
+    /// process.
+    pub claim_token: Uuid,
 }
 
 /// What the fence found right before a call.
@@ -165,6 +169,7 @@ pub struct ReportRow {
 
 impl Store {
     /// The fence, right before a call to ABDM: checks that `owner` still holds the job's lease
+    /// under the same claim (`claim_token`: a later claim by the same process does not pass)
     /// and extends it to `lease` from now, in one statement, so the call (which lasts at
     /// most the request timeout, shorter than the lease) finishes before anyone may take the
     /// job over. With `changes_state` it also records, committed before the call is sent, that
@@ -174,6 +179,7 @@ impl Store {
         &self,
         job_id: i64,
         owner: &str,
+        claim_token: Uuid,
         lease: Duration,
         changes_state: bool,
     ) -> Result<Fence, StoreError> {
@@ -181,12 +187,13 @@ impl Store {
             "UPDATE jobs SET lease_until = now() + make_interval(secs => $3),
                     effect_started_at = CASE WHEN $4 THEN COALESCE(effect_started_at, now())
                                              ELSE effect_started_at END
-             WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+             WHERE id = $1 AND lease_owner = $2 AND claim_token = $5 AND state = 'running'",
         )
         .bind(job_id)
         .bind(owner)
         .bind(lease.as_secs_f64())
         .bind(changes_state)
+        .bind(claim_token)
         .execute(&self.pool)
         .await
         .ctx("checking and extending a job's lease")?;

@@ -46,9 +46,11 @@ impl Store {
         Ok(held[0])
     }
 
-    /// Records the outcomes of jobs that `owner` holds the lease on, atomically (one
-    /// statement). Returns, per record, whether it was written (false: the lease was lost to
-    /// another worker, and nothing of that job was written).
+    /// Records the outcomes of jobs that `owner` holds the lease on under the claim each record
+    /// names (`ClaimedJob::claim_token`), atomically (one statement). Returns, per record,
+    /// whether it was written (false: the job was claimed again, by another worker or by another
+    /// task of this one, and nothing of that job was written: neither its state nor its
+    /// attempts, and its intent flag stays).
     pub async fn record_outcomes(
         &self,
         owner: &str,
@@ -63,6 +65,7 @@ impl Store {
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
+        let mut tokens = Vec::with_capacity(n);
         let (mut results, mut masked, mut dues, mut finished, mut refunds, mut clears) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
@@ -121,6 +124,7 @@ impl Store {
                 ),
             };
             ids.push(r.job.id);
+            tokens.push(r.job.claim_token);
             kinds.push(r.job.kind.as_str().to_string());
             states.push(r.outcome.state().to_string());
             labels.push(label);
@@ -154,8 +158,8 @@ impl Store {
             "WITH i AS (
                 SELECT * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
                                      $7::text[], $8::bytea[], $9::text[], $10::timestamptz[],
-                                     $11::bool[], $12::int[], $22::bool[])
-                    AS i(id, kind, state, label, code, message, result, masked, due, finished, refund, clear)),
+                                     $11::bool[], $12::int[], $22::bool[], $23::uuid[])
+                    AS i(id, kind, state, label, code, message, result, masked, due, finished, refund, clear, token)),
              upd AS (
                 UPDATE jobs j SET state = i.state, outcome = COALESCE(i.label, j.outcome),
                        last_code = i.code, last_message = i.message,
@@ -164,7 +168,7 @@ impl Store {
                        finished_at = CASE WHEN i.finished THEN now() END,
                        attempts = GREATEST(j.attempts - i.refund, 0),
                        effect_started_at = CASE WHEN i.clear THEN NULL ELSE j.effect_started_at END
-                FROM i WHERE j.id = i.id AND j.lease_owner = $1 AND j.state = 'running'
+                FROM i WHERE j.id = i.id AND j.lease_owner = $1 AND j.claim_token = i.token AND j.state = 'running'
                 RETURNING j.id, i.kind, i.due),
              att AS (
                 INSERT INTO attempts (job_id, job_attempt, operation, request_id, http_status, code, message, disposition, duration_ms)
@@ -198,6 +202,7 @@ impl Store {
         .bind(&a_disp)
         .bind(&a_ms)
         .bind(&clears)
+        .bind(&tokens)
         .fetch_all(&self.pool)
         .await
         .ctx("recording outcomes")?

@@ -10,8 +10,10 @@ use crate::telemetry::metrics;
 
 impl Worker {
     /// What to record for a job's result. Attempts count only answers about the row: a refused
-    /// login, a refused connection, throttling, a call the gate stopped, and any transient
-    /// failure while the circuit breaker is open (`breaker_open`) cost the job no attempt.
+    /// login, a refused connection, throttling, a call the gate stopped, a refused `TIMESTAMP`
+    /// (ABDM-1016: this replica's clock) and any transient failure while the breaker spares
+    /// attempts (`breaker_open`: open, ABDM degraded, or this replica's clock refused) cost the
+    /// job no attempt.
     pub(super) fn classify(
         &self,
         job: &ClaimedJob,
@@ -38,6 +40,7 @@ impl Worker {
             e,
             ClientError::NotSent(_) | ClientError::Session(_) | ClientError::Connect(_)
         ) || disposition == Disposition::Throttled
+            || e.is_clock_skew()
             || (breaker_open && matches!(disposition, Disposition::Transient | Disposition::Auth));
         match disposition {
             Disposition::Success | Disposition::IdempotentSuccess => Outcome::Succeeded {

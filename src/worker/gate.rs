@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::abdm::{CallGate, ClientError, Operation};
 use crate::ratelimit::RateLimiter;
@@ -36,12 +37,14 @@ pub const PREPAID_FRESH: Duration = Duration::from_millis(100);
 
 /// Where the fence checks and extends a job's lease.
 pub trait Leases: Send + Sync {
-    /// Checks that `owner` still holds `job_id` and extends the lease to `lease` from now;
-    /// records the intent of a side effect before the call (see [`Store::fence`]).
+    /// Checks that `owner` still holds `job_id` under claim `claim_token` and extends the lease
+    /// to `lease` from now; records the intent of a side effect before the call (see
+    /// [`Store::fence`]).
     fn fence(
         &self,
         job_id: i64,
         owner: &str,
+        claim_token: Uuid,
         lease: Duration,
     ) -> BoxFuture<'_, Result<Fence, StoreError>>;
 }
@@ -51,39 +54,101 @@ impl Leases for Store {
         &self,
         job_id: i64,
         owner: &str,
+        claim_token: Uuid,
         lease: Duration,
     ) -> BoxFuture<'_, Result<Fence, StoreError>> {
         let owner = owner.to_string();
-        Box::pin(async move { Store::fence(self, job_id, &owner, lease, true).await })
+        Box::pin(async move { Store::fence(self, job_id, &owner, claim_token, lease, true).await })
     }
 }
 
+/// One job's lease in [`MemoryLeases`].
+#[derive(Debug, Clone)]
+struct Held {
+    owner: String,
+    token: Uuid,
+    until: Instant,
+    /// The durable intent (`jobs.effect_started_at`): set by a fence, cleared only by an
+    /// outcome write of the claim that holds the job.
+    intent: bool,
+}
+
 /// Leases in memory on tokio's clock, with the claim rule of `Store::claim_many` (a job is
-/// free when nobody holds it or its lease has run out) and the fence rule of
-/// [`Store::fence`] (the holder keeps it, expired or not, until someone else claims it).
+/// free when nobody holds it or its lease has run out; every claim gets a fresh token), the
+/// fence rule of [`Store::fence`] (the holder's claim keeps it, expired or not, until someone
+/// else claims it) and the outcome write's rule of `Store::record_outcomes` ([`Self::finish`]).
 #[derive(Default)]
 pub struct MemoryLeases {
-    held: Mutex<HashMap<i64, (String, Instant)>>,
+    held: Mutex<HashMap<i64, Held>>,
     fences: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryLeases {
     /// Claims `job_id` for `owner` if it is free; returns whether it did.
     pub fn claim(&self, job_id: i64, owner: &str, lease: Duration) -> bool {
+        self.claim_token(job_id, owner, lease).is_some()
+    }
+
+    /// Claims `job_id` for `owner` if it is free; returns the new claim's token.
+    pub fn claim_token(&self, job_id: i64, owner: &str, lease: Duration) -> Option<Uuid> {
         let now = Instant::now();
         let mut held = self.held.lock().expect("leases");
-        match held.get(&job_id) {
-            Some((_, until)) if *until >= now => false,
-            _ => {
-                held.insert(job_id, (owner.to_string(), now + lease));
-                true
+        match held.get_mut(&job_id) {
+            Some(h) if !h.owner.is_empty() && h.until >= now => None,
+            Some(h) => {
+                h.owner = owner.to_string();
+                h.token = Uuid::new_v4();
+                h.until = now + lease;
+                Some(h.token)
+            }
+            None => {
+                let token = Uuid::new_v4();
+                held.insert(
+                    job_id,
+                    Held {
+                        owner: owner.to_string(),
+                        token,
+                        until: now + lease,
+                        intent: false,
+                    },
+                );
+                Some(token)
             }
         }
     }
 
     /// Who holds `job_id` and until when.
     pub fn holder(&self, job_id: i64) -> Option<(String, Instant)> {
-        self.held.lock().expect("leases").get(&job_id).cloned()
+        let held = self.held.lock().expect("leases");
+        held.get(&job_id).map(|h| (h.owner.clone(), h.until))
+    }
+
+    /// The token of the claim that holds `job_id`.
+    pub fn token(&self, job_id: i64) -> Option<Uuid> {
+        let held = self.held.lock().expect("leases");
+        held.get(&job_id).map(|h| h.token)
+    }
+
+    /// Whether a fence recorded the intent of a side effect on `job_id` that no outcome
+    /// write of the holding claim has cleared since.
+    pub fn intent(&self, job_id: i64) -> bool {
+        let held = self.held.lock().expect("leases");
+        held.get(&job_id).is_some_and(|h| h.intent)
+    }
+
+    /// The outcome write: releases `job_id` (clearing the intent with `clear_intent`) only if
+    /// `owner`'s claim `claim_token` still holds it; returns whether it did.
+    pub fn finish(&self, job_id: i64, owner: &str, claim_token: Uuid, clear_intent: bool) -> bool {
+        let mut held = self.held.lock().expect("leases");
+        match held.get_mut(&job_id) {
+            Some(h) if h.owner == owner && h.token == claim_token => {
+                h.owner.clear();
+                h.until = Instant::now();
+                h.intent &= !clear_intent;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Fences run so far.
@@ -97,13 +162,15 @@ impl Leases for MemoryLeases {
         &self,
         job_id: i64,
         owner: &str,
+        claim_token: Uuid,
         lease: Duration,
     ) -> BoxFuture<'_, Result<Fence, StoreError>> {
         self.fences.fetch_add(1, Ordering::AcqRel);
         let mut held = self.held.lock().expect("leases");
         let fence = match held.get_mut(&job_id) {
-            Some((who, until)) if who == owner => {
-                *until = Instant::now() + lease;
+            Some(h) if h.owner == owner && h.token == claim_token => {
+                h.until = Instant::now() + lease;
+                h.intent = true;
                 Fence::Held
             }
             _ => Fence::Lost,
@@ -122,6 +189,8 @@ pub struct JobGate {
     pub job_id: i64,
     /// This worker's lease name.
     pub owner: String,
+    /// The claim's token (the lease is this claim's, not the process's).
+    pub claim_token: Uuid,
     /// Lease length the fence extends to.
     pub lease: Duration,
     /// One token was taken before the claim: the first request spends it, unless it is older
@@ -151,7 +220,7 @@ impl CallGate for JobGate {
             }
             match self
                 .leases
-                .fence(self.job_id, &self.owner, self.lease)
+                .fence(self.job_id, &self.owner, self.claim_token, self.lease)
                 .await
             {
                 Ok(Fence::Held) => Ok(()),

@@ -165,6 +165,7 @@ impl Worker {
             leases: self.leases.clone(),
             job_id: job.id,
             owner: self.cfg.id.clone(),
+            claim_token: job.claim_token,
             lease: self.cfg.lease,
             prepaid: AtomicBool::new(true),
             token_at,

@@ -44,7 +44,7 @@ pub use source::{DeadLetters, Inbound, MemoryQueue, Settled};
 /// Worker settings.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
-    /// Lease owner name (host + pid by default).
+    /// Lease owner name (host, pid and a random suffix by default).
     pub id: String,
     /// Calls in flight at once; also the prefetch (of the shared work queue, or of each
     /// kind's queue with `rabbitmq.queue_per_kind`).
@@ -72,10 +72,14 @@ impl WorkerConfig {
     /// From `[worker]` settings.
     pub fn from_settings(s: &crate::config::WorkerSettings) -> Self {
         Self {
+            // A random suffix: two replicas with the same hostname and pid (containers on host
+            // networking, pid 1) are two owners, also to a previous release's fence and outcome
+            // write, which match only the owner (this release also matches the claim token).
             id: format!(
-                "{}-{}",
+                "{}-{}-{}",
                 std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into()),
-                std::process::id()
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..6]
             ),
             in_flight: s.in_flight,
             lease: s.lease,
@@ -163,6 +167,10 @@ impl Worker {
         cfg: WorkerConfig,
         breaker: BreakerConfig,
     ) -> Arc<Self> {
+        let breaker = BreakerConfig {
+            replica: cfg.id.clone(),
+            ..breaker
+        };
         let breaker = Arc::new(Breaker::new(store.clone(), client.client_id(), breaker));
         Arc::new(Self {
             leases: Arc::new(store.clone()),

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::St;
 use super::errors::{field, flat, reply};
-use crate::sandbox::state::{ScriptedResponse, State};
+use crate::sandbox::state::{FaultScope, ScriptedResponse, State};
 
 pub(super) async fn guard(st: St, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
@@ -78,7 +78,12 @@ pub(super) async fn guard(st: St, req: Request, next: Next) -> Response {
     let skew_ok = NaiveDateTime::parse_from_str(ts, "%Y-%m-%dT%H:%M:%S%.3fZ")
         .ok()
         .filter(|_| ts.len() == 24)
-        .is_some_and(|t| (Utc::now().naive_utc() - t).num_seconds().abs() <= 300);
+        .is_some_and(|t| {
+            (Utc::now().naive_utc() - t)
+                .num_milliseconds()
+                .unsigned_abs()
+                <= faults.timestamp_tolerance_secs.saturating_mul(1000)
+        });
     if !skew_ok {
         return flat(
             &st,
@@ -107,7 +112,11 @@ pub(super) async fn guard(st: St, req: Request, next: Next) -> Response {
             Some(_) => {}
         }
     }
-    if roll(faults.error_5xx_percent) {
+    let faulted = match faults.error_5xx_scope {
+        FaultScope::All => true,
+        FaultScope::Abha => !path.ends_with("/public/certificate"),
+    };
+    if faulted && roll(faults.error_5xx_percent) {
         st.count_fault("5xx");
         st.count_answer("ABDM-9999");
         return reply(
