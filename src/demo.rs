@@ -178,6 +178,7 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
         crate::relay::RelayConfig {
             housekeeping: Duration::from_millis(500),
             ..crate::relay::RelayConfig::from_settings(&settings.relay)
+                .with_retention(&settings.retention)
         },
         stop.clone(),
     ));

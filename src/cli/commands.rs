@@ -163,7 +163,8 @@ pub(super) async fn worker(settings: &Settings, args: &WorkerArgs) -> anyhow::Re
             store.clone(),
             amqp.clone(),
             topology.clone(),
-            crate::relay::RelayConfig::from_settings(&settings.relay),
+            crate::relay::RelayConfig::from_settings(&settings.relay)
+                .with_retention(&settings.retention),
             stop.clone(),
         ))
     });
@@ -209,7 +210,8 @@ pub(super) async fn relay(settings: &Settings) -> anyhow::Result<ExitCode> {
         store,
         settings.rabbitmq_url()?.expose_secret().to_string(),
         Topology::from_settings(&settings.rabbitmq),
-        crate::relay::RelayConfig::from_settings(&settings.relay),
+        crate::relay::RelayConfig::from_settings(&settings.relay)
+            .with_retention(&settings.retention),
         stop,
     )
     .await;

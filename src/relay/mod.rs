@@ -28,6 +28,8 @@ pub struct RelayConfig {
     /// The round's outbox rows are leased for this plus 5 s: if the relay dies mid-round they
     /// are published again that much later (confirms normally take milliseconds).
     pub publish_timeout: Duration,
+    /// What the housekeeping erases and purges, and when (`[retention]`).
+    pub retention: crate::lifecycle::RetentionPolicy,
 }
 
 impl RelayConfig {
@@ -38,7 +40,14 @@ impl RelayConfig {
             idle: s.idle,
             housekeeping: s.housekeeping,
             publish_timeout: s.publish_timeout,
+            retention: crate::lifecycle::RetentionPolicy::default(),
         }
+    }
+
+    /// With the `[retention]` settings.
+    pub fn with_retention(mut self, s: &crate::config::RetentionSettings) -> Self {
+        self.retention = crate::lifecycle::RetentionPolicy::from_settings(s);
+        self
     }
 }
 
@@ -51,6 +60,7 @@ impl Default for RelayConfig {
             idle: Duration::from_millis(100),
             housekeeping: Duration::from_secs(2),
             publish_timeout: Duration::from_secs(10),
+            retention: crate::lifecycle::RetentionPolicy::default(),
         }
     }
 }
@@ -68,6 +78,7 @@ pub async fn run(
     let mut last_gauges = Instant::now() - GAUGE_INTERVAL;
     // Webhooks of the programme API go out from here (docs/api.md).
     let webhooks = reqwest::Client::new();
+    let mut sweeper = crate::lifecycle::Sweeper::new(cfg.retention.clone());
     while !stop.is_cancelled() {
         let publisher = match connect(&amqp_url, &topology).await {
             Ok(p) => {
@@ -88,6 +99,7 @@ pub async fn run(
             }
             if last_housekeeping.elapsed() >= cfg.housekeeping {
                 housekeeping::round(&store).await;
+                sweeper.round(&store).await;
                 crate::api::webhooks::round(&store, &webhooks).await;
                 last_housekeeping = Instant::now();
             }
