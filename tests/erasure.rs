@@ -103,7 +103,7 @@ async fn a_request_crosses_programmes_only_within_its_scope() {
         row(&env, there, "t1").await,
         ("cancelled".into(), true, 0, false)
     );
-    assert_eq!(row(&env, there, "t4").await.1, false);
+    assert!(!row(&env, there, "t4").await.1);
     let h1 = row(&env, here, "h1").await;
     assert!(h1.0 == "succeeded" && !h1.1 && h1.2 > 0 && h1.3, "{h1:?}");
 
@@ -251,8 +251,11 @@ async fn a_running_row_is_erased_only_once_it_finished() {
     env.cleanup().await;
 }
 
-/// Every `jobs` row of a `pg_dump`: (id, dedup_hash, payload, result) decoded from COPY text.
-fn dumped_jobs(dump: &str) -> Vec<(i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>)> {
+/// A dumped job: (id, dedup_hash, payload, result).
+type DumpedJob = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
+/// Every `jobs` row of a `pg_dump`, decoded from COPY text.
+fn dumped_jobs(dump: &str) -> Vec<DumpedJob> {
     let mut lines = dump.lines();
     let header = lines
         .by_ref()
