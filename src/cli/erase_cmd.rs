@@ -30,7 +30,7 @@ pub(super) async fn erase(settings: &Settings, args: &EraseArgs) -> anyhow::Resu
     eprintln!(
         "erasure request {}: {} people, {}",
         req.id,
-        req.hashes.len(),
+        req.people,
         match &req.scope {
             Some(b) => format!("benefits {}", b.join(", ")),
             None => "every benefit".into(),

@@ -97,9 +97,11 @@ fn parse_line(text: &str) -> Result<String, String> {
 }
 
 /// The lookup hashes of a file's identifiers, the way `submit` computed each job's
-/// `subject_hash` (the normalised form the job kinds use). Blank lines, `#` comments and a
+/// `subject_hash` (the normalised form the job kinds use), under `pii.key` and every
+/// previous key (a rotation may be half done). Blank lines, `#` comments and a
 /// first line `identifier` are skipped; the first malformed line refuses the whole file.
-pub fn parse_identifiers(text: &str, vault: &Vault) -> Result<Vec<Vec<u8>>, EraseError> {
+pub fn parse_identifiers(text: &str, vault: &Vault) -> Result<Identifiers, EraseError> {
+    let mut people = BTreeSet::new();
     let mut hashes = BTreeSet::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim().trim_start_matches('\u{feff}');
@@ -113,12 +115,25 @@ pub fn parse_identifiers(text: &str, vault: &Vault) -> Result<Vec<Vec<u8>>, Eras
             line: i + 1,
             reason,
         })?;
-        hashes.insert(vault.hash(&value));
+        people.insert(vault.hash(&value));
+        hashes.extend(vault.hashes_all_keys(&value));
     }
-    if hashes.is_empty() {
+    if people.is_empty() {
         return Err(EraseError::Empty);
     }
-    Ok(hashes.into_iter().collect())
+    Ok(Identifiers {
+        hashes: hashes.into_iter().collect(),
+        people: people.len(),
+    })
+}
+
+/// The lookup hashes of a request's people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identifiers {
+    /// Under every configured key.
+    pub hashes: Vec<Vec<u8>>,
+    /// Distinct identifiers named.
+    pub people: usize,
 }
 
 /// Pacing of a request.
@@ -206,7 +221,7 @@ pub async fn run(
 
 /// A request with a fresh id.
 pub fn request(
-    hashes: Vec<Vec<u8>>,
+    ids: Identifiers,
     scope: Option<Vec<String>>,
     requested_by: String,
     operator: Option<String>,
@@ -218,7 +233,8 @@ pub fn request(
     }
     Ok(ErasureRequest {
         id: Uuid::new_v4(),
-        hashes,
+        hashes: ids.hashes,
+        people: ids.people,
         scope,
         requested_by,
         operator: operator
@@ -240,9 +256,10 @@ mod tests {
     fn identifiers_hash_as_submit_does() {
         let v = vault();
         let text = "identifier\n91-1234-5678-9012\n\n# comment\n9876543210\nabha:91123456789012\n";
-        let h = parse_identifiers(text, &v).unwrap();
+        let ids = parse_identifiers(text, &v).unwrap();
+        let h = ids.hashes;
         // The two ABHA spellings are one person.
-        assert_eq!(h.len(), 2);
+        assert_eq!((h.len(), ids.people), (2, 2));
         assert!(h.contains(&v.hash("91-1234-5678-9012")));
         assert!(h.contains(&v.hash("9876543210")));
     }
@@ -272,9 +289,13 @@ mod tests {
             .expect("one in ten passes Verhoeff");
         let e = parse_identifiers(&ambiguous, &vault()).unwrap_err();
         assert!(e.to_string().contains("write aadhaar: or mobile:"), "{e}");
-        let h = parse_identifiers(&format!("mobile:{ambiguous}"), &vault()).unwrap();
+        let h = parse_identifiers(&format!("mobile:{ambiguous}"), &vault())
+            .unwrap()
+            .hashes;
         assert_eq!(h, vec![vault().hash(&ambiguous[2..])]);
-        let h = parse_identifiers(&format!("aadhaar:{ambiguous}"), &vault()).unwrap();
+        let h = parse_identifiers(&format!("aadhaar:{ambiguous}"), &vault())
+            .unwrap()
+            .hashes;
         assert_eq!(h, vec![vault().hash(&ambiguous)]);
     }
 }

@@ -19,8 +19,10 @@ use super::{QueryContext, Store, StoreError};
 pub struct ErasureRequest {
     /// Groups the log rows of one run.
     pub id: Uuid,
-    /// Lookup hashes of the people (`Vault::hash` of each identifier).
+    /// Lookup hashes of the people (`Vault::hashes_all_keys` of each identifier).
     pub hashes: Vec<Vec<u8>>,
+    /// How many people (distinct identifiers) the request names.
+    pub people: usize,
     /// Benefits the request may touch; None: every benefit.
     pub scope: Option<Vec<String>>,
     /// The OS account or API key that asked.
@@ -146,7 +148,7 @@ impl Store {
         )
         .bind(req.id)
         .bind(&req.scope)
-        .bind(req.hashes.len() as i32)
+        .bind(req.people as i32)
         .bind(erased as i64)
         .bind(cancelled as i64)
         .bind(waiting as i64)
