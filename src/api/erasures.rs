@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::ApiState;
 use super::auth::Caller;
 use super::problem::Problem;
-use crate::lifecycle::erase::{self, EraseError, EraseOptions};
+use crate::lifecycle::erase::{self, EraseOptions};
 
 /// Identifiers per request: a request is answered within seconds, a larger list is split.
 const MAX_IDENTIFIERS: usize = 1000;
@@ -32,6 +32,7 @@ struct ErasureBody {
 
 /// `POST /v1/erasures` (scope `submit`): erases the key's programmes' rows about the people
 /// named. 200 when done; 202 when rows were still running (send the same request again).
+/// Identifiers that are none are answered in `rejected`.
 pub async fn create(
     State(st): State<ApiState>,
     caller: Caller,
@@ -51,26 +52,17 @@ pub async fn create(
         )
         .field("identifiers"));
     }
-    if let Some(i) = body
-        .identifiers
-        .iter()
-        .position(|v| v.contains(['\n', '\r']))
-    {
-        return Err(Problem::bad_request(
-            "bad-body",
-            format!("identifiers[{i}]: one value per item"),
-        )
-        .field("identifiers"));
+    // Each identifier gets its answer and the valid ones are erased (a mistyped one is listed
+    // with its index and reason, never its value), like the rows of an upload.
+    let mut valid = Vec::new();
+    let mut rejected = Vec::new();
+    for (index, v) in body.identifiers.iter().enumerate() {
+        match erase::normalise(v) {
+            Ok(n) => valid.push(n),
+            Err(reason) => rejected.push(json!({"index": index, "reason": reason})),
+        }
     }
-    let ids = erase::parse_identifiers(&body.identifiers.join("\n"), &st.store.vault).map_err(
-        |e| match e {
-            EraseError::Malformed { line, reason } => {
-                Problem::bad_request("bad-body", format!("identifiers[{}]: {reason}", line - 1))
-                    .field("identifiers")
-            }
-            other => Problem::bad_request("bad-body", other.to_string()).field("identifiers"),
-        },
-    )?;
+    let ids = erase::identifiers_of(valid.iter().map(String::as_str), &st.store.vault);
     let req = erase::request(
         ids,
         Some(caller.0.benefits.clone()),
@@ -83,12 +75,16 @@ pub async fn create(
         wait: WAIT,
         ..EraseOptions::default()
     };
-    let p = erase::run(&st.store, &req, opts, |_| {})
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, key_id = %caller.0.id, "erasure request failed");
-            Problem::internal()
-        })?;
+    let p = if req.people == 0 {
+        erase::EraseProgress::default()
+    } else {
+        erase::run(&st.store, &req, opts, |_| {})
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, key_id = %caller.0.id, "erasure request failed");
+                Problem::internal()
+            })?
+    };
     tracing::info!(
         key_id = %caller.0.id,
         request = %req.id,
@@ -109,6 +105,7 @@ pub async fn create(
             "erased": p.erased,
             "cancelled": p.cancelled,
             "running": p.waiting,
+            "rejected": rejected,
         })),
     ))
 }

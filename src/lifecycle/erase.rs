@@ -96,13 +96,32 @@ fn parse_line(text: &str) -> Result<String, String> {
     }
 }
 
+/// One identifier in its normalised form (the form `submit` hashed), or why it is none.
+/// The reason never repeats the value.
+pub fn normalise(text: &str) -> Result<String, String> {
+    parse_line(text.trim())
+}
+
+/// The lookup hashes of already normalised identifiers ([`normalise`]).
+pub fn identifiers_of<'a>(values: impl IntoIterator<Item = &'a str>, vault: &Vault) -> Identifiers {
+    let mut people = BTreeSet::new();
+    let mut hashes = BTreeSet::new();
+    for v in values {
+        people.insert(vault.hash(v));
+        hashes.extend(vault.hashes_all_keys(v));
+    }
+    Identifiers {
+        hashes: hashes.into_iter().collect(),
+        people: people.len(),
+    }
+}
+
 /// The lookup hashes of a file's identifiers, the way `submit` computed each job's
 /// `subject_hash` (the normalised form the job kinds use), under `pii.key` and every
 /// previous key (a rotation may be half done). Blank lines, `#` comments and a
 /// first line `identifier` are skipped; the first malformed line refuses the whole file.
 pub fn parse_identifiers(text: &str, vault: &Vault) -> Result<Identifiers, EraseError> {
-    let mut people = BTreeSet::new();
-    let mut hashes = BTreeSet::new();
+    let mut values = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim().trim_start_matches('\u{feff}');
         if line.is_empty()
@@ -115,16 +134,12 @@ pub fn parse_identifiers(text: &str, vault: &Vault) -> Result<Identifiers, Erase
             line: i + 1,
             reason,
         })?;
-        people.insert(vault.hash(&value));
-        hashes.extend(vault.hashes_all_keys(&value));
+        values.push(value);
     }
-    if people.is_empty() {
+    if values.is_empty() {
         return Err(EraseError::Empty);
     }
-    Ok(Identifiers {
-        hashes: hashes.into_iter().collect(),
-        people: people.len(),
-    })
+    Ok(identifiers_of(values.iter().map(String::as_str), vault))
 }
 
 /// The lookup hashes of a request's people.
