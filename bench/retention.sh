@@ -22,6 +22,7 @@ export ABHA_BULK__TELEMETRY__LOG_FILTER=warn
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"; psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $DB" >/dev/null 2>&1 || true' EXIT
 psql_db() { psql -X -q -At -h 127.0.0.1 -U postgres -d "$DB" -c "$1"; }
+vacuum() { psql_db "VACUUM ANALYZE jobs"; psql_db "VACUUM ANALYZE attempts"; }
 
 # N benefit-link rows with distinct well-formed ABHA numbers (offset: distinct per day).
 gen() {
@@ -50,9 +51,10 @@ simulate_run() {
            UPDATE batches SET state = 'finished', finished_at = now() WHERE state = 'active';"
 }
 
-sizes() { # table bytes, index bytes of jobs and attempts; whole database
+sizes() { # table bytes, index bytes of jobs and attempts; whole database; live bytes of jobs' rows
   psql_db "SELECT pg_table_size('jobs'), pg_indexes_size('jobs'), pg_table_size('attempts'),
-                  pg_indexes_size('attempts'), pg_database_size(current_database())" | tr '|' ' '
+                  pg_indexes_size('attempts'), pg_database_size(current_database()),
+                  (SELECT COALESCE(sum(pg_column_size(j.*)), 0) FROM jobs j)" | tr '|' ' '
 }
 lsn() { psql_db "SELECT pg_current_wal_lsn()"; }
 wal_since() { psql_db "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '$1')"; }
@@ -67,15 +69,15 @@ size)
   "$BIN" submit "$TMP/links.csv" --kind benefit-link --benefit PMJAY >/dev/null
   t1=$(date +%s.%N); w_submit=$(wal_since "$l0"); l1=$(lsn)
   simulate_run
-  psql_db "VACUUM ANALYZE jobs; VACUUM ANALYZE attempts; CHECKPOINT" 2>/dev/null || psql_db "VACUUM ANALYZE jobs; VACUUM ANALYZE attempts"
+  vacuum
   w_run=$(wal_since "$l1"); run=$(sizes)
   psql_db "UPDATE batches SET finished_at = now() - interval '31 days'"
   l2=$(lsn); t2=$(date +%s.%N)
   "$BIN" retention
   t3=$(date +%s.%N); w_erase=$(wal_since "$l2"); erased=$(sizes)
-  psql_db "VACUUM ANALYZE jobs; VACUUM ANALYZE attempts"; vacuumed=$(sizes)
+  vacuum; vacuumed=$(sizes)
   echo "rows $ROWS; submit $(echo "$t1 - $t0" | bc) s; retention sweep $(echo "$t3 - $t2" | bc) s"
-  echo "columns: jobs table, jobs indexes, attempts table, attempts indexes, database (bytes)"
+  echo "columns: jobs table, jobs indexes, attempts table, attempts indexes, database, live row bytes of jobs (bytes)"
   echo "empty:             $base"
   echo "after run:         $run"
   echo "after erasure:     $erased"
@@ -86,7 +88,7 @@ plateau)
   DAYS=${2:-60}; PER_DAY=${3:-20000}; KEEP=${4:-7}
   export ABHA_BULK__RETENTION__IDENTIFIERS_DAYS=$KEEP
   export ABHA_BULK__RETENTION__ATTEMPTS_DAYS=$((KEEP * 2))
-  echo "day jobs_table jobs_indexes attempts_table attempts_indexes database jobs_rows unerased_rows"
+  echo "day jobs_table jobs_indexes attempts_table attempts_indexes database jobs_live_bytes jobs_rows unerased_rows"
   for day in $(seq 1 "$DAYS"); do
     gen "$PER_DAY" $((day * PER_DAY)) "$TMP/day.csv"
     "$BIN" submit "$TMP/day.csv" --kind benefit-link --benefit PMJAY >/dev/null
@@ -97,7 +99,7 @@ plateau)
              UPDATE attempts SET created_at = created_at - interval '1 day'"
     "$BIN" retention >/dev/null
     # Stands in for a day of autovacuum (the simulated day lasts seconds).
-    psql_db "VACUUM jobs; VACUUM attempts"
+    vacuum
     echo "$day $(sizes) $(psql_db "SELECT count(*), count(*) FILTER (WHERE erased_at IS NULL) FROM jobs" | tr '|' ' ')"
   done
   ;;

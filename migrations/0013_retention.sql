@@ -13,11 +13,19 @@ ALTER TABLE jobs ADD COLUMN erased_at timestamptz;
 ALTER TABLE batches
     ADD COLUMN erased_at    timestamptz,
     ADD COLUMN erase_cursor bigint,
-    ADD COLUMN erase_upto   bigint;
+    ADD COLUMN erase_upto   bigint,
+    -- When the batch's rows themselves were deleted (retention.rows_days after the erasure),
+    -- and how far that got: the batch row and its counts stay, so the table stops growing.
+    ADD COLUMN rows_deleted_at timestamptz,
+    ADD COLUMN delete_cursor   bigint;
 
 -- The sweep's question: finished batches not yet erased, oldest first (batches is small).
 CREATE INDEX batches_unerased ON batches (COALESCE(finished_at, created_at))
     WHERE erased_at IS NULL AND state IN ('finished', 'cancelled', 'aborted');
+
+-- The second stage: erased batches whose rows are due for deletion.
+CREATE INDEX batches_rows_to_delete ON batches (erased_at)
+    WHERE erased_at IS NOT NULL AND rows_deleted_at IS NULL;
 
 -- What was erased, when and why: one row per request (batch_id NULL, the summary) and one per
 -- batch touched. Never the identifier, nor its keyed hash.

@@ -379,6 +379,7 @@ pub mod metrics {
         LazyLock::force(&RETENTION_OVERDUE);
         for table in [
             "jobs",
+            "jobs_deleted",
             "attempts",
             "webhook_deliveries",
             "api_idempotency",

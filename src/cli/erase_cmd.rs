@@ -93,13 +93,21 @@ pub(super) async fn retention(settings: &Settings) -> anyhow::Result<ExitCode> {
             eprintln!("retention: {rows} rows erased, {batches} batches done");
         }
     }
+    let mut deleted = 0;
+    loop {
+        let c = store.sweep_rows(policy.rows, policy.chunk).await?;
+        if c.batch.is_none() {
+            break;
+        }
+        deleted += c.jobs;
+    }
     crate::telemetry::metrics::RETENTION_ERASED
         .with_label_values(&["jobs"])
         .inc_by(rows);
     Sweeper::new(policy.clone()).purge(&store).await;
     let s = store.retention_stats(&policy.identifiers).await?;
     out!(
-        "retention done: identifiers of {rows} rows erased ({batches} batches finished); oldest unerased finished batch {:.0} s old, {:.0} s past its retention",
+        "retention done: identifiers of {rows} rows erased ({batches} batches finished), {deleted} erased rows deleted; oldest unerased finished batch {:.0} s old, {:.0} s past its retention",
         s.oldest_unerased_secs,
         s.overdue_secs
     );

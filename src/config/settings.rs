@@ -50,6 +50,9 @@ pub struct RetentionSettings {
     pub identifiers_days: u32,
     /// Per-programme override of `identifiers_days`: `{ pmjay = 7 }`.
     pub benefit_identifiers_days: std::collections::BTreeMap<String, u32>,
+    /// Days after the identifiers' erasure before the batch's rows themselves (and their
+    /// attempts) are deleted; the batch and its counts stay.
+    pub rows_days: u32,
     /// Days an ABDM attempt record (no identifiers: codes, durations) is kept.
     pub attempts_days: u32,
     /// Days a webhook delivery record is kept.
@@ -72,6 +75,7 @@ impl Default for RetentionSettings {
         Self {
             identifiers_days: 30,
             benefit_identifiers_days: Default::default(),
+            rows_days: 60,
             attempts_days: 90,
             webhook_deliveries_days: 30,
             api_idempotency_days: 7,

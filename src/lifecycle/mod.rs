@@ -24,6 +24,8 @@ const DAY: u64 = 86_400;
 pub struct RetentionPolicy {
     /// Identifiers of finished batches.
     pub identifiers: IdentifierRetention,
+    /// Rows of erased batches (after their erasure).
+    pub rows: Duration,
     /// `attempts`.
     pub attempts: Duration,
     /// `webhook_deliveries`.
@@ -53,6 +55,7 @@ impl RetentionPolicy {
                     .map(|(b, d)| (b.clone(), days(*d)))
                     .collect(),
             },
+            rows: days(s.rows_days),
             attempts: days(s.attempts_days),
             webhook_deliveries: days(s.webhook_deliveries_days),
             api_idempotency: days(s.api_idempotency_days),
@@ -150,6 +153,23 @@ impl Sweeper {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "retention: erasing identifiers failed");
+                    break;
+                }
+            }
+        }
+        while started.elapsed() < ROUND_BUDGET {
+            match store.sweep_rows(self.policy.rows, self.policy.chunk).await {
+                Ok(c) => {
+                    let Some(batch) = c.batch else { break };
+                    metrics::RETENTION_ERASED
+                        .with_label_values(&["jobs_deleted"])
+                        .inc_by(c.jobs);
+                    if c.batch_done {
+                        tracing::info!(%batch, "retention: rows of the erased batch deleted");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention: deleting erased rows failed");
                     break;
                 }
             }

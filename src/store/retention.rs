@@ -182,6 +182,107 @@ impl Store {
         })
     }
 
+    /// Deletes one chunk (`chunk` job ids) of the rows of the batch whose identifiers were
+    /// erased longest ago, once that is more than `keep` ago: their attempts, outbox rows and
+    /// the jobs themselves, in one short transaction holding the batch row's lock (`SKIP
+    /// LOCKED`, as [`Self::sweep_identifiers`]). The batch row and its counts stay.
+    pub async fn sweep_rows(&self, keep: Duration, chunk: i64) -> Result<SweepChunk, StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .ctx("starting a row deletion chunk")?;
+        let Some(row) = sqlx::query(
+            "SELECT id, delete_cursor, erase_upto FROM batches
+             WHERE erased_at IS NOT NULL AND rows_deleted_at IS NULL
+               AND erased_at < now() - make_interval(secs => $1)
+             ORDER BY erased_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(keep.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await
+        .ctx("finding an erased batch due for deletion")?
+        else {
+            return Ok(SweepChunk::default());
+        };
+        let batch: Uuid = row.get(0);
+        let (cursor, upto): (i64, i64) = match (row.get(1), row.get(2)) {
+            (Some(c), Some(u)) => (c, u),
+            _ => {
+                let r = sqlx::query(
+                    "SELECT COALESCE(min(id) - 1, 0), COALESCE(max(id), 0) FROM jobs WHERE batch_id = $1",
+                )
+                .bind(batch)
+                .fetch_one(&mut *tx)
+                .await
+                .ctx("finding a batch's job id range")?;
+                (r.get(0), r.get(1))
+            }
+        };
+        let end = upto.min(cursor.saturating_add(chunk));
+        sqlx::query(
+            "DELETE FROM attempts WHERE job_id IN (
+                SELECT id FROM jobs WHERE batch_id = $1 AND id > $2 AND id <= $3)",
+        )
+        .bind(batch)
+        .bind(cursor)
+        .bind(end)
+        .execute(&mut *tx)
+        .await
+        .ctx("deleting the attempts of erased rows")?;
+        sqlx::query(
+            "DELETE FROM outbox WHERE job_id IN (
+                SELECT id FROM jobs WHERE batch_id = $1 AND id > $2 AND id <= $3)",
+        )
+        .bind(batch)
+        .bind(cursor)
+        .bind(end)
+        .execute(&mut *tx)
+        .await
+        .ctx("deleting the outbox rows of erased rows")?;
+        // Only rows already erased: a row can only be unerased here if it ran again.
+        let jobs = sqlx::query(
+            "DELETE FROM jobs WHERE batch_id = $1 AND id > $2 AND id <= $3 AND erased_at IS NOT NULL",
+        )
+        .bind(batch)
+        .bind(cursor)
+        .bind(end)
+        .execute(&mut *tx)
+        .await
+        .ctx("deleting erased rows")?
+        .rows_affected();
+        let batch_done = end >= upto;
+        if batch_done {
+            sqlx::query("DELETE FROM rejected_rows WHERE batch_id = $1")
+                .bind(batch)
+                .execute(&mut *tx)
+                .await
+                .ctx("deleting a batch's rejected rows")?;
+            sqlx::query("DELETE FROM outbox WHERE batch_id = $1")
+                .bind(batch)
+                .execute(&mut *tx)
+                .await
+                .ctx("deleting a batch's outbox row")?;
+        }
+        sqlx::query(
+            "UPDATE batches SET delete_cursor = $2,
+                    rows_deleted_at = CASE WHEN $3 THEN now() END
+             WHERE id = $1",
+        )
+        .bind(batch)
+        .bind(end)
+        .bind(batch_done)
+        .execute(&mut *tx)
+        .await
+        .ctx("advancing a batch's deletion")?;
+        tx.commit().await.ctx("committing a row deletion chunk")?;
+        Ok(SweepChunk {
+            batch: Some(batch),
+            jobs,
+            batch_done,
+        })
+    }
+
     /// The oldest unerased finished batch: its age, and how far past its retention it is.
     pub async fn retention_stats(
         &self,
