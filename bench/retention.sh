@@ -5,6 +5,7 @@
 #
 #   bench/retention.sh size [ROWS]                 # default 1000000
 #   bench/retention.sh plateau [DAYS] [ROWS/DAY] [RETENTION_DAYS]   # default 60 20000 7
+#     (identifiers_days = rows_days = RETENTION_DAYS, attempts_days = twice that)
 #
 # Rows go in through the real `abha-bulk submit` of a generated benefit-link file; running
 # them through ABDM is simulated with SQL (state succeeded, a result ciphertext of a real
@@ -87,6 +88,7 @@ size)
 plateau)
   DAYS=${2:-60}; PER_DAY=${3:-20000}; KEEP=${4:-7}
   export ABHA_BULK__RETENTION__IDENTIFIERS_DAYS=$KEEP
+  export ABHA_BULK__RETENTION__ROWS_DAYS=$KEEP
   export ABHA_BULK__RETENTION__ATTEMPTS_DAYS=$((KEEP * 2))
   echo "day jobs_table jobs_indexes attempts_table attempts_indexes database jobs_live_bytes jobs_rows unerased_rows"
   for day in $(seq 1 "$DAYS"); do
@@ -95,7 +97,8 @@ plateau)
     simulate_run
     # A day passes.
     psql_db "UPDATE batches SET finished_at = finished_at - interval '1 day',
-                                created_at = created_at - interval '1 day';
+                                created_at = created_at - interval '1 day',
+                                erased_at = erased_at - interval '1 day';
              UPDATE attempts SET created_at = created_at - interval '1 day'"
     "$BIN" retention >/dev/null
     # Stands in for a day of autovacuum (the simulated day lasts seconds).
