@@ -400,3 +400,71 @@ async fn a_full_pg_dump_after_erasure_decrypts_to_nothing_about_the_people_erase
     assert_eq!(by_ref(&report, "f13")["result_revealed"], "");
     env.cleanup().await;
 }
+
+/// `abha-bulk erase` as an operator runs it: a malformed file is refused naming the line, a
+/// good one erases; neither its output nor its logs (at debug) hold an identifier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_erase_command_names_a_bad_line_and_prints_no_identifier() {
+    let env = TestEnv::new().await;
+    let pop = env.pop();
+    let batch = links_of(&env, BENEFIT, "c", &[7, 8]).await;
+    let mut url = reqwest::Url::parse(&env.db_url).unwrap();
+    let password = url.password().unwrap_or("").to_string();
+    url.set_password(None).unwrap();
+    let run = |file: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_abha-bulk"))
+            .args([
+                "erase",
+                file.to_str().unwrap(),
+                "--reason",
+                "DPDP request 9",
+            ])
+            .current_dir(env.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ABHA_BULK_CONFIG_DIR", env.dir.path().join("no-config"))
+            .env("ABHA_BULK__DATABASE__URL", url.to_string())
+            .env("ABHA_BULK__DATABASE__PASSWORD", &password)
+            .env(
+                "ABHA_BULK__PII__KEY",
+                "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+            )
+            .env("ABHA_BULK__TELEMETRY__LOG_FILTER", "debug")
+            .output()
+            .expect("abha-bulk runs")
+    };
+    let abha = pop.abha(7).expose().to_string();
+    let bad = env.write_file("bad.txt", &format!("{abha}\n98765\n"));
+    let out = run(&bad);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success());
+    assert!(
+        text.contains("line 2:") && text.contains("nothing was erased"),
+        "{text}"
+    );
+    assert!(!text.contains("98765") && !text.contains(&abha), "{text}");
+    assert!(!row(&env, batch, "c7").await.1);
+
+    let good = env.write_file("good.txt", &format!("identifier\n{abha}\n"));
+    let out = run(&good);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("done: 1 rows erased, 1 of them cancelled"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&abha) && !text.contains(&pop.abha(7).digits()),
+        "{text}"
+    );
+    assert!(row(&env, batch, "c7").await.1 && !row(&env, batch, "c8").await.1);
+    env.cleanup().await;
+}
