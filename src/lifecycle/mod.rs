@@ -222,3 +222,45 @@ impl Sweeper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigSource, Settings};
+
+    fn load(vars: &[(&str, &str)]) -> Settings {
+        Settings::load_with_env(
+            &ConfigSource {
+                dir: "/nonexistent".into(),
+                env: "local".into(),
+                file: None,
+            },
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn default_is_what_default_toml_says() {
+        let p = RetentionPolicy::from_settings(&load(&[]).retention);
+        assert_eq!(p, RetentionPolicy::default());
+        assert_eq!(p.identifiers.default, Duration::from_secs(30 * DAY));
+        assert_eq!(p.audit, Duration::from_secs(365 * DAY));
+    }
+
+    #[test]
+    fn a_programme_override_comes_from_the_environment() {
+        let s = load(&[
+            ("ABHA_BULK__RETENTION__BENEFIT_IDENTIFIERS_DAYS__PMJAY", "7"),
+            ("ABHA_BULK__RETENTION__ROWS_DAYS", "5"),
+        ]);
+        let p = RetentionPolicy::from_settings(&s.retention);
+        // Names are compared without case in SQL (environment variables arrive lower-cased).
+        assert_eq!(
+            p.identifiers.per_benefit,
+            vec![("pmjay".to_string(), Duration::from_secs(7 * DAY))]
+        );
+        assert_eq!(p.rows, Duration::from_secs(5 * DAY));
+        assert_eq!(p.keep(Purge::ErasureLog), p.audit);
+    }
+}
