@@ -18,12 +18,13 @@ mod output;
 mod api_cmd;
 mod args;
 mod commands;
+mod erase_cmd;
 mod ops;
 mod status;
 mod tour_cmd;
 pub use args::{
-    BatchArg, Cli, Command, DemoArgs, OutputFormat, ReconcileArgs, RekeyArgs, ReportArgs,
-    RetryArgs, SandboxArgs, StatusArgs, SubmitArgs, TourArgs, WorkerArgs,
+    BatchArg, Cli, Command, DemoArgs, EraseArgs, OutputFormat, ReconcileArgs, RekeyArgs,
+    ReportArgs, RetryArgs, SandboxArgs, StatusArgs, SubmitArgs, TourArgs, WorkerArgs,
 };
 use tour_cmd::{print_tour, tour_inputs};
 
@@ -144,6 +145,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rekey(args) => ops::rekey(&settings, args).await,
+        Command::Erase(args) => erase_cmd::erase(&settings, args).await,
+        Command::Retention => erase_cmd::retention(&settings).await,
         Command::Submit(args) => commands::submit(&settings, args).await,
         Command::Serve => api_cmd::serve(&settings).await,
         Command::ApiKey(cmd) => api_cmd::api_key(&settings, cmd).await,

@@ -184,6 +184,7 @@ pub async fn run(settings: &Settings, opts: &DemoOptions) -> anyhow::Result<Demo
             housekeeping: Duration::from_millis(500),
             fallback_rate: Some(opts.rate),
             ..crate::relay::RelayConfig::from_settings(&settings.relay)
+                .with_retention(&settings.retention)
         },
         stop.clone(),
     ));

@@ -14,6 +14,7 @@
 //! | [`abdm`] | the ABDM V3 client: a small `client` façade over `transport` (headers, gate, retries of one call), `certificate` (public-key cache), `trace` (`CallTrace`, `AttemptRecord`), `session`, `crypto` (public key only), `error`; operations in `benefit`, `profile`, `child`, `enrol` |
 //! | [`sandbox`] | the embedded ABDM simulator (axum) used by the demo, tests and benchmarks: its private `key`, `settings_for_sandbox`, and `routes/` (`guard`, `errors`, one file per API area, `admin`) |
 //! | [`jobs`] | the kind registry ([`jobs::kind`]) and one module per kind (columns, payload, validation, ABDM call, outcomes, sample rows); shared column specs ([`jobs::columns`]), field parsers ([`jobs::fields`]), outcome mapping ([`jobs::execute`]), what sample rows are made from ([`jobs::sample`]: the world the sandbox lends them) |
+//! | [`lifecycle`] | the data lifecycle (DPDP Act): the retention `Sweeper` run by the relay's housekeeping, and `erase` (erasure on request: identifier files → keyed hashes → erased rows) |
 //! | [`ingest`] | streaming CSV → validated rows and rejections |
 //! | [`store`] | Postgres: vault, batches, submits, claims, outcomes, jobs, outbox, rate budget, circuit breaker, API keys, webhooks, reconcile runs |
 //! | [`queue`] | RabbitMQ topology, job envelope v1, confirmed publishing |
@@ -40,6 +41,7 @@ pub mod demo;
 pub mod http;
 pub mod ingest;
 pub mod jobs;
+pub mod lifecycle;
 pub mod pii;
 pub mod queue;
 pub mod ratelimit;

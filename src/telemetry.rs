@@ -96,6 +96,9 @@ pub mod metrics {
         "abha_reconcile_last_run_timestamp_seconds",
         "abha_reconcile_drift",
         "abha_abdm_circuit_open",
+        "abha_retention_erased_total",
+        "abha_retention_oldest_unerased_seconds",
+        "abha_retention_overdue_seconds",
         "abha_abdm_circuit_probes_total",
         "abha_abdm_clock_rejected_total",
         "abha_abdm_clock_hold",
@@ -408,6 +411,31 @@ pub mod metrics {
         )
     });
 
+    /// `abha_retention_erased_total{table}`.
+    pub static RETENTION_ERASED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        counter(
+            "abha_retention_erased_total",
+            "Rows erased (jobs: identifiers erased by retention or request) or purged (other tables) by the data lifecycle",
+            &["table"],
+        )
+    });
+
+    /// `abha_retention_oldest_unerased_seconds`.
+    pub static RETENTION_OLDEST: LazyLock<Gauge> = LazyLock::new(|| {
+        gauge(
+            "abha_retention_oldest_unerased_seconds",
+            "Age of the oldest finished batch whose identifiers are not yet erased (0: none)",
+        )
+    });
+
+    /// `abha_retention_overdue_seconds`.
+    pub static RETENTION_OVERDUE: LazyLock<Gauge> = LazyLock::new(|| {
+        gauge(
+            "abha_retention_overdue_seconds",
+            "How long past its programme's retention the most overdue unerased batch is (0: none)",
+        )
+    });
+
     /// Touches every metric so that `/metrics` lists them all from the start. `kinds` are the
     /// job kind labels: the caller passes them so that telemetry, which everything uses, does
     /// not depend on the jobs registry.
@@ -444,6 +472,21 @@ pub mod metrics {
         }
         for result in ["delivered", "failed", "timeout", "refused"] {
             WEBHOOK_DELIVERIES.with_label_values(&[result]);
+        }
+        LazyLock::force(&RETENTION_OLDEST);
+        LazyLock::force(&RETENTION_OVERDUE);
+        for table in [
+            "jobs",
+            "jobs_deleted",
+            "attempts",
+            "webhook_deliveries",
+            "api_idempotency",
+            "api_idempotency_running",
+            "outbox",
+            "reveal_audit",
+            "erasure_log",
+        ] {
+            RETENTION_ERASED.with_label_values(&[table]);
         }
         // Known label values start at 0, so rates and alerts see a series from the start.
         for kind in kinds {

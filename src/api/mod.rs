@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod batches;
 pub mod console;
+pub mod erasures;
 pub mod guard;
 pub mod problem;
 pub mod upload;
@@ -179,6 +180,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/batches/{id}/report", get(batches::report))
         .route("/v1/batches/{id}/retry-failed", post(batches::retry_failed))
         .route("/v1/batches/{id}/cancel", post(batches::cancel))
+        .route("/v1/erasures", post(erasures::create))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(|| async { "ok\n" }))
         .merge(console::routes(state.max_upload))

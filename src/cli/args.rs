@@ -74,6 +74,33 @@ pub enum Command {
     /// Re-encrypt every stored identifier under `pii.key` while `pii.previous_keys` still
     /// decrypt (online, in chunks), then record the new key's check value.
     Rekey(RekeyArgs),
+    /// Erase every stored row about the people in a file of identifiers (Aadhaar, ABHA
+    /// number or mobile, one per line; DPDP Act s.12), cancelling their rows that have not run.
+    Erase(EraseArgs),
+    /// Run the retention sweep once to its end (the relay's housekeeping runs it anyway):
+    /// erase the identifiers of batches past their retention, purge old records.
+    Retention,
+}
+
+/// `erase` options.
+#[derive(Debug, Clone, Args)]
+pub struct EraseArgs {
+    /// The file: one identifier per line (`aadhaar:`, `abha:` or `mobile:` before a value
+    /// whose digits alone are ambiguous); blank lines and `#` comments are skipped.
+    pub file: PathBuf,
+    /// Why (required; recorded in the erasure log).
+    #[arg(long)]
+    pub reason: String,
+    /// Only rows of these benefits (programmes); repeat for several. Default: every benefit.
+    #[arg(long = "benefit", visible_alias = "programme")]
+    pub benefits: Vec<String>,
+    /// The person responsible (recorded in the erasure log).
+    #[arg(long)]
+    pub operator: Option<String>,
+    /// Seconds to wait for rows running right now to finish before leaving them for the next
+    /// run of the same request.
+    #[arg(long, default_value_t = 300)]
+    pub wait_secs: u64,
 }
 
 /// How `submit` and `status` answer on standard output.

@@ -19,8 +19,8 @@ pub use load::ConfigSource;
 pub use secrets::{ExposeSecret, SECRET_KEYS, SecretString};
 pub use settings::{
     AbdmSettings, BenefitSettings, ChildrenListMethod, DatabaseSettings, LogFormat, PiiSettings,
-    RabbitSettings, ReconcileSettings, RelaySettings, SandboxSettings, Settings, TelemetrySettings,
-    WorkerSettings,
+    RabbitSettings, ReconcileSettings, RelaySettings, RetentionSettings, SandboxSettings, Settings,
+    TelemetrySettings, WorkerSettings,
 };
 pub(crate) use settings::{addr, millis, secs};
 

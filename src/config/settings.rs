@@ -39,6 +39,55 @@ pub struct Settings {
     /// Webhook deliveries of the programme API (sent beside the relay).
     #[serde(default)]
     pub webhooks: crate::api::webhooks::WebhookSettings,
+    /// How long personal data and operational debris are kept (docs/privacy.md).
+    #[serde(default)]
+    pub retention: RetentionSettings,
+}
+
+/// How long data is kept before the relay's housekeeping erases or purges it
+/// (docs/privacy.md maps each to the DPDP Act 2023). Days, so an operator reads them as policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionSettings {
+    /// Days after a batch finishes before its identifiers are erased.
+    pub identifiers_days: u32,
+    /// Per-programme override of `identifiers_days`: `{ pmjay = 7 }`.
+    pub benefit_identifiers_days: std::collections::BTreeMap<String, u32>,
+    /// Days after the identifiers' erasure before the batch's rows themselves (and their
+    /// attempts) are deleted; the batch and its counts stay.
+    pub rows_days: u32,
+    /// Days an ABDM attempt record (no identifiers: codes, durations) is kept.
+    pub attempts_days: u32,
+    /// Days a webhook delivery record is kept.
+    pub webhook_deliveries_days: u32,
+    /// Days an upload's Idempotency-Key answer is kept.
+    pub api_idempotency_days: u32,
+    /// Hours after which an Idempotency-Key record still marked running (its `serve` crashed
+    /// mid-upload) is dropped, so the client's retry can upload again.
+    pub api_idempotency_running_hours: u32,
+    /// Days an outbox row of a finished job or batch (debris) is kept.
+    pub outbox_debris_days: u32,
+    /// Days the audit records (`reveal_audit`, `erasure_log`) are kept.
+    pub audit_days: u32,
+    /// Job ids per erasure chunk (one short transaction each).
+    pub chunk: u32,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            identifiers_days: 30,
+            benefit_identifiers_days: Default::default(),
+            rows_days: 60,
+            attempts_days: 90,
+            webhook_deliveries_days: 30,
+            api_idempotency_days: 7,
+            api_idempotency_running_hours: 6,
+            outbox_debris_days: 1,
+            audit_days: 365,
+            chunk: 5000,
+        }
+    }
 }
 
 /// Benefit (programme) names; see `jobs::benefit`.

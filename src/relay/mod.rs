@@ -45,6 +45,8 @@ pub struct RelayConfig {
     pub fallback_rate: Option<f64>,
     /// Programme weights (`benefits.weights`).
     pub weights: HashMap<String, f64>,
+    /// What the housekeeping erases and purges, and when (`[retention]`).
+    pub retention: crate::lifecycle::RetentionPolicy,
 }
 
 impl RelayConfig {
@@ -55,6 +57,7 @@ impl RelayConfig {
             idle: s.idle,
             housekeeping: s.housekeeping,
             publish_timeout: s.publish_timeout,
+            retention: crate::lifecycle::RetentionPolicy::default(),
             broker_horizon: s.broker_horizon,
             broker_min: s.broker_min,
             broker_max: s.broker_max,
@@ -71,7 +74,7 @@ impl RelayConfig {
             rate_client: s.worker.global_rate_limit.then(|| s.abdm.client_id.clone()),
             fallback_rate: Some(s.worker.rate_per_second),
             weights: s.benefits.weights.clone(),
-            ..Self::from_settings(&s.relay)
+            ..Self::from_settings(&s.relay).with_retention(&s.retention)
         }
     }
 
@@ -85,6 +88,12 @@ impl RelayConfig {
             _ => max,
         }
     }
+
+    /// With the `[retention]` settings.
+    pub fn with_retention(mut self, s: &crate::config::RetentionSettings) -> Self {
+        self.retention = crate::lifecycle::RetentionPolicy::from_settings(s);
+        self
+    }
 }
 
 /// The values of `config/default.toml` (tests and benchmarks that build a relay without
@@ -96,6 +105,7 @@ impl Default for RelayConfig {
             idle: Duration::from_millis(100),
             housekeeping: Duration::from_secs(2),
             publish_timeout: Duration::from_secs(10),
+            retention: crate::lifecycle::RetentionPolicy::default(),
             broker_horizon: Duration::from_millis(500),
             broker_min: 20,
             broker_max: 2000,
@@ -115,7 +125,7 @@ pub async fn run(
     cfg: RelayConfig,
     stop: CancellationToken,
 ) {
-    let chores = tokio::spawn(chores(store.clone(), cfg.housekeeping, stop.clone()));
+    let chores = tokio::spawn(chores(store.clone(), cfg.clone(), stop.clone()));
     let mut backoff = reconnect_backoff();
     let mut scheduling = broker::Scheduling::default();
     'connect: while !stop.is_cancelled() {
@@ -158,15 +168,18 @@ pub async fn run(
 /// lease expiry, batch closing, the X-token sweep and aborted submits go on while RabbitMQ is
 /// unreachable (they need only Postgres). Webhooks go out from a task of their own
 /// (`api::webhooks::run`, started beside the relay), so a hung receiver delays nothing here.
-async fn chores(store: Store, every: Duration, stop: CancellationToken) {
+async fn chores(store: Store, cfg: RelayConfig, stop: CancellationToken) {
     let mut last_gauges = Instant::now() - GAUGE_INTERVAL;
+    // The data lifecycle's retention sweep (docs/privacy.md) is housekeeping too.
+    let mut sweeper = crate::lifecycle::Sweeper::new(cfg.retention.clone());
     while !stop.is_cancelled() {
         housekeeping::round(&store).await;
+        sweeper.round(&store).await;
         if last_gauges.elapsed() >= GAUGE_INTERVAL {
             housekeeping::batch_gauges(&store).await;
             last_gauges = Instant::now();
         }
-        sleep_or_stop(every, &stop).await;
+        sleep_or_stop(cfg.housekeeping, &stop).await;
     }
 }
 

@@ -250,6 +250,9 @@ fn csv_error(shown: &str, e: csv::Error) -> ReportError {
     }
 }
 
+/// What the `result_revealed` cell of an erased row says.
+pub const ERASED: &str = "erased";
+
 async fn write_rows(
     store: &Store,
     batch: Uuid,
@@ -264,6 +267,8 @@ async fn write_rows(
     let mut rows = std::pin::pin!(store.report_rows(batch));
     while let Some(r) = rows.try_next().await? {
         let revealed = match (reveal, &r.result_ciphertext) {
+            // The value is gone for good: the report says so rather than leaving a blank.
+            _ if r.erased => ERASED.to_string(),
             (true, Some(ct)) => {
                 counts.revealed += 1;
                 String::from_utf8_lossy(

@@ -165,6 +165,8 @@ pub struct ReportRow {
     pub result_ciphertext: Option<Vec<u8>>,
     /// Job id (0 for rejected rows): the result's associated data.
     pub job_id: i64,
+    /// The row's identifiers were erased (retention or a request): the report says `erased`.
+    pub erased: bool,
 }
 
 impl Store {
@@ -332,6 +334,7 @@ impl Store {
                 UPDATE jobs SET state = 'queued', attempts = 0, next_due_at = NULL, finished_at = NULL,
                        updated_at = now()
                 WHERE batch_id = $1 AND state IN ('failed', 'dead') AND ($2::text IS NULL OR last_code = $2)
+                      AND erased_at IS NULL
                 RETURNING id, kind),
              out AS (INSERT INTO outbox (job_id, kind) SELECT id, kind FROM again)
              SELECT count(*) FROM again",
@@ -361,11 +364,13 @@ impl Store {
         sqlx::query(
             "SELECT row_number, external_ref, subject_masked AS identifier, state, outcome,
                     last_code AS code, NULL AS rejected_column, last_message AS message, attempts,
-                    finished_at, result_masked AS result, result AS result_ciphertext, id AS ord
+                    finished_at, result_masked AS result, result AS result_ciphertext, id AS ord,
+                    erased_at IS NOT NULL AS erased
              FROM jobs WHERE batch_id = $1
              UNION ALL
              SELECT row_number, external_ref, NULL, CASE WHEN duplicate_of IS NULL THEN 'rejected' ELSE 'duplicate' END,
-                    NULL, NULL, CASE WHEN duplicate_of IS NULL THEN column_name END, reason, 0, NULL, NULL, NULL, 0
+                    NULL, NULL, CASE WHEN duplicate_of IS NULL THEN column_name END, reason, 0, NULL, NULL, NULL, 0,
+                    false
              FROM rejected_rows WHERE batch_id = $1
              ORDER BY row_number NULLS LAST, ord",
         )
@@ -385,6 +390,7 @@ impl Store {
             result: r.get("result"),
             result_ciphertext: r.get("result_ciphertext"),
             job_id: r.get("ord"),
+            erased: r.get("erased"),
         })
         .map_err(|cause| StoreError::Query {
             what: "reading the report",

@@ -221,5 +221,6 @@ pub type ServiceLink = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
 const SERVICE_LINKS: &str = "SELECT id, kind, payload, result, dedup_hash FROM (
         SELECT DISTINCT ON (subject_hash) id, kind, payload, result, dedup_hash FROM jobs
         WHERE benefit = $1 AND kind IN ('benefit-link', 'benefit-delink') AND state = 'succeeded'
+          AND erased_at IS NULL
         ORDER BY subject_hash, finished_at DESC) latest
      WHERE kind = 'benefit-link'";

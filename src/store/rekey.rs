@@ -60,7 +60,8 @@ impl Store {
         chunk: i64,
         mut progress: impl FnMut(&RekeyProgress),
     ) -> Result<RekeyProgress, StoreError> {
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        // Erased rows hold nothing to re-encrypt (and their hashes match nothing).
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE erased_at IS NULL")
             .fetch_one(&self.pool)
             .await
             .ctx("counting jobs")?;
@@ -72,7 +73,7 @@ impl Store {
         loop {
             let rows = sqlx::query(
                 "SELECT id, kind, subject_hash, dedup_hash, payload, result FROM jobs
-                 WHERE id > $1 ORDER BY id LIMIT $2",
+                 WHERE id > $1 AND erased_at IS NULL ORDER BY id LIMIT $2",
             )
             .bind(last)
             .bind(chunk)

@@ -120,11 +120,13 @@ pub async fn check_key(conn: &mut PgConnection, vault: &Vault) -> Result<(), Sto
         }
         Some(_) => Err(mismatch()),
         None => {
-            let newest =
-                sqlx::query("SELECT dedup_hash, payload FROM jobs ORDER BY id DESC LIMIT 1")
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .ctx("reading a stored job")?;
+            let newest = sqlx::query(
+                "SELECT dedup_hash, payload FROM jobs WHERE erased_at IS NULL
+                     ORDER BY id DESC LIMIT 1",
+            )
+            .fetch_optional(&mut *conn)
+            .await
+            .ctx("reading a stored job")?;
             if let Some(row) = newest {
                 let dedup: Vec<u8> = row.get(0);
                 let payload: Vec<u8> = row.get(1);

@@ -86,6 +86,9 @@ pub struct Vault {
     current: KeySlot,
     previous: Vec<KeySlot>,
     hash_key: [u8; 32],
+    /// The lookup-hash keys of `pii.previous_keys`: rows not yet rewritten by `rekey` still
+    /// carry hashes under them, and an erasure request must find those rows too.
+    previous_hash_keys: Vec<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -151,6 +154,7 @@ impl Vault {
             current: KeySlot::new(raw),
             previous: Vec::new(),
             hash_key: derive(raw, b"abha-bulk/lookup-hash/v1"),
+            previous_hash_keys: Vec::new(),
         }
     }
 
@@ -159,6 +163,8 @@ impl Vault {
         let slot = KeySlot::new(raw);
         if slot.id != self.current.id && !self.previous.iter().any(|p| p.id == slot.id) {
             self.previous.push(slot);
+            self.previous_hash_keys
+                .push(derive(raw, b"abha-bulk/lookup-hash/v1"));
         }
         self
     }
@@ -256,9 +262,16 @@ impl Vault {
     /// Keyed hash for lookups and de-duplication: HMAC-SHA256 truncated to 128 bits (ample
     /// against collisions among billions of rows, and half the index size).
     pub fn hash(&self, value: &str) -> Vec<u8> {
-        let mut mac = <Hmac<Sha256>>::new_from_slice(&self.hash_key).expect("any key length");
-        mac.update(value.as_bytes());
-        mac.finalize().into_bytes()[..16].to_vec()
+        keyed_hash(&self.hash_key, value)
+    }
+
+    /// The lookup hash of `value` under `pii.key` and under each of `pii.previous_keys`:
+    /// what an erasure request looks for, so that it finds rows `rekey` has not reached yet.
+    pub fn hashes_all_keys(&self, value: &str) -> Vec<Vec<u8>> {
+        std::iter::once(&self.hash_key)
+            .chain(&self.previous_hash_keys)
+            .map(|k| keyed_hash(k, value))
+            .collect()
     }
 
     /// A legacy ciphertext (no header, no associated data), as written before version 1:
@@ -274,6 +287,13 @@ impl Vault {
             .expect("in-memory encryption");
         [nonce.as_slice(), &ct].concat()
     }
+}
+
+/// HMAC-SHA256 truncated to 128 bits.
+fn keyed_hash(key: &[u8; 32], value: &str) -> Vec<u8> {
+    let mut mac = <Hmac<Sha256>>::new_from_slice(key).expect("any key length");
+    mac.update(value.as_bytes());
+    mac.finalize().into_bytes()[..16].to_vec()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -328,6 +348,10 @@ mod tests {
         assert_eq!(rotated.decrypt(&before, Aad::JobResult(5)).unwrap(), b"v1");
         assert!(!rotated.is_current(&before));
         assert!(rotated.is_previous_check_value(&old.check_value()));
+        assert_eq!(
+            rotated.hashes_all_keys("x"),
+            vec![Vault::from_bytes(&[9u8; 32]).hash("x"), old.hash("x")]
+        );
         assert_ne!(rotated.check_value(), old.check_value());
         let without = Vault::from_bytes(&[9u8; 32]);
         let e = without
