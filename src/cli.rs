@@ -22,8 +22,8 @@ mod ops;
 mod status;
 mod tour_cmd;
 pub use args::{
-    BatchArg, Cli, Command, DemoArgs, ReconcileArgs, RekeyArgs, ReportArgs, RetryArgs, SandboxArgs,
-    StatusArgs, SubmitArgs, TourArgs, WorkerArgs,
+    BatchArg, Cli, Command, DemoArgs, ProbeArgs, ReconcileArgs, RekeyArgs, ReportArgs, RetryArgs,
+    SandboxArgs, StatusArgs, SubmitArgs, TourArgs, WorkerArgs,
 };
 use tour_cmd::{print_tour, tour_inputs};
 
@@ -62,6 +62,9 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Probe(args) = &cli.command {
+        return ops::probe(args).await;
+    }
     let mut settings = load_settings(&cli)?;
     crate::telemetry::init(&settings.telemetry);
     match &cli.command {
@@ -144,6 +147,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Rekey(args) => ops::rekey(&settings, args).await,
+        // Answered before the settings are read (above); kept here so the match stays whole.
+        Command::Probe(args) => ops::probe(args).await,
         Command::Submit(args) => commands::submit(&settings, args).await,
         Command::Serve => api_cmd::serve(&settings).await,
         Command::ApiKey(cmd) => api_cmd::api_key(&settings, cmd).await,
