@@ -132,11 +132,13 @@ stop_engine() {
     for ((i = 0; i < 60; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
   fi
-  # The chains and rules that engine made (DOCKER, DOCKER-USER, DOCKER-ISOLATION-STAGE-*):
-  # every rule that names one, then the chains, in the filter and nat tables.
+  # The chains and rules that engine made: every rule naming a DOCKER chain, its bridges
+  # (docker0, br-<id>) or its address pools, then the DOCKER* chains, in the filter and nat
+  # tables. Rules of anyone else are left alone.
   local table rule chain
+  local ours='DOCKER|docker0|br-[0-9a-f]{12}|10\.21[34]\.'
   for table in filter nat; do
-    iptables -t "$table" -S 2>/dev/null | grep -E '^-A .*DOCKER' | grep -vE '^-A DOCKER' \
+    iptables -t "$table" -S 2>/dev/null | grep -E '^-A ' | grep -vE '^-A DOCKER' | grep -E "$ours" \
       | while read -r rule; do
         # shellcheck disable=SC2086
         iptables -t "$table" ${rule/-A/-D} 2>/dev/null || true
@@ -154,10 +156,12 @@ stop_engine() {
   [ -f "$CT/ip_forward.before" ] && cat "$CT/ip_forward.before" >/proc/sys/net/ipv4/ip_forward
   ip link del docker0 2>/dev/null || true
   rm -f "$CT/started-engine"
-  if iptables-save 2>/dev/null | grep -q DOCKER; then
-    log "iptables still names DOCKER after teardown"
+  if iptables-save 2>/dev/null | grep -Eq "$ours"; then
+    log "iptables still holds rules of the engine after teardown:"
+    iptables-save | grep -E "$ours" >&2
     return 1
   fi
+  log "engine stopped; iptables back to: $(iptables -S | tr '\n' ' ')"
 }
 
 # ---------------------------------------------------------------- 2. base images

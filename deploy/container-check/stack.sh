@@ -102,11 +102,18 @@ batch_complete() { # batch accepted_rows
   [ "$total" -eq "$accepted" ] || { log "batch $b counts $total rows, $accepted were accepted"; return 1; }
   [ "$open" -eq 0 ] || { log "batch $b still has $open open rows"; return 1; }
   api "http://$API:8090/v1/batches/$b/report" -o "$STATE/report-$b.csv"
-  local lines unique
-  lines=$(($(wc -l <"$STATE/report-$b.csv") - 1))
-  unique=$(tail -n +2 "$STATE/report-$b.csv" | cut -d, -f1 | sort -u | wc -l)
-  log "report of $b: $lines rows, $unique distinct row numbers"
-  [ "$lines" -eq "$accepted" ] && [ "$unique" -eq "$accepted" ]
+  # One line per row of the file (accepted, rejected or duplicate), each row once, none open.
+  python3 - "$STATE/report-$b.csv" "$accepted" <<'PY'
+import collections, csv, sys
+rows = list(csv.DictReader(open(sys.argv[1], newline="")))
+states = collections.Counter(r["state"] for r in rows)
+numbers = [r["row"] for r in rows]
+jobs = sum(n for s, n in states.items() if s not in ("rejected", "duplicate"))
+print(f"report: {len(rows)} lines, {len(set(numbers))} distinct rows, states {dict(states)}", file=sys.stderr)
+ok = len(set(numbers)) == len(numbers) and jobs == int(sys.argv[2]) \
+    and not any(s in states for s in ("queued", "running", "retrying"))
+sys.exit(0 if ok else 1)
+PY
 }
 
 prom_query() { # promql → the JSON result array
