@@ -21,14 +21,15 @@
 #
 #   scripts/container-check.sh            # everything above
 #   KEEP=1 scripts/container-check.sh     # leave the stack and the engine running
-#   ROWS=400 scripts/container-check.sh   # rows of the chaos batch (default 300)
+#   ROWS=1200 scripts/container-check.sh  # rows of the chaos batch (default 1000)
+#   scripts/container-check.sh stack      # steps 4-7 only, with the image already built
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 CT=$ROOT/target/container
 mkdir -p "$CT"
 KEEP=${KEEP:-0}
-ROWS=${ROWS:-300}
+ROWS=${ROWS:-1000}
 PROJECT=abha-bulk-check
 COMPOSE_FILES=(-f deploy/compose.yaml -f deploy/container-check/compose.override.yaml)
 
@@ -98,7 +99,8 @@ start_engine() {
       command -v dockerd >/dev/null 2>&1 || apt_install docker.io iptables
       command -v docker >/dev/null 2>&1 || apt_install docker.io
       # What the host had before, to put back at teardown.
-      iptables-save >"$CT/iptables.before" 2>/dev/null || true
+      # (iptables-save prints nothing while no table is loaded: ask for the policy itself.)
+      iptables -S FORWARD 2>/dev/null | awk '$1 == "-P" {print $3; exit}' >"$CT/forward-policy.before"
       cat /proc/sys/net/ipv4/ip_forward >"$CT/ip_forward.before"
       mkdir -p "$CT/data" "$CT/exec"
       log "starting a private dockerd (data, exec root, socket and pid file under $CT)"
@@ -150,9 +152,8 @@ stop_engine() {
       iptables -t "$table" -X "$chain" 2>/dev/null || true
     done
   done
-  if [ -f "$CT/iptables.before" ]; then
-    iptables -P FORWARD "$(awk '/^:FORWARD/ {print $2; exit}' "$CT/iptables.before")" 2>/dev/null || true
-  fi
+  # dockerd set the FORWARD policy to DROP when it turned forwarding on: put both back.
+  iptables -P FORWARD "$(cat "$CT/forward-policy.before" 2>/dev/null || echo ACCEPT)" 2>/dev/null || true
   [ -f "$CT/ip_forward.before" ] && cat "$CT/ip_forward.before" >/proc/sys/net/ipv4/ip_forward
   ip link del docker0 2>/dev/null || true
   rm -f "$CT/started-engine"
@@ -229,9 +230,14 @@ source "$ROOT/deploy/container-check/stack.sh"
 main() {
   trap 'print_summary' EXIT
   step "1. container engine" start_engine || exit 1
-  step "2a. base image debian:bookworm-slim" build_debian_base || exit 1
-  step "2b. base image rust:1-bookworm (stand-in)" build_rust_base || exit 1
-  step "3. project image abha-bulk:local" build_image || exit 1
+  if [ "${1:-all}" = all ]; then
+    step "2a. base image debian:bookworm-slim" build_debian_base || exit 1
+    step "2b. base image rust:1-bookworm (stand-in)" build_rust_base || exit 1
+    step "3. project image abha-bulk:local" build_image || exit 1
+  else
+    docker image inspect abha-bulk:local >/dev/null 2>&1 \
+      || { log "no abha-bulk:local image: run without 'stack' first"; exit 1; }
+  fi
   if step "4. compose stack up" stack_up \
     && step "5. demo in containers" demo_in_containers; then
     step "6. worker killed, RabbitMQ restarted mid-batch" chaos_in_containers || true
@@ -246,10 +252,11 @@ main() {
 }
 
 case "${1:-all}" in
-  all) main ;;
+  all) main all ;;
+  stack) main stack ;;
   engine) start_engine ;;
   base) start_engine && build_debian_base && build_rust_base ;;
   image) start_engine && build_image ;;
   down) start_engine >/dev/null 2>&1 || true; teardown ;;
-  *) echo "usage: $0 [all|engine|base|image|down]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|stack|engine|base|image|down]" >&2; exit 2 ;;
 esac

@@ -18,4 +18,5 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   fi
   runuser -u postgres -- pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi
-exec runuser -u postgres -- postgres -D "$PGDATA" -c listen_addresses='*'
+# setpriv execs in place: postgres itself is PID 1 and gets docker stop's signal.
+exec setpriv --reuid=postgres --regid=postgres --init-groups -- postgres -D "$PGDATA" -c listen_addresses='*'

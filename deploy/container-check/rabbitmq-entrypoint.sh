@@ -1,6 +1,7 @@
 #!/bin/sh
-# Writes rabbitmq.conf from RABBITMQ_DEFAULT_USER / RABBITMQ_DEFAULT_PASS, then runs the
-# command (rabbitmq-server, which drops to the rabbitmq user itself).
+# Writes rabbitmq.conf from RABBITMQ_DEFAULT_USER / RABBITMQ_DEFAULT_PASS, then execs the
+# command as the rabbitmq user. setpriv execs in place (no su/runuser parent process that
+# would hold PID 1 and keep SIGTERM from the broker), so `docker stop` is a clean shutdown.
 set -eu
 chown -R rabbitmq:rabbitmq /var/lib/rabbitmq
 {
@@ -9,4 +10,9 @@ chown -R rabbitmq:rabbitmq /var/lib/rabbitmq
   echo "loopback_users = none"
   echo "listeners.tcp.default = 5672"
 } >/etc/rabbitmq/rabbitmq.conf
-exec "$@"
+if [ "$1" = rabbitmq-server ]; then
+  shift
+  set -- /usr/lib/rabbitmq/bin/rabbitmq-server "$@"
+fi
+export HOME=/var/lib/rabbitmq
+exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups -- "$@"

@@ -215,7 +215,7 @@ image_properties() {
   [ "$(docker image inspect abha-bulk:local --format '{{.Config.User}}')" = 10001:10001 ] || { log "image user is not 10001"; ok=1; }
   [ "$(docker inspect -f '{{.HostConfig.ReadonlyRootfs}}' "$id")" = true ] || { log "worker root is not read-only"; ok=1; }
   local uids
-  uids=$(docker top "$id" -eo uid,comm | tail -n +2 | awk '{print $1}' | sort -u | tr '\n' ' ')
+  uids=$(docker top "$id" -o pid,uid,comm | tail -n +2 | awk '{print $2}' | sort -u | tr '\n' ' ')
   log "worker processes run as uid(s): $uids"
   [ "$uids" = "10001 " ] || { log "worker runs as $uids"; ok=1; }
   log "HEALTHCHECK of the image: $(docker image inspect abha-bulk:local --format '{{json .Config.Healthcheck.Test}}'); worker: $(docker inspect -f '{{.State.Health.Status}}' "$id")"
@@ -239,6 +239,14 @@ image_properties() {
 
 teardown() {
   if docker info >/dev/null 2>&1; then
+    # Each container stopped on its own first: how long its graceful stop takes.
+    local id name t0
+    for id in $(docker ps -q --filter "label=com.docker.compose.project=$PROJECT"); do
+      name=$(docker inspect -f '{{.Name}}' "$id")
+      t0=$(date +%s%N)
+      docker stop -t 45 "$id" >/dev/null
+      log "stopped ${name#/} in $(awk -v a="$t0" -v b="$(date +%s%N)" 'BEGIN {printf "%.2f", (b - a) / 1e9}') s, exit code $(docker inspect -f '{{.State.ExitCode}}' "$id")"
+    done
     dc --profile grafana down -v --remove-orphans --timeout 45 >"$CT/compose-down.log" 2>&1 || true
     local left
     left=$(docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" | wc -l)
