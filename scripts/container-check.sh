@@ -58,7 +58,6 @@ print_summary() {
 }
 
 # ---------------------------------------------------------------- 1. engine
-STARTED_ENGINE=0
 apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null \
     || { DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null \
@@ -115,7 +114,6 @@ start_engine() {
         sleep 0.5
       done
       docker info >/dev/null 2>&1 || { tail -20 "$CT/dockerd.log" >&2; return 1; }
-      STARTED_ENGINE=1
       echo 1 >"$CT/started-engine"
     fi
   fi
@@ -257,6 +255,10 @@ case "${1:-all}" in
   engine) start_engine ;;
   base) start_engine && build_debian_base && build_rust_base ;;
   image) start_engine && build_image ;;
-  down) start_engine >/dev/null 2>&1 || true; teardown ;;
+  down)
+    # Never starts an engine: tears down what a KEEP=1 run left.
+    [ -S "$CT/docker.sock" ] && export DOCKER_HOST=unix://$CT/docker.sock
+    teardown
+    ;;
   *) echo "usage: $0 [all|stack|engine|base|image|down]" >&2; exit 2 ;;
 esac

@@ -134,10 +134,10 @@ demo_in_containers() {
     | grep -o 'abk_[A-Za-z0-9_]*' | head -1)
   [ -n "$KEY" ] || { log "no API key created"; return 1; }
   echo "$KEY" >"$STATE/api-key"
-  wait_until 120 "the sandbox's sample files" sh -c "ls '$CT'/samples/*.csv"
+  wait_until 120 "the sandbox's sample files" test -s "$CT/samples/benefit-link.csv"
   ls -l "$CT/samples" >&2
   local file
-  file=$(ls "$CT"/samples/*benefit-link*.csv | head -1)
+  file=$CT/samples/benefit-link.csv
   # A demo-sized batch: the first 200 rows.
   head -n 201 "$file" >"$STATE/demo.csv"
   local batch accepted
@@ -177,7 +177,7 @@ rows_done_at_least() { # batch n
 
 chaos_in_containers() {
   local file batch accepted t0=$SECONDS
-  file=$(ls "$CT"/samples/*benefit-link*.csv | head -1)
+  file=$CT/samples/benefit-link.csv
   # Rows the demo did not use.
   { head -n 1 "$file"; tail -n +202 "$file" | head -n "$ROWS"; } >"$STATE/chaos.csv"
   batch=$(submit_file benefit-link "$STATE/chaos.csv" chaos.csv)
