@@ -31,6 +31,14 @@ if ! "$ST" --version 2>/dev/null | grep -q "$ST_VERSION"; then
   target/tools/venv/bin/pip install -q "schemathesis==$ST_VERSION"
 fi
 export ABHA_BULK_SCHEMATHESIS="$PWD/$ST"
+echo "== kubernetes-validate (Kubernetes' own schemas, offline) in target/tools" >&2
+# After schemathesis: its install may recreate the venv (--clear).
+KV_VERSION=1.37.0
+KV=target/tools/venv/bin/kubernetes-validate
+if ! "$KV" --version 2>/dev/null | grep -q "$KV_VERSION"; then
+  target/tools/venv/bin/pip install -q "kubernetes-validate==$KV_VERSION"
+fi
+export ABHA_BULK_KUBERNETES_VALIDATE="$PWD/$KV"
 echo "== chromium and chromedriver (the console's browser test)" >&2
 if [ ! -x /usr/bin/chromedriver ]; then apt_install chromium chromium-driver; fi
 export ABHA_BULK_CHROMEDRIVER=/usr/bin/chromedriver

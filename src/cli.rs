@@ -23,7 +23,7 @@ mod ops;
 mod status;
 mod tour_cmd;
 pub use args::{
-    BatchArg, Cli, Command, DemoArgs, EraseArgs, OutputFormat, ReconcileArgs, RekeyArgs,
+    BatchArg, Cli, Command, DemoArgs, EraseArgs, OutputFormat, ProbeArgs, ReconcileArgs, RekeyArgs,
     ReportArgs, RetryArgs, SandboxArgs, StatusArgs, SubmitArgs, TourArgs, WorkerArgs,
 };
 use tour_cmd::{print_tour, tour_inputs};
@@ -63,6 +63,9 @@ fn load_settings(cli: &Cli) -> anyhow::Result<Settings> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Probe(args) = &cli.command {
+        return ops::probe(args).await;
+    }
     let mut settings = load_settings(&cli)?;
     crate::telemetry::init(&settings.telemetry);
     match &cli.command {
@@ -147,6 +150,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rekey(args) => ops::rekey(&settings, args).await,
         Command::Erase(args) => erase_cmd::erase(&settings, args).await,
         Command::Retention => erase_cmd::retention(&settings).await,
+        // Answered before the settings are read (above); kept here so the match stays whole.
+        Command::Probe(args) => ops::probe(args).await,
         Command::Submit(args) => commands::submit(&settings, args).await,
         Command::Serve => api_cmd::serve(&settings).await,
         Command::ApiKey(cmd) => api_cmd::api_key(&settings, cmd).await,

@@ -30,7 +30,7 @@
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz` |
 //! | [`demo`] | the whole pipeline in one process on a generated sample |
 //! | [`tour`] | one real call of every operation against ABDM or the sandbox, printed |
-//! | [`telemetry`] | tracing subscriber (human/JSON) and the Prometheus registry |
+//! | [`telemetry`] | tracing subscriber (human/JSON) and the Prometheus registry; `build`: the release and commit of this binary (`--version`, `abha_build_info`) |
 
 pub mod abdm;
 pub mod api;

@@ -6,6 +6,8 @@
 
 use std::io::IsTerminal;
 
+pub mod build;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, TelemetrySettings};
@@ -106,6 +108,7 @@ pub mod metrics {
         "abha_ratelimit_stale_tokens_total",
         "abha_api_auth_failures_total",
         "abha_webhook_deliveries_total",
+        "abha_build_info",
     ];
 
     /// The process-wide registry served at `/metrics`.
@@ -436,10 +439,24 @@ pub mod metrics {
         )
     });
 
+    /// `abha_build_info{version,commit}`: always 1; the labels say which build this replica
+    /// runs, so `count by (version, commit) (abha_build_info)` shows a rolling deploy's mix.
+    pub static BUILD_INFO: LazyLock<GaugeVec> = LazyLock::new(|| {
+        let g = gauge_vec(
+            "abha_build_info",
+            "Always 1: the release and commit this process was built from",
+            &["version", "commit"],
+        );
+        g.with_label_values(&[super::build::VERSION, super::build::COMMIT])
+            .set(1.0);
+        g
+    });
+
     /// Touches every metric so that `/metrics` lists them all from the start. `kinds` are the
     /// job kind labels: the caller passes them so that telemetry, which everything uses, does
     /// not depend on the jobs registry.
     pub fn register_all(kinds: &[&str]) {
+        LazyLock::force(&BUILD_INFO);
         LazyLock::force(&CIRCUIT_OPEN);
         LazyLock::force(&CIRCUIT_PROBES);
         LazyLock::force(&CLOCK_REJECTED);
@@ -535,5 +552,22 @@ pub mod metrics {
             .encode(&REGISTRY.gather(), &mut buf)
             .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn build_info_names_this_build() {
+            register_all(&[]);
+            let want = format!(
+                "abha_build_info{{commit=\"{}\",version=\"{}\"}} 1\n",
+                crate::telemetry::build::COMMIT,
+                crate::telemetry::build::VERSION
+            );
+            let text = render();
+            assert!(text.contains(&want), "{want:?} not in /metrics:\n{text}");
+        }
     }
 }

@@ -15,7 +15,12 @@ use super::api_cmd;
 
 /// Runs ABDM ABHA V3 Benefit API operations in bulk.
 #[derive(Debug, Parser)]
-#[command(name = "abha-bulk", version, about, long_about = None)]
+#[command(
+    name = "abha-bulk",
+    version = crate::telemetry::build::LONG_VERSION,
+    about,
+    long_about = None
+)]
 pub struct Cli {
     /// Extra settings file applied after config/<env>.toml.
     #[arg(long, global = true, env = "ABHA_BULK_CONFIG_FILE")]
@@ -41,6 +46,9 @@ pub struct Cli {
 pub enum Command {
     /// Create the database if missing and run the migrations.
     Migrate,
+    /// GET a local health endpoint; exit 0 on a 2xx answer. The image's HEALTHCHECK: the
+    /// runtime image has no shell or HTTP client of its own.
+    Probe(ProbeArgs),
     /// Validate a CSV file and queue its rows as a batch of jobs.
     Submit(SubmitArgs),
     /// Consume jobs, call ABDM at the configured rate, record outcomes (runs the relay too).
@@ -357,4 +365,16 @@ pub struct TourArgs {
     /// File holding a parent's X-token (child creation and listing).
     #[arg(long)]
     pub parent_x_token_file: Option<PathBuf>,
+}
+
+/// `abha-bulk probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The endpoint, e.g. http://127.0.0.1:9187/healthz (the worker) or
+    /// http://127.0.0.1:8090/healthz (serve).
+    #[arg(default_value = "http://127.0.0.1:9187/healthz")]
+    pub url: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3)]
+    pub timeout_secs: u64,
 }

@@ -1,8 +1,9 @@
-//! `abha-bulk rekey`.
+//! `abha-bulk rekey` and `abha-bulk probe`.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
-use super::RekeyArgs;
+use super::{ProbeArgs, RekeyArgs};
 use crate::config::Settings;
 use crate::store::Store;
 
@@ -43,4 +44,21 @@ pub(super) async fn rekey(settings: &Settings, args: &RekeyArgs) -> anyhow::Resu
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// `abha-bulk probe`: one GET, no settings read (a health check must not need secrets).
+/// Prints the status and the first line of the body, which for `/readyz` names what failed.
+pub(super) async fn probe(args: &ProbeArgs) -> anyhow::Result<ExitCode> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(args.timeout_secs.max(1)))
+        .build()?;
+    let response = client.get(&args.url).send().await?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    println!("{status} {}", body.lines().next().unwrap_or(""));
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

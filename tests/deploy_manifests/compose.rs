@@ -79,8 +79,23 @@ fn abha_bulk_compose_services_are_built_from_the_dockerfile() {
     let has = |prefix: &str| lines.iter().any(|l| l.starts_with(prefix));
     for (prefix, why) in [
         ("FROM rust:1-bookworm AS builder", "builder stage"),
-        ("FROM debian:bookworm-slim", "runtime stage"),
-        ("COPY config /app/config", "config overlays"),
+        (
+            "FROM debian:bookworm-slim AS rootfs",
+            "the runtime root's assembly",
+        ),
+        (
+            "FROM scratch AS runtime",
+            "distroless-style runtime: no shell, no package manager",
+        ),
+        ("COPY config /rootfs/app/config", "config overlays"),
+        (
+            "ARG GIT_COMMIT",
+            "the commit stamped into the binary and labels",
+        ),
+        (
+            "HEALTHCHECK",
+            "a health check on the real endpoint (abha-bulk probe)",
+        ),
         ("ENV ABHA_BULK_CONFIG_DIR=/app/config", "config folder"),
         ("USER 10001", "non-root user"),
         (
@@ -94,6 +109,21 @@ fn abha_bulk_compose_services_are_built_from_the_dockerfile() {
                 "deploy/Dockerfile: no line starting with `{prefix}` ({why})"
             ));
         }
+    }
+    for needed in [
+        "org.opencontainers.image.version=\"$VERSION\"",
+        "org.opencontainers.image.revision=\"$GIT_COMMIT\"",
+        "ABHA_BULK_GIT_COMMIT=\"$GIT_COMMIT\"",
+        "\"probe\", \"http://127.0.0.1:9187/healthz\"",
+    ] {
+        if !dockerfile.contains(needed) {
+            failures.push(format!("deploy/Dockerfile: does not contain {needed}"));
+        }
+    }
+    if dockerfile.lines().any(|l| l.starts_with("# syntax=")) {
+        failures.push(
+            "deploy/Dockerfile: a `# syntax=` line makes BuildKit pull a frontend image".into(),
+        );
     }
     if !dockerfile.contains("--locked") {
         failures.push("deploy/Dockerfile: cargo build without --locked".into());

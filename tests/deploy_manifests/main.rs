@@ -3,10 +3,12 @@
 //! `config/default.toml` keys, compose services → `deploy/Dockerfile`, ports, kustomize
 //! resources, KEDA target, Secret and ConfigMap references, dashboard and alert metric names →
 //! the exported metric list, alert runbooks → `docs/operations.md` headings, no secret values
-//! in `deploy/secrets/`). Every failure names the file and the offending value. One module per
-//! area; the names the service defines (secret keys, job kinds, subcommands, metrics) come from
+//! in `deploy/secrets/`), the Kubernetes manifests against Kubernetes' and KEDA's schemas
+//! (`schemas`) and against what an admission policy demands (`admission`). Every failure
+//! names the file and the offending value. One module per area; the names the service defines (secret keys, job kinds, subcommands, metrics) come from
 //! the crate, never from a copy.
 
+mod admission;
 mod alerts;
 mod compose;
 mod config;
@@ -14,6 +16,7 @@ mod dashboard;
 mod helpers;
 mod k8s;
 mod ports;
+mod schemas;
 mod secrets;
 
 use helpers::*;
