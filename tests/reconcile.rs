@@ -130,6 +130,13 @@ async fn seeded_drift_is_found_exactly_and_apply_fixes_it() {
     .execute(&env.store.pool)
     .await
     .unwrap();
+    // Its batch is still active (housekeeping, which runs beside the relay, may have closed it
+    // while its jobs were final).
+    sqlx::query("UPDATE batches SET state = 'active', finished_at = NULL WHERE id = $1")
+        .bind(lookup.batch)
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
 
     // The lost-message repair acts only on an empty work queue (a message still queued may be
     // the job's own). Messages the stopped pipeline handed back (redeliveries of finished
