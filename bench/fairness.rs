@@ -132,6 +132,15 @@ pub async fn small_behind(services: &Services, rate: f64, big: u64) -> Result<f6
         }
         let secs = returned.elapsed().as_secs_f64();
         let done_big = finals(&mut c, BIG).await?;
+        let (attempts, spread): (i32, f64) = sqlx::query_as(
+            "SELECT max(attempts), EXTRACT(EPOCH FROM max(finished_at) - min(finished_at))::float8
+             FROM jobs WHERE benefit = $1",
+        )
+        .bind(SMALL)
+        .fetch_one(&mut c)
+        .await
+        .map_err(sql("the small batch's attempts"))?;
+        eprintln!("[fair] small batch: at most {attempts} attempts per row; first to last final {spread:.2} s");
         println!(
             "small batch (50 rows of {SMALL}) behind {big} rows of {BIG}, R = {rate}: final {secs:.2} s after its submit returned (first row final after {:.2} s; {done_big} rows of the big batch final meanwhile; at most {deepest} ready messages seen)",
             first.unwrap_or(f64::NAN)

@@ -88,6 +88,12 @@ pub struct RateLimiter {
     aimd: Aimd,
     state: Mutex<State>,
     global: Option<GlobalBudget>,
+    /// Callers take tokens in the order they asked: tokio's mutex is fair (FIFO), governor's
+    /// waiters are not (each sleeps to its own deadline and the first to poll wins). Without
+    /// it, a job that arrived first could lose its turn again and again to later ones: a small
+    /// batch's rows, published at their fair share, finished seconds late behind another
+    /// programme's (bench/RESULTS.md, "Fair shares").
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl RateLimiter {
@@ -115,12 +121,14 @@ impl RateLimiter {
                 good: None,
             }),
             global,
+            turn: tokio::sync::Mutex::new(()),
         })
     }
 
     /// Waits until one call may start; returns how long it waited.
     pub async fn acquire(&self) -> Duration {
         let started = Instant::now();
+        let _turn = self.turn.lock().await;
         let (limiter, paused) = {
             let s = self.state.lock().expect("rate state");
             (s.limiter.clone(), s.paused_until)

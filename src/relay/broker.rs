@@ -136,6 +136,14 @@ impl Scheduling {
                     })
                     .await?;
                 let published = result?;
+                tracing::debug!(
+                    target: "abha_bulk::relay::plan",
+                    room,
+                    ready,
+                    planned = ?plan.counts,
+                    ?published,
+                    "scheduling round"
+                );
                 for (batch, n) in &published {
                     published_now += *n as usize;
                     *self.published.entry(*batch).or_default() += n;
