@@ -92,6 +92,7 @@ pub mod metrics {
         "abha_queue_messages",
         "abha_reconcile_last_run_timestamp_seconds",
         "abha_reconcile_drift",
+        "abha_reconcile_errors",
         "abha_abdm_circuit_open",
         "abha_abdm_circuit_probes_total",
         "abha_ratelimit_stale_tokens_total",
@@ -292,8 +293,18 @@ pub mod metrics {
     pub static RECONCILE_DRIFT: LazyLock<GaugeVec> = LazyLock::new(|| {
         gauge_vec(
             "abha_reconcile_drift",
-            "Drift found by the last reconciliation: missing_link, unexpected_link, unknown",
+            "Drift found by the last reconciliation (distinct ABHA numbers): missing_link, unexpected_link, unknown; NaN: not checked",
             &["benefit", "class"],
+        )
+    });
+
+    /// `abha_reconcile_errors{benefit,source}`: kept apart from the drift, and from each
+    /// other, so an alert on ABDM trouble does not fire on a malformed roster.
+    pub static RECONCILE_ERRORS: LazyLock<GaugeVec> = LazyLock::new(|| {
+        gauge_vec(
+            "abha_reconcile_errors",
+            "Rows the last reconciliation could not check: source=roster (invalid roster rows), source=abdm (lookups ABDM answered with an error)",
+            &["benefit", "source"],
         )
     });
 
@@ -347,6 +358,7 @@ pub mod metrics {
         LazyLock::force(&QUEUE_MESSAGES);
         LazyLock::force(&RECONCILE_LAST_RUN);
         LazyLock::force(&RECONCILE_DRIFT);
+        LazyLock::force(&RECONCILE_ERRORS);
         // Known label values start at 0, so rates and alerts see a series from the start.
         for kind in kinds {
             for outcome in ["succeeded", "failed", "dead", "retrying", "cancelled"] {

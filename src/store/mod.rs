@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod outbox;
 pub mod outcomes;
 pub mod reconcile;
+pub mod reconcile_rows;
 pub mod rekey;
 pub mod startup;
 pub mod submits;
