@@ -47,9 +47,13 @@ async fn try_run(
 }
 
 async fn run(env: &TestEnv, req: &ReconcileRequest) -> ReconcileSummary {
-    try_run(env, ReconcileGate::local(RateLimiter::new(500.0, 20, None)), req)
-        .await
-        .expect("reconciliation runs")
+    try_run(
+        env,
+        ReconcileGate::local(RateLimiter::new(500.0, 20, None)),
+        req,
+    )
+    .await
+    .expect("reconciliation runs")
 }
 
 /// Lookups the sandbox has answered so far.
@@ -92,7 +96,11 @@ async fn repeated_rows_are_looked_up_once_reported_once_and_counted_once() {
     req.apply = true;
     let s = run(&env, &req).await;
     assert_eq!(lookups(&env) - before, 5, "one lookup per distinct ABHA");
-    assert_eq!(s.looked_up, (5, None), "the progress total is what was looked up");
+    assert_eq!(
+        s.looked_up,
+        (5, None),
+        "the progress total is what was looked up"
+    );
     let c = &s.counts;
     assert_eq!(
         (
@@ -117,7 +125,10 @@ async fn repeated_rows_are_looked_up_once_reported_once_and_counted_once() {
     }
     assert_eq!(&lines[4][3], "missing_link");
     // One link job per missing ABHA, not per row.
-    assert_eq!(env.counts(s.link_batch.expect("link batch")).await.total(), 2);
+    assert_eq!(
+        env.counts(s.link_batch.expect("link batch")).await.total(),
+        2
+    );
     // reconcile_runs and the drift gauge carry the distinct count.
     let r = sqlx::query(
         "SELECT missing_link, repeated_rows, roster_rows FROM reconcile_runs WHERE id = $1",
@@ -126,7 +137,14 @@ async fn repeated_rows_are_looked_up_once_reported_once_and_counted_once() {
     .fetch_one(&env.store.pool)
     .await
     .unwrap();
-    assert_eq!((r.get::<i64, _>(0), r.get::<Option<i64>, _>(1), r.get::<i64, _>(2)), (2, Some(3), 8));
+    assert_eq!(
+        (
+            r.get::<i64, _>(0),
+            r.get::<Option<i64>, _>(1),
+            r.get::<i64, _>(2)
+        ),
+        (2, Some(3), 8)
+    );
     abha_bulk::relay::housekeeping::batch_gauges(&env.store).await;
     assert_eq!(
         metrics::RECONCILE_DRIFT
@@ -158,7 +176,12 @@ async fn invalid_rows_abdm_errors_and_unchecked_classes_are_kept_apart() {
     let s = run(&env, &request(&env, &path, "apart.csv")).await;
     let c = &s.counts;
     assert_eq!(
-        (c.invalid_rows, c.abdm_errors, c.unexpected_link, c.missing_link),
+        (
+            c.invalid_rows,
+            c.abdm_errors,
+            c.unexpected_link,
+            c.missing_link
+        ),
         (2, 2, None, 4),
         "{}",
         s.render()
@@ -196,11 +219,20 @@ async fn invalid_rows_abdm_errors_and_unchecked_classes_are_kept_apart() {
             .with_label_values(&[BENEFIT, s])
             .get()
     };
-    assert!(drift("unexpected_link").is_nan(), "not checked is NaN, not 0");
+    assert!(
+        drift("unexpected_link").is_nan(),
+        "not checked is NaN, not 0"
+    );
     assert_eq!((errors("roster"), errors("abdm")), (2.0, 2.0));
     // The ABDM errors are in the report under their code, the invalid rows name a column.
     let lines = report(&s.report);
-    assert_eq!(lines.iter().filter(|l| &l[3] == "error" && &l[4] == "HTTP-503").count(), 2);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| &l[3] == "error" && &l[4] == "HTTP-503")
+            .count(),
+        2
+    );
     assert_eq!(&lines[2][3], "invalid");
     assert_eq!(&lines[2][5], "abha_number");
 
@@ -228,7 +260,10 @@ async fn out_refuses_to_overwrite_without_force() {
     .await
     .expect_err("an existing report is refused");
     assert!(e.to_string().contains("--force"), "{e}");
-    assert_eq!(std::fs::read_to_string(&out).unwrap(), "last night's report\n");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "last night's report\n"
+    );
     assert_eq!(lookups(&env), before, "refused before any lookup");
     let mut req = request(&env, &path, "kept.csv");
     req.force = true;
@@ -278,7 +313,11 @@ async fn progress_totals_count_what_is_looked_up_and_the_sweep_says_what_it_cann
     // The swept links follow the roster's rows in the report.
     let lines = report(&s.report);
     assert_eq!(lines.len(), 4 + 3);
-    assert!(lines[4..].iter().all(|l| &l[3] == "unexpected_link" && l[0].is_empty()));
+    assert!(
+        lines[4..]
+            .iter()
+            .all(|l| &l[3] == "unexpected_link" && l[0].is_empty())
+    );
     env.cleanup().await;
 }
 
@@ -290,22 +329,31 @@ async fn a_raised_rate_is_honoured_after_a_slower_run() {
     env.warm_up().await;
     let client_id = abha_bulk::sandbox::DEFAULT_CLIENT_ID;
     let gate = |rate: f64| {
-        ReconcileGate::new(&env.store, client_id, rate, Some((50.0, 5, Aimd::default())))
+        ReconcileGate::new(
+            &env.store,
+            client_id,
+            rate,
+            Some((50.0, 5, Aimd::default())),
+        )
     };
     let slow = roster(&env, "slow.csv", &[0, 1, 2, 3, 4]);
-    try_run(&env, gate(5.0), &request(&env, &slow, "slow.csv"))
+    try_run(&env, gate(5.0), &request(&env, &slow, "slow-report.csv"))
         .await
         .unwrap();
     let people: Vec<u64> = (100..160).collect();
     let fast = roster(&env, "fast.csv", &people);
     let g = gate(20.0);
     let started = Instant::now();
-    try_run(&env, g.clone(), &request(&env, &fast, "fast.csv"))
+    try_run(&env, g.clone(), &request(&env, &fast, "fast-report.csv"))
         .await
         .unwrap();
     let took = started.elapsed();
     assert_eq!(g.pace_rate(), 20.0);
-    assert_eq!(g.fleet_rate(), Some(50.0), "the shared row keeps the fleet's rate");
+    assert_eq!(
+        g.fleet_rate(),
+        Some(50.0),
+        "the shared row keeps the fleet's rate"
+    );
     // 60 lookups: 3 s at 20/s, 12 s at 5/s. The lower bound is the limiter's promise; the
     // upper one leaves room for a loaded machine while still far below the 5/s figure.
     assert!(took >= Duration::from_millis(2_800), "{took:?}");
@@ -361,7 +409,13 @@ async fn a_run_killed_with_sigterm_continues_where_it_stopped() {
     let path = roster(&env, "roster.csv", &people);
     let p = path.to_str().unwrap();
     let args = [
-        "reconcile", "--benefit", BENEFIT, "--roster", p, "--out", "night.csv",
+        "reconcile",
+        "--benefit",
+        BENEFIT,
+        "--roster",
+        p,
+        "--out",
+        "night.csv",
     ];
     let before = lookups(&env);
     let mut child = cli(&env, &args).spawn().expect("abha-bulk runs");
@@ -369,7 +423,10 @@ async fn a_run_killed_with_sigterm_continues_where_it_stopped() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while recorded(&env).await < 100 {
         assert!(Instant::now() < deadline, "no progress recorded");
-        assert!(child.try_wait().unwrap().is_none(), "finished before the kill");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let status = Command::new("kill")
@@ -382,18 +439,39 @@ async fn a_run_killed_with_sigterm_continues_where_it_stopped() {
     let done_before = recorded(&env).await;
     let first = lookups(&env) - before;
     assert!(first < 300, "killed before the end: {first}");
-    assert!(!env.dir.path().join("night.csv").exists(), "no report that looks whole");
+    assert!(
+        !env.dir.path().join("night.csv").exists(),
+        "no report that looks whole"
+    );
 
     // The same command continues: only what had no recorded answer is looked up again.
-    let out = cli(&env, &args).output().expect("abha-bulk runs");
+    // On a blocking thread: the sandbox answers on this test's runtime.
+    let mut again = cli(&env, &args);
+    let out = tokio::task::spawn_blocking(move || again.output())
+        .await
+        .unwrap()
+        .expect("abha-bulk runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("(continued)"), "{stdout}");
     let second = lookups(&env) - before - first;
-    assert_eq!(second, 300 - done_before as u64, "first {first}, recorded {done_before}");
+    assert_eq!(
+        second,
+        300 - done_before as u64,
+        "first {first}, recorded {done_before}: {stdout}"
+    );
     let lines = report(&env.dir.path().join("night.csv"));
     assert_eq!(lines.len(), 300);
-    assert!(lines.iter().enumerate().all(|(i, l)| l[0] == (i + 1).to_string()));
+    assert!(
+        lines
+            .iter()
+            .enumerate()
+            .all(|(i, l)| l[0] == (i + 1).to_string())
+    );
     assert!(lines.iter().all(|l| &l[3] == "missing_link"));
     let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM reconcile_runs")
         .fetch_one(&env.store.pool)

@@ -311,16 +311,13 @@ pub(super) async fn reconcile(
         &store,
         &settings.abdm.client_id,
         settings.reconcile.rate_per_second,
-        settings
-            .worker
-            .global_rate_limit
-            .then(|| {
-                (
-                    settings.worker.rate_per_second,
-                    settings.worker.burst,
-                    settings.worker.aimd(),
-                )
-            }),
+        settings.worker.global_rate_limit.then(|| {
+            (
+                settings.worker.rate_per_second,
+                settings.worker.burst,
+                settings.worker.aimd(),
+            )
+        }),
     );
     let prefix = format!(
         "reconcile-{}-",

@@ -55,7 +55,8 @@ impl<'a> FixQueue<'a> {
             _ => Job::BenefitDelink(who),
         };
         let row = row.map_or(self.total as i64, |r| r as i64);
-        self.pending.push(self.store.prepare(row, external_ref, &job));
+        self.pending
+            .push(self.store.prepare(row, external_ref, &job));
         if self.pending.len() >= crate::submit::CHUNK_ROWS {
             self.flush().await?;
         }

@@ -57,12 +57,16 @@ pub(super) enum Item {
     Invalid(crate::ingest::csv::Rejection),
 }
 
+/// The blocking thread reading the roster: `Err` says why the file could not be read to
+/// its end.
+pub(super) type Reader = JoinHandle<Result<(), String>>;
+
 /// Streams the roster in chunks of [`CHUNK`] items from a blocking thread. The handle says
 /// whether the file could be read to the end.
 pub(super) fn chunks(
     store: &Store,
     path: &Path,
-) -> Result<(mpsc::Receiver<Vec<Item>>, JoinHandle<Result<(), String>>), ReconcileError> {
+) -> Result<(mpsc::Receiver<Vec<Item>>, Reader), ReconcileError> {
     let roster_err = |reason: String| ReconcileError::Roster {
         path: path.to_path_buf(),
         reason,
@@ -109,10 +113,7 @@ pub(super) fn chunks(
     Ok((rx, reader))
 }
 
-async fn finish_reader(
-    path: &Path,
-    reader: JoinHandle<Result<(), String>>,
-) -> Result<(), ReconcileError> {
+async fn finish_reader(path: &Path, reader: Reader) -> Result<(), ReconcileError> {
     reader
         .await
         .expect("roster reader")
@@ -239,10 +240,7 @@ impl<'a> Lookups<'a> {
             {
                 self.drift += 1;
             }
-            progress.set(
-                self.counted,
-                &format!("{} not as expected", self.drift),
-            );
+            progress.set(self.counted, &format!("{} not as expected", self.drift));
             self.done.push(r);
             if self.done.len() >= RECORD_EVERY {
                 self.store.record_checks(self.run, &self.done).await?;
