@@ -13,6 +13,7 @@
 //! abha-bulk-bench overload --rates 50,200 --workers 1,2,4 # configured 2R, ABDM limit R
 //! abha-bulk-bench submit --rows 1000000                   # rows/s and peak RSS of submit
 //! abha-bulk-bench inprocess --rows 20000                  # labelled: the tuned in-process set-up
+//! abha-bulk-bench reconcile --rows 1000000 --rate 2000    # reconcile: wall, calls/row, peak RSS
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ mod plot;
 #[allow(dead_code)]
 #[path = "../chaos/procs.rs"]
 mod procs;
+mod reconcile;
 mod report;
 mod rig;
 mod runs;
@@ -105,6 +107,18 @@ enum Cmd {
         /// Rows of the large submit (constant memory check).
         #[arg(long, default_value_t = 10_000_000)]
         big_submit: u64,
+    },
+    /// `abha-bulk reconcile` of a generated roster (1 % repeated rows, 0.1 % invalid):
+    /// wall time, ABDM calls per row, peak RSS.
+    Reconcile {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// `reconcile.rate_per_second` (the sandbox has no limit).
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// `reconcile.concurrency`.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
     },
     /// Labelled second figure: relay + worker + sandbox in this process, tuned settings.
     Inprocess {
@@ -221,6 +235,20 @@ async fn main() -> anyhow::Result<()> {
             out_dir,
             big_submit,
         } => report::all(&services, &out_dir, big_submit).await?,
+        Cmd::Reconcile {
+            rows,
+            rate,
+            concurrency,
+        } => {
+            let path = std::env::temp_dir().join(format!(
+                "abha-bench-roster-{rows}-{}.csv",
+                uuid::Uuid::new_v4().simple()
+            ));
+            reconcile::gen_roster(rows, &path)?;
+            let r = reconcile::run(&services, &path, rate, concurrency).await;
+            let _ = std::fs::remove_file(&path);
+            r?;
+        }
         Cmd::Inprocess {
             rows,
             database,
