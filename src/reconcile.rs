@@ -294,6 +294,10 @@ async fn counts(
         ..RunCounts::default()
     };
     for (class, from_sweep, n) in store.reconcile_class_counts(run).await? {
+        // Rows an interrupted attempt with the sweep staged do not count in a run without it.
+        if from_sweep && !swept {
+            continue;
+        }
         match (class.as_deref(), from_sweep) {
             (Some(check::class::LINKED), false) => c.linked_ok += n,
             (Some(check::class::MISSING), false) => c.missing_link += n,
