@@ -332,24 +332,31 @@ pub(super) async fn reconcile(
         ))
     });
     let amqp = settings.rabbitmq_url()?.expose_secret().to_string();
-    let summary = crate::reconcile::run(
-        &store,
-        client,
-        gate,
-        Some(&amqp),
-        &Topology::from_settings(&settings.rabbitmq),
-        &crate::reconcile::ReconcileRequest {
-            benefit: benefit.to_string(),
-            roster: args.roster.clone(),
-            apply: args.apply,
-            out,
-            force: args.force,
-            restart: args.restart,
-            concurrency: settings.reconcile.concurrency,
-            sweep_unexpected: args.sweep_unexpected,
-        },
-    )
-    .await?;
+    let topology = Topology::from_settings(&settings.rabbitmq);
+    let request = crate::reconcile::ReconcileRequest {
+        benefit: benefit.to_string(),
+        roster: args.roster.clone(),
+        apply: args.apply,
+        out,
+        force: args.force,
+        restart: args.restart,
+        concurrency: settings.reconcile.concurrency,
+        sweep_unexpected: args.sweep_unexpected,
+    };
+    let run = crate::reconcile::run(&store, client, gate, Some(&amqp), &topology, &request);
+    // SIGTERM (the CronJob's deadline, a drain) or Ctrl-C: the answers so far are committed,
+    // so stop at once and say how to continue.
+    let stop = tokio_util::sync::CancellationToken::new();
+    spawn_signal_handler(stop.clone());
+    let summary = tokio::select! {
+        s = run => s?,
+        () = stop.cancelled() => {
+            tracing::warn!(
+                "reconciliation interrupted: its answers so far are kept; run the same command with the same roster to continue"
+            );
+            return Ok(ExitCode::from(143));
+        }
+    };
     out!("{}", summary.render());
     if let Some(keep) = args.keep {
         let removed = crate::reconcile::prune_reports(&args.reports_dir, &prefix, keep as usize)?;
