@@ -15,7 +15,7 @@
 //! | [`sandbox`] | the embedded ABDM simulator (axum) used by the demo, tests and benchmarks: its private `key`, `settings_for_sandbox`, and `routes/` (`guard`, `errors`, one file per API area, `admin`) |
 //! | [`jobs`] | the kind registry ([`jobs::kind`]) and one module per kind (columns, payload, validation, ABDM call, outcomes, sample rows); shared column specs ([`jobs::columns`]), field parsers ([`jobs::fields`]), outcome mapping ([`jobs::execute`]), what sample rows are made from ([`jobs::sample`]: the world the sandbox lends them) |
 //! | [`ingest`] | streaming CSV → validated rows and rejections |
-//! | [`store`] | Postgres: vault, batches, submits, claims, outcomes, jobs, outbox, rate budget, circuit breaker, API keys, webhooks, reconcile runs |
+//! | [`store`] | Postgres: vault, batches, submits, claims, outcomes, jobs, outbox, rate budget, circuit breaker, API keys, webhooks, reconcile runs and their per-ABHA rows |
 //! | [`queue`] | RabbitMQ topology, job envelope v1, confirmed publishing |
 //! | [`ratelimit`] | governor + global Postgres token bucket + AIMD on the shared rate |
 //! | [`breaker`] | the ABDM circuit breaker shared by every replica (outages, refused secrets) |
@@ -23,7 +23,7 @@
 //! | [`relay`] | outbox → RabbitMQ; [`relay::housekeeping`]: lease expiry, batch closing, gauges |
 //! | [`worker`] | consume (through the [`worker::source`] seam: RabbitMQ or an in-memory queue) → claim → rate limit → ABDM → record → ack; graceful shutdown. `mod.rs`: settings, connection, consume loop; `job`: one delivery's path; `claims`, `gate`, `outcomes`, `group`, `classify`, `support` |
 //! | [`report`] | status, per-row CSV report, formula escaping |
-//! | [`reconcile`] | nightly roster vs ABDM comparison (`reconcile.rs`), `repair` of the service's own state, `fixes` (the link/de-link batches of `--apply`), `output` (progress, CSV) |
+//! | [`reconcile`] | nightly roster vs ABDM comparison (`reconcile.rs`: the passes of a resumable run), `roster` (streamed in chunks, staged, looked up), `sweep` (the service's earlier links), `check` (one lookup, the gate: own pace + the fleet's budget), `write` (the report in roster order), `repair` of the service's own state, `fixes` (the link/de-link batches of `--apply`), `output` (progress, CSV) |
 //! | [`api`] | `abha-bulk serve`: the programme API (keys per programme, upload, status, report) |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz` |
 //! | [`demo`] | the whole pipeline in one process on a generated sample |
