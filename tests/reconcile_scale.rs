@@ -482,3 +482,57 @@ async fn a_run_killed_with_sigterm_continues_where_it_stopped() {
     assert_eq!(runs, 1, "one run, continued");
     env.cleanup().await;
 }
+
+/// The CronJob's options: dated reports in --reports-dir, the newest --keep N kept; --out
+/// refuses an existing file unless --force.
+#[tokio::test]
+async fn dated_reports_are_kept_to_a_set_number_and_out_is_not_overwritten() {
+    let env = TestEnv::new().await;
+    let path = roster(&env, "roster.csv", &[0, 1]);
+    let p = path.to_str().unwrap().to_string();
+    let run_cli = |extra: &[&str]| {
+        let mut args = vec!["reconcile", "--benefit", BENEFIT, "--roster", &p];
+        args.extend_from_slice(extra);
+        let mut c = cli(&env, &args);
+        // On a blocking thread: the sandbox answers on this test's runtime.
+        tokio::task::spawn_blocking(move || c.output().expect("abha-bulk runs"))
+    };
+    let dir = env.dir.path().join("nightly");
+    std::fs::create_dir_all(&dir).unwrap();
+    let prefix = format!(
+        "reconcile-{}-",
+        BENEFIT.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+    // Three earlier nights, and a file that is not a report.
+    for night in ["20261201-013000", "20261202-013000", "20261203-013000"] {
+        std::fs::write(dir.join(format!("{prefix}{night}.csv")), "old\n").unwrap();
+    }
+    std::fs::write(dir.join("notes.txt"), "keep me\n").unwrap();
+    let d = dir.to_str().unwrap();
+    let o = run_cli(&["--reports-dir", d, "--keep", "2"]).await.unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert_eq!(left[0], "notes.txt");
+    assert_eq!(left[1], format!("{prefix}20261203-013000.csv"));
+    assert!(
+        left[2].starts_with(&prefix) && left[2] != left[1],
+        "{left:?}"
+    );
+    assert_eq!(report(&dir.join(&left[2])).len(), 2, "tonight's report");
+
+    // --out: an existing file is refused, and kept, unless --force.
+    let out = env.write_file("fixed.csv", "precious\n");
+    let o = run_cli(&["--out", "fixed.csv"]).await.unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "precious\n");
+    let o = run_cli(&["--out", "fixed.csv", "--force"]).await.unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(report(&out).len(), 2);
+    env.cleanup().await;
+}
