@@ -72,6 +72,12 @@ async fn finals(c: &mut PgConnection, programme: &str) -> Result<i64> {
 
 /// Ready messages in the run's work queue.
 async fn ready(services: &Services, queue: &str) -> u32 {
+    tokio::time::timeout(Duration::from_secs(2), ready_now(services, queue))
+        .await
+        .unwrap_or(0)
+}
+
+async fn ready_now(services: &Services, queue: &str) -> u32 {
     let url = format!("amqp://guest:guest@{}/%2f", services.amqp);
     let Ok(conn) = abha_bulk::queue::connect(&url).await else {
         return 0;

@@ -14,6 +14,7 @@
 //! abha-bulk-bench submit --rows 1000000                   # rows/s and peak RSS of submit
 //! abha-bulk-bench inprocess --rows 20000                  # labelled: the tuned in-process set-up
 //! abha-bulk-bench fair --rate 100 --big 1000000           # fair shares (issue 17)
+//! abha-bulk-bench reconcile --rows 1000000 --rate 2000    # reconcile: wall, calls/row, peak RSS
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ mod plot;
 #[allow(dead_code)]
 #[path = "../chaos/procs.rs"]
 mod procs;
+mod reconcile;
 mod report;
 mod rig;
 mod runs;
@@ -122,6 +124,18 @@ enum Cmd {
         /// Extra settings for every process, e.g. ABHA_BULK__RELAY__BROKER_HORIZON_MS=500.
         #[arg(long = "set", value_parser = parse_kv)]
         set: Vec<(String, String)>,
+    },
+    /// `abha-bulk reconcile` of a generated roster (1 % repeated rows, 0.1 % invalid):
+    /// wall time, ABDM calls per row, peak RSS.
+    Reconcile {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// `reconcile.rate_per_second` (the sandbox has no limit).
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// `reconcile.concurrency`.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
     },
     /// Labelled second figure: relay + worker + sandbox in this process, tuned settings.
     Inprocess {
@@ -249,6 +263,20 @@ async fn main() -> anyhow::Result<()> {
             only,
             set,
         } => fairness::all(&services, rate, big, &only, &set).await?,
+        Cmd::Reconcile {
+            rows,
+            rate,
+            concurrency,
+        } => {
+            let path = std::env::temp_dir().join(format!(
+                "abha-bench-roster-{rows}-{}.csv",
+                uuid::Uuid::new_v4().simple()
+            ));
+            reconcile::gen_roster(rows, &path)?;
+            let r = reconcile::run(&services, &path, rate, concurrency).await;
+            let _ = std::fs::remove_file(&path);
+            r?;
+        }
         Cmd::Inprocess {
             rows,
             database,

@@ -326,6 +326,24 @@ impl Rig {
         })
     }
 
+    /// Any other `abha-bulk` command in the background, with settings of its own.
+    pub fn spawn(&self, name: &str, args: &[&str], env: &[(&str, String)]) -> Result<Proc> {
+        self.launcher.spawn(&Spec {
+            name: name.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            health_port: None,
+        })
+    }
+
+    /// The last `lines` lines of a process's log (its stdout).
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        crate::procs::log_tail(&self.work, name, lines)
+    }
+
     /// Pids of the processes whose CPU is the pipeline's (workers and the relay).
     pub fn pipeline_pids(&self) -> Vec<u32> {
         self.workers

@@ -16,7 +16,7 @@
 //! | [`jobs`] | the kind registry ([`jobs::kind`]) and one module per kind (columns, payload, validation, ABDM call, outcomes, sample rows); shared column specs ([`jobs::columns`]), field parsers ([`jobs::fields`]), outcome mapping ([`jobs::execute`]), what sample rows are made from ([`jobs::sample`]: the world the sandbox lends them) |
 //! | [`lifecycle`] | the data lifecycle (DPDP Act): the retention `Sweeper` run by the relay's housekeeping, and `erase` (erasure on request: identifier files → keyed hashes → erased rows) |
 //! | [`ingest`] | streaming CSV → validated rows and rejections |
-//! | [`store`] | Postgres: vault, batches, submits, claims, outcomes, jobs, outbox, rate budget, circuit breaker, API keys, webhooks, reconcile runs |
+//! | [`store`] | Postgres: vault, batches, submits, claims, outcomes, jobs, outbox, rate budget, circuit breaker, API keys, webhooks, reconcile runs and their per-ABHA rows |
 //! | [`queue`] | RabbitMQ topology, job envelope v1, confirmed publishing |
 //! | [`ratelimit`] | governor + global Postgres token bucket + AIMD on the shared rate |
 //! | [`breaker`] | the ABDM circuit breaker shared by every replica (outages, refused secrets, a failure ratio over a window: `window`; what a result says: `signal`) and a replica's own hold while ABDM refuses its clock |
@@ -25,7 +25,7 @@
 //! | [`relay`] | outbox → RabbitMQ; [`relay::housekeeping`]: lease expiry, batch closing, gauges |
 //! | [`worker`] | consume (through the [`worker::source`] seam: RabbitMQ or an in-memory queue) → claim → rate limit → ABDM → record → ack; graceful shutdown. `mod.rs`: settings, connection, consume loop; `job`: one delivery's path; `claims`, `gate`, `outcomes`, `group`, `classify`, `support` |
 //! | [`report`] | status, per-row CSV report, formula escaping; [`report::schedule`]: each active batch's share, position and ETA from the scheduler's shares |
-//! | [`reconcile`] | nightly roster vs ABDM comparison (`reconcile.rs`), `repair` of the service's own state, `fixes` (the link/de-link batches of `--apply`), `output` (progress, CSV) |
+//! | [`reconcile`] | nightly roster vs ABDM comparison (`reconcile.rs`: the passes of a resumable run), `roster` (streamed in chunks, staged, looked up), `sweep` (the service's earlier links), `check` (one lookup, the gate: own pace + the fleet's budget), `write` (the report in roster order), `repair` of the service's own state, `fixes` (the link/de-link batches of `--apply`), `output` (progress, CSV) |
 //! | [`api`] | `abha-bulk serve`: the programme API (keys per programme, upload, status, report), `guard` (failed-auth throttle, upload slots), `console` (server-side sessions), `webhooks` (the sender task beside the relay, `destination` checks) |
 //! | [`http`] | `/metrics`, `/healthz`, `/readyz` |
 //! | [`demo`] | the whole pipeline in one process on a generated sample |

@@ -1,40 +1,49 @@
 //! `abha-bulk reconcile`: the nightly comparison of what a programme believes is linked (its
 //! roster) with what ABDM says, and the repair of abha-bulk's own state.
 //!
-//! Every roster ABHA is looked up (`GET /v3/profile/benefit/abha/{n}`) at a low rate and
-//! classified: `linked` (as expected), `missing_link`, `unknown` (ABDM-1114), `error`, or
-//! `invalid` (the roster row itself). With `sweep_unexpected`, ABHAs this service linked
-//! before and that are absent from the roster are looked up too (streamed from Postgres, one
-//! ABDM call each): still linked → `unexpected_link`. Progress and an ETA are shown from the
-//! start (a bar on a terminal, a log line every 10 s otherwise). With `apply`, a batch of link
-//! jobs (missing links) and one of de-link jobs (unexpected links) go through the normal
-//! pipeline; fixes already queued are not queued again. Before that, the run re-queues jobs
-//! whose lease expired, jobs whose message was lost (only for kinds whose queue is empty), and
-//! recomputes batch counters. Safe to run twice, and while workers run.
+//! Every distinct roster ABHA is looked up (`GET /v3/profile/benefit/abha/{n}`) once, at the
+//! operator's rate, and classified: `linked` (as expected), `missing_link`, `unknown`
+//! (ABDM-1114) or `error` (ABDM); a roster row that is not valid is `invalid`, one that repeats
+//! an earlier row's ABHA is `repeated` (pointing to the first). With `sweep_unexpected`, the
+//! ABHAs this service linked before and that are absent from the roster are looked up too:
+//! still linked → `unexpected_link`. Links other integrators made are not known to this
+//! service and cannot be swept.
+//!
+//! Built for a state's roster (a million rows): the roster is streamed, never held; repeats
+//! are found in Postgres (`reconcile_rows`, keyed by the ABHA's keyed hash), where each answer
+//! is also recorded as it comes, so a run that is interrupted (SIGTERM, a deadline) and
+//! started again with the same roster continues where it stopped (the run is found by the
+//! roster's SHA-256). The report is written at the end, in roster order, from those answers.
+//!
+//! Passes: hash the file; stage its rows; look up what has no answer yet (progress totals
+//! count exactly that); stage and look up the sweep; write the report (and, with `apply`,
+//! queue link and de-link batches through the normal pipeline, never twice for the same
+//! drift). Before all that the run repairs abha-bulk's own state (expired leases, lost
+//! messages, batch counters). Safe to run twice, and while workers run.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use chrono::Utc;
-use futures::StreamExt;
 use uuid::Uuid;
 
-use crate::abdm::benefit::Beneficiary;
-use crate::abdm::{AbdmClient, CallTrace};
-use crate::ingest::csv::{CsvIngest, RowResult};
-use crate::jobs::kind::{Job, JobKind};
-use crate::pii::AbhaNumber;
+use crate::abdm::AbdmClient;
+use crate::jobs::kind::JobKind;
 use crate::queue::Topology;
-use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 use crate::store::reconcile::RunCounts;
 
+mod check;
 mod fixes;
 mod output;
 mod repair;
-use fixes::queue_fixes;
-use output::{Progress, ReportWriter, count_records};
+mod roster;
+mod sweep;
+mod write;
+pub use check::ReconcileGate;
+use fixes::FixQueue;
+pub use output::COLUMNS;
+pub use output::prune_reports;
+use output::{Progress, ReportWriter};
 pub use repair::repair;
 
 /// What to reconcile.
@@ -49,6 +58,10 @@ pub struct ReconcileRequest {
     pub apply: bool,
     /// Where the CSV report goes.
     pub out: PathBuf,
+    /// Replace an existing report file.
+    pub force: bool,
+    /// Start afresh even if an unfinished run of the same roster could be continued.
+    pub restart: bool,
     /// Lookups in flight at once.
     pub concurrency: usize,
     /// Also look up the ABHAs this service linked that the roster lacks (slow: one call
@@ -72,27 +85,40 @@ pub struct ReconcileSummary {
     /// Jobs whose lease had expired, jobs whose message was lost, batches whose counters or
     /// state were fixed.
     pub repairs: (u64, u64, u64),
-    /// Whether unexpected links were looked for.
-    pub swept: bool,
+    /// An unfinished run of the same roster was continued.
+    pub resumed: bool,
+    /// The progress totals: roster ABHA numbers and earlier links (with the sweep) this run
+    /// looked up (repeats, and answers an interrupted run recorded, left out).
+    pub looked_up: (u64, Option<u64>),
 }
 
 impl ReconcileSummary {
     /// The summary lines printed by the command.
     pub fn render(&self) -> String {
         let c = &self.counts;
+        let unexpected = match c.unexpected_link {
+            Some(n) => format!(
+                "{n} (only links abha-bulk made can be swept: links other integrators made are not known to it)"
+            ),
+            None => "not checked (--sweep-unexpected)".to_string(),
+        };
         let mut s = format!(
-            "reconciliation {}: {} roster rows; linked as expected {}, missing link {}, linked but not in roster {}, unknown to ABDM {}, errors {}\nreport: {}\nrepaired: {} expired lease(s), {} unpublished or lost message(s), {} batch counter(s)",
+            "reconciliation {}{}: {} roster rows ({} repeated, {} invalid)\n\
+             drift (distinct ABHA numbers): linked as expected {}, missing link {}, unknown to ABDM {}, linked but not in roster {}\n\
+             ABDM errors {} (lookups to check again), invalid roster rows {} (fix the roster)\n\
+             report: {}\n\
+             repaired: {} expired lease(s), {} unpublished or lost message(s), {} batch counter(s)",
             self.run,
+            if self.resumed { " (continued)" } else { "" },
             c.roster_rows,
+            c.repeated_rows,
+            c.invalid_rows,
             c.linked_ok,
             c.missing_link,
-            if self.swept {
-                c.unexpected_link.to_string()
-            } else {
-                "not checked (--sweep-unexpected)".to_string()
-            },
             c.unknown,
-            c.errors,
+            unexpected,
+            c.abdm_errors,
+            c.invalid_rows,
             self.report.display(),
             self.repairs.0,
             self.repairs.1,
@@ -127,256 +153,110 @@ pub enum ReconcileError {
     Report(String, String),
 }
 
-enum Class {
-    Linked,
-    Missing,
-    Unexpected,
-    Unknown,
-    Error,
-    Invalid,
-}
-
-impl Class {
-    fn as_str(&self) -> &'static str {
-        match self {
-            Self::Linked => "linked",
-            Self::Missing => "missing_link",
-            Self::Unexpected => "unexpected_link",
-            Self::Unknown => "unknown",
-            Self::Error => "error",
-            Self::Invalid => "invalid",
-        }
-    }
-}
-
-struct Line {
-    row: Option<u64>,
-    external_ref: Option<String>,
-    abha: Option<AbhaNumber>,
-    class: Class,
-    code: String,
-    detail: String,
-}
-
-async fn check(
-    client: &AbdmClient,
-    limiter: &Arc<RateLimiter>,
-    benefit: &str,
-    abha: &AbhaNumber,
-) -> (bool, Result<(), (Class, String, String)>) {
-    // Every request (a session refresh or certificate fetch included) takes a token.
-    let mut trace = CallTrace::gated(limiter.clone());
-    match client.benefit_lookup(&mut trace, benefit, abha).await {
-        Ok(p) => (p.has(benefit), Ok(())),
-        Err(e) if e.code() == "ABDM-1114" => (
-            false,
-            Err((
-                Class::Unknown,
-                e.code(),
-                "ABHA number not found at ABDM".into(),
-            )),
-        ),
-        Err(e) => {
-            if e.disposition() == crate::abdm::Disposition::Throttled {
-                limiter.on_throttled(e.retry_after()).await;
-            }
-            let msg = e
-                .abdm()
-                .map_or_else(|| e.to_string(), |a| a.message.clone());
-            (false, Err((Class::Error, e.code(), msg)))
-        }
-    }
-}
-
-/// Runs a reconciliation.
+/// Runs a reconciliation (or continues an interrupted one of the same roster).
 pub async fn run(
     store: &Store,
     client: Arc<AbdmClient>,
-    limiter: Arc<RateLimiter>,
+    gate: Arc<ReconcileGate>,
     amqp_url: Option<&str>,
     topology: &Topology,
     req: &ReconcileRequest,
 ) -> Result<ReconcileSummary, ReconcileError> {
-    let run_id = store
-        .start_reconcile(&req.benefit, &req.roster.display().to_string())
+    // Refused before any work, and again when the report is moved into place.
+    output::check_target(&req.out, req.force)?;
+    let sha = {
+        let path = req.roster.clone();
+        tokio::task::spawn_blocking(move || roster::sha256(&path))
+            .await
+            .expect("roster hash")
+            .map_err(|e| ReconcileError::Roster {
+                path: req.roster.clone(),
+                reason: e.to_string(),
+            })?
+    };
+    let start = store
+        .start_or_resume_reconcile(
+            &req.benefit,
+            &req.roster.display().to_string(),
+            &sha,
+            req.restart,
+        )
         .await?;
+    let run_id = start.id;
+    if start.resumed {
+        tracing::info!(run = %run_id, "reconciliation: continuing the unfinished run of this roster");
+    }
     tracing::info!("reconciliation: repairing leases, unpublished messages and batch counters");
     let repairs = repair(store, amqp_url, topology).await;
-    let roster_err = |reason: String| ReconcileError::Roster {
-        path: req.roster.clone(),
-        reason,
-    };
-    let roster_rows = {
-        let path = req.roster.clone();
-        tokio::task::spawn_blocking(move || count_records(&path))
-            .await
-            .expect("roster count")
-            .map_err(|e| roster_err(e.to_string()))?
-    };
-    let progress = Progress::start("roster rows checked", roster_rows);
-    let file = std::fs::File::open(&req.roster).map_err(|e| roster_err(e.to_string()))?;
-    let ingest = CsvIngest::new(
-        std::io::BufReader::new(file),
-        JobKind::BenefitLookup,
-        Utc::now().date_naive(),
+
+    if !start.roster_staged {
+        tracing::info!("reconciliation: reading the roster");
+        roster::stage(store, run_id, &req.roster).await?;
+    }
+    let todo = store.reconcile_todo(run_id, false).await?;
+    let mut looked_up = (todo, None);
+    let progress = Progress::start("roster ABHA numbers looked up", todo);
+    roster::check(
+        store,
+        &client,
+        &gate,
+        &req.benefit,
+        run_id,
+        &req.roster,
+        req.concurrency,
+        &progress,
     )
-    .map_err(|e| roster_err(e.to_string()))?;
-    // Roster rows stream from a blocking reader; lookups run `concurrency` at a time under the
-    // rate limiter.
-    let (tx, rx) = tokio::sync::mpsc::channel::<RowResult>(1024);
-    let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
-        for row in ingest {
-            let row = row.map_err(|e| e.to_string())?;
-            if tx.blocking_send(row).is_err() {
-                break;
-            }
-        }
-        Ok(())
-    });
-    let benefit = req.benefit.clone();
-    let lines = tokio_stream_from(rx)
-        .map(|row| {
-            let client = client.clone();
-            let limiter = limiter.clone();
-            let benefit = benefit.clone();
-            async move {
-                match row {
-                    RowResult::Rejected(r) => Line {
-                        row: Some(r.row_number),
-                        external_ref: r.external_ref,
-                        abha: None,
-                        class: Class::Invalid,
-                        code: r.column,
-                        detail: r.reason,
-                    },
-                    RowResult::Accepted(r) => {
-                        let Job::BenefitLookup(abha) = r.job else {
-                            unreachable!("benefit-lookup rows hold an ABHA number")
-                        };
-                        let (linked, result) = check(&client, &limiter, &benefit, &abha).await;
-                        let (class, code, detail) = match result {
-                            Ok(()) if linked => (Class::Linked, String::new(), String::new()),
-                            Ok(()) => (
-                                Class::Missing,
-                                String::new(),
-                                format!("not linked to {benefit} at ABDM"),
-                            ),
-                            Err(e) => e,
-                        };
-                        Line {
-                            row: Some(r.row_number),
-                            external_ref: r.external_ref,
-                            abha: Some(abha),
-                            class,
-                            code,
-                            detail,
-                        }
-                    }
-                }
-            }
-        })
-        .buffer_unordered(req.concurrency.max(1));
-    let mut lines = std::pin::pin!(lines);
-    let mut out = ReportWriter::create(&req.out)?;
-    let mut counts = RunCounts::default();
-    let mut roster_hashes: HashSet<Vec<u8>> = HashSet::new();
-    let mut to_link = Vec::new();
-    while let Some(line) = lines.next().await {
-        counts.roster_rows += 1;
-        if let Some(a) = &line.abha {
-            roster_hashes.insert(store.vault.hash(a.expose()));
-        }
-        match line.class {
-            Class::Linked => counts.linked_ok += 1,
-            Class::Missing => {
-                counts.missing_link += 1;
-                if let Some(a) = &line.abha {
-                    to_link.push((line.row, line.external_ref.clone(), a.clone()));
-                }
-            }
-            Class::Unknown => counts.unknown += 1,
-            Class::Error | Class::Invalid => counts.errors += 1,
-            Class::Unexpected => {}
-        }
-        out.write(&line)?;
-        progress.set(
-            counts.roster_rows as u64,
-            &format!("{} missing", counts.missing_link),
-        );
-    }
+    .await?;
     progress.finish();
-    reader.await.expect("roster reader").map_err(roster_err)?;
 
-    // ABHAs this service linked before that the roster no longer has (opt-in: one ABDM call
-    // each over the benefit's whole history).
-    let mut to_delink = Vec::new();
-    let sweep = if req.sweep_unexpected {
-        let total = store.service_links_count(&req.benefit).await?;
-        Some(Progress::start("earlier links checked", total))
-    } else {
-        None
-    };
-    let mut links = std::pin::pin!(
-        futures::stream::iter(
-            req.sweep_unexpected
-                .then(|| store.service_links(&req.benefit))
-        )
-        .flatten()
-    );
-    let mut swept = 0u64;
-    while let Some(link) = links.next().await {
-        let (job_id, dedup, payload, result) = link?;
-        swept += 1;
-        if let Some(p) = &sweep {
-            p.set(swept, &format!("{} unexpected", counts.unexpected_link));
+    if req.sweep_unexpected {
+        if !start.sweep_staged {
+            store.stage_sweep(run_id, &req.benefit).await?;
+            store.mark_staged(run_id, true).await?;
         }
-        let aad = crate::store::vault::Aad::JobResult(job_id);
-        let abha = match result.and_then(|r| store.vault.decrypt(&r, aad).ok()) {
-            Some(raw) => AbhaNumber::parse(&String::from_utf8_lossy(&raw)).ok(),
-            None => match store.decrypt_job(job_id, JobKind::BenefitLink, &dedup, &payload) {
-                Ok(Job::BenefitLink(Beneficiary::Abha(a))) => Some(a),
-                _ => None,
-            },
-        };
-        let Some(abha) = abha else { continue };
-        if roster_hashes.contains(&store.vault.hash(abha.expose())) {
-            continue;
-        }
-        let (linked, result) = check(&client, &limiter, &req.benefit, &abha).await;
-        if result.is_ok() && linked {
-            counts.unexpected_link += 1;
-            out.write(&Line {
-                row: None,
-                external_ref: None,
-                abha: Some(abha.clone()),
-                class: Class::Unexpected,
-                code: String::new(),
-                detail: format!(
-                    "linked to {} by abha-bulk (job {job_id}), not in the roster",
-                    req.benefit
-                ),
-            })?;
-            to_delink.push((None, None, abha));
-        }
-    }
-    if let Some(p) = sweep {
-        p.finish();
-    }
-    out.finish()?;
-
-    let (mut link_batch, mut delink_batch) = (None, None);
-    if req.apply {
-        link_batch =
-            queue_fixes(store, &req.benefit, JobKind::BenefitLink, run_id, &to_link).await?;
-        delink_batch = queue_fixes(
+        // Only the earlier links the roster lacks and not yet answered: what will be looked up.
+        let todo = store.reconcile_todo(run_id, true).await?;
+        looked_up.1 = Some(todo);
+        let progress = Progress::start("earlier links looked up", todo);
+        sweep::check(
             store,
+            &client,
+            &gate,
             &req.benefit,
-            JobKind::BenefitDelink,
             run_id,
-            &to_delink,
+            req.concurrency,
+            &progress,
         )
         .await?;
+        progress.finish();
     }
+
+    if req.apply {
+        fixes::abort_unfinished(store, start.batches).await?;
+        store.mark_open_fixes(run_id, &req.benefit).await?;
+    }
+    let mut links = req
+        .apply
+        .then(|| FixQueue::new(store, &req.benefit, JobKind::BenefitLink, run_id));
+    let mut delinks = req
+        .apply
+        .then(|| FixQueue::new(store, &req.benefit, JobKind::BenefitDelink, run_id));
+    let mut out = ReportWriter::create(&req.out, req.force)?;
+    let rows = write::roster_lines(store, run_id, &req.roster, &mut out, links.as_mut()).await?;
+    if req.sweep_unexpected {
+        write::swept_lines(store, run_id, &mut out, delinks.as_mut()).await?;
+    }
+    out.finish()?;
+    let link_batch = match links {
+        Some(q) => q.finish().await?,
+        None => None,
+    };
+    let delink_batch = match delinks {
+        Some(q) => q.finish().await?,
+        None => None,
+    };
+
+    let counts = counts(store, run_id, &rows, req.sweep_unexpected).await?;
     store
         .finish_reconcile(
             run_id,
@@ -394,12 +274,40 @@ pub async fn run(
         link_batch,
         delink_batch,
         repairs,
-        swept: req.sweep_unexpected,
+        resumed: start.resumed,
+        looked_up,
     })
 }
 
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+/// The run's counts: classes per distinct ABHA from Postgres, rows from the report pass.
+async fn counts(
+    store: &Store,
+    run: Uuid,
+    rows: &write::RowCounts,
+    swept: bool,
+) -> Result<RunCounts, ReconcileError> {
+    let mut c = RunCounts {
+        roster_rows: rows.roster_rows,
+        repeated_rows: rows.repeated,
+        invalid_rows: rows.invalid,
+        unexpected_link: swept.then_some(0),
+        ..RunCounts::default()
+    };
+    for (class, from_sweep, n) in store.reconcile_class_counts(run).await? {
+        // Rows an interrupted attempt with the sweep staged do not count in a run without it.
+        if from_sweep && !swept {
+            continue;
+        }
+        match (class.as_deref(), from_sweep) {
+            (Some(check::class::LINKED), false) => c.linked_ok += n,
+            (Some(check::class::MISSING), false) => c.missing_link += n,
+            (Some(check::class::UNKNOWN), _) => c.unknown += n,
+            (Some(check::class::UNEXPECTED), true) => {
+                c.unexpected_link = Some(c.unexpected_link.unwrap_or(0) + n)
+            }
+            (Some(check::class::ERROR), _) => c.abdm_errors += n,
+            _ => {}
+        }
+    }
+    Ok(c)
 }

@@ -97,6 +97,7 @@ pub mod metrics {
         "abha_broker_target_messages",
         "abha_reconcile_last_run_timestamp_seconds",
         "abha_reconcile_drift",
+        "abha_reconcile_errors",
         "abha_abdm_circuit_open",
         "abha_retention_erased_total",
         "abha_retention_oldest_unerased_seconds",
@@ -334,8 +335,18 @@ pub mod metrics {
     pub static RECONCILE_DRIFT: LazyLock<GaugeVec> = LazyLock::new(|| {
         gauge_vec(
             "abha_reconcile_drift",
-            "Drift found by the last reconciliation: missing_link, unexpected_link, unknown",
+            "Drift found by the last reconciliation (distinct ABHA numbers): missing_link, unexpected_link, unknown; NaN: not checked",
             &["benefit", "class"],
+        )
+    });
+
+    /// `abha_reconcile_errors{benefit,source}`: kept apart from the drift, and from each
+    /// other, so an alert on ABDM trouble does not fire on a malformed roster.
+    pub static RECONCILE_ERRORS: LazyLock<GaugeVec> = LazyLock::new(|| {
+        gauge_vec(
+            "abha_reconcile_errors",
+            "Rows the last reconciliation could not check: source=roster (invalid roster rows), source=abdm (lookups ABDM answered with an error)",
+            &["benefit", "source"],
         )
     });
 
@@ -505,6 +516,7 @@ pub mod metrics {
         ] {
             RETENTION_ERASED.with_label_values(&[table]);
         }
+        LazyLock::force(&RECONCILE_ERRORS);
         // Known label values start at 0, so rates and alerts see a series from the start.
         for kind in kinds {
             for outcome in ["succeeded", "failed", "dead", "retrying", "cancelled"] {

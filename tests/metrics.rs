@@ -16,9 +16,10 @@ async fn endpoints_answer_and_promtool_accepts_the_metrics() {
     pipeline.stop().await;
     let run = env
         .store
-        .start_reconcile(common::BENEFIT, "roster.csv")
+        .start_or_resume_reconcile(common::BENEFIT, "roster.csv", &[0; 32], true)
         .await
-        .unwrap();
+        .unwrap()
+        .id;
     let drift = abha_bulk::store::reconcile::RunCounts {
         roster_rows: 3,
         linked_ok: 1,

@@ -5,7 +5,7 @@ mod common;
 
 use abha_bulk::jobs::kind::JobKind;
 use abha_bulk::ratelimit::RateLimiter;
-use abha_bulk::reconcile::{ReconcileRequest, ReconcileSummary};
+use abha_bulk::reconcile::{ReconcileGate, ReconcileRequest, ReconcileSummary};
 use common::{BENEFIT, PipelineOpts, TestEnv};
 
 async fn reconcile(
@@ -27,7 +27,7 @@ async fn reconcile_with(
     abha_bulk::reconcile::run(
         &env.store,
         env.client.clone(),
-        RateLimiter::new(200.0, 20, None),
+        ReconcileGate::local(RateLimiter::new(200.0, 20, None)),
         Some(&env.amqp_url),
         &env.topology,
         &ReconcileRequest {
@@ -35,6 +35,8 @@ async fn reconcile_with(
             roster: roster.to_path_buf(),
             apply,
             out: env.dir.path().join(name),
+            force: false,
+            restart: false,
             concurrency: 4,
             sweep_unexpected,
         },
@@ -162,9 +164,10 @@ async fn seeded_drift_is_found_exactly_and_apply_fixes_it() {
             c.missing_link,
             c.unexpected_link,
             c.unknown,
-            c.errors
+            c.abdm_errors,
+            c.invalid_rows
         ),
-        (22, 15, 5, 4, 1, 1),
+        (22, 15, 5, Some(4), 1, 0, 1),
         "{}",
         first.render()
     );
@@ -269,9 +272,10 @@ async fn seeded_drift_is_found_exactly_and_apply_fixes_it() {
             c.missing_link,
             c.unexpected_link,
             c.unknown,
-            c.errors
+            c.abdm_errors,
+            c.invalid_rows
         ),
-        (20, 0, 0, 1, 1),
+        (20, 0, Some(0), 1, 0, 1),
         "{}",
         after.render()
     );

@@ -236,9 +236,24 @@ pub struct ReconcileArgs {
     /// roster (one ABDM call each at `reconcile.rate_per_second`: slow on a large history).
     #[arg(long)]
     pub sweep_unexpected: bool,
-    /// Report file (default reports/reconcile-<benefit>-<time>.csv).
+    /// Report file (default <reports-dir>/reconcile-<benefit>-<time>.csv). An existing file
+    /// is refused unless --force.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replace an existing --out file.
+    #[arg(long)]
+    pub force: bool,
+    /// Directory of the dated default reports.
+    #[arg(long, default_value = "reports", conflicts_with = "out")]
+    pub reports_dir: PathBuf,
+    /// After a successful run, keep only the N newest dated reports of this benefit in
+    /// --reports-dir (older reconcile-<benefit>-*.csv files are deleted).
+    #[arg(long, value_name = "N", conflicts_with = "out", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: Option<u32>,
+    /// Start afresh instead of continuing an unfinished run of the same roster (a run that
+    /// was interrupted continues where it stopped when the same roster is given again).
+    #[arg(long)]
+    pub restart: bool,
 }
 
 /// A batch argument.

@@ -355,42 +355,64 @@ pub(super) async fn reconcile(
     let benefit = BenefitName::parse_served(&args.benefit, &settings.benefits.served)?;
     let store = Store::connect(settings).await?;
     let client = Arc::new(AbdmClient::new(&settings.abdm)?);
-    let global = settings.worker.global_rate_limit.then(|| {
-        GlobalBudget::new(
-            store.clone(),
-            &settings.abdm.client_id,
-            settings.worker.rate_per_second,
-            f64::from(settings.worker.burst),
-        )
-        .side()
-    });
-    let limiter = RateLimiter::new(settings.reconcile.rate_per_second, 1, global);
+    // Reconciliation's own pace; with the shared budget, each call also takes a token at the
+    // fleet's rate (crate::reconcile::ReconcileGate says why both).
+    let gate = crate::reconcile::ReconcileGate::new(
+        &store,
+        &settings.abdm.client_id,
+        settings.reconcile.rate_per_second,
+        settings.worker.global_rate_limit.then(|| {
+            (
+                settings.worker.rate_per_second,
+                settings.worker.burst,
+                settings.worker.aimd(),
+            )
+        }),
+    );
+    let prefix = format!(
+        "reconcile-{}-",
+        benefit
+            .as_str()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
     let out = args.out.clone().unwrap_or_else(|| {
-        std::path::PathBuf::from("reports").join(format!(
-            "reconcile-{}-{}.csv",
-            benefit
-                .as_str()
-                .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+        args.reports_dir.join(format!(
+            "{prefix}{}.csv",
             chrono::Utc::now().format("%Y%m%d-%H%M%S")
         ))
     });
     let amqp = settings.rabbitmq_url()?.expose_secret().to_string();
-    let summary = crate::reconcile::run(
-        &store,
-        client,
-        limiter,
-        Some(&amqp),
-        &Topology::from_settings(&settings.rabbitmq),
-        &crate::reconcile::ReconcileRequest {
-            benefit: benefit.to_string(),
-            roster: args.roster.clone(),
-            apply: args.apply,
-            out,
-            concurrency: settings.reconcile.concurrency,
-            sweep_unexpected: args.sweep_unexpected,
-        },
-    )
-    .await?;
+    let topology = Topology::from_settings(&settings.rabbitmq);
+    let request = crate::reconcile::ReconcileRequest {
+        benefit: benefit.to_string(),
+        roster: args.roster.clone(),
+        apply: args.apply,
+        out,
+        force: args.force,
+        restart: args.restart,
+        concurrency: settings.reconcile.concurrency,
+        sweep_unexpected: args.sweep_unexpected,
+    };
+    let run = crate::reconcile::run(&store, client, gate, Some(&amqp), &topology, &request);
+    // SIGTERM (the CronJob's deadline, a drain) or Ctrl-C: the answers so far are committed,
+    // so stop at once and say how to continue.
+    let stop = tokio_util::sync::CancellationToken::new();
+    spawn_signal_handler(stop.clone());
+    let summary = tokio::select! {
+        s = run => s?,
+        () = stop.cancelled() => {
+            tracing::warn!(
+                "reconciliation interrupted: its answers so far are kept; run the same command with the same roster to continue"
+            );
+            return Ok(ExitCode::from(143));
+        }
+    };
     out!("{}", summary.render());
+    if let Some(keep) = args.keep {
+        let removed = crate::reconcile::prune_reports(&args.reports_dir, &prefix, keep as usize)?;
+        if removed > 0 {
+            out!("removed {removed} older report(s) (--keep {keep})");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,8 @@
 //! `reconcile --apply`: the drift found becomes ordinary batches of link and de-link jobs
 //! (source `reconcile`), so the fixes run through the same pipeline, rate and report as any
-//! upload.
+//! upload. Fixes are written in chunks as the report pass finds them (memory stays bounded at
+//! a million missing links); drift that already has an open fix job was marked in Postgres
+//! beforehand and is not queued again.
 
 use uuid::Uuid;
 
@@ -11,56 +13,120 @@ use crate::pii::AbhaNumber;
 use crate::store::Store;
 use crate::store::batches::{NewBatch, PreparedRow};
 
-type Fix = (Option<u64>, Option<String>, AbhaNumber);
-
-/// Queues a batch of link or de-link jobs (source `reconcile`), skipping ABHAs that already
-/// have an open job of that kind.
-pub(super) async fn queue_fixes(
-    store: &Store,
-    benefit: &str,
+/// One batch of fixes being written.
+pub(super) struct FixQueue<'a> {
+    store: &'a Store,
+    benefit: &'a str,
     kind: JobKind,
     run: Uuid,
-    fixes: &[Fix],
-) -> Result<Option<Uuid>, ReconcileError> {
-    let open = store.open_subjects(benefit, kind).await?;
-    let rows: Vec<PreparedRow> = fixes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, (row, ext, abha))| {
-            let who = Beneficiary::Abha(abha.clone());
-            let job = match kind {
-                JobKind::BenefitLink => Job::BenefitLink(who),
-                _ => Job::BenefitDelink(who),
-            };
-            let p = store.prepare(row.map_or(i as i64 + 1, |r| r as i64), ext.clone(), &job);
-            (!open.contains(&p.subject_hash)).then_some(p)
-        })
-        .collect();
-    if rows.is_empty() {
-        return Ok(None);
-    }
-    let name = format!("reconcile-{run}");
-    let batch = store
-        .create_batch(NewBatch {
-            kind,
+    batch: Option<Uuid>,
+    pending: Vec<PreparedRow>,
+    total: u64,
+    accepted: u64,
+    duplicates: u64,
+}
+
+impl<'a> FixQueue<'a> {
+    pub(super) fn new(store: &'a Store, benefit: &'a str, kind: JobKind, run: Uuid) -> Self {
+        Self {
+            store,
             benefit,
-            source: "reconcile",
-            file_name: Some(&name),
-            file_sha256: None,
-            parent: None,
-            // The fixes are side work of the programme: its default priority.
-            priority: Default::default(),
-        })
-        .await?;
-    let mut accepted = 0;
-    let mut duplicates = 0;
-    for chunk in rows.chunks(crate::submit::CHUNK_ROWS) {
-        let o = store.insert_jobs(batch, kind, benefit, chunk).await?;
-        accepted += o.accepted;
-        duplicates += o.duplicates;
+            kind,
+            run,
+            batch: None,
+            pending: Vec::new(),
+            total: 0,
+            accepted: 0,
+            duplicates: 0,
+        }
     }
-    store
-        .finish_submit(batch, rows.len() as u64, accepted, 0, duplicates)
-        .await?;
-    Ok(Some(batch))
+
+    /// Adds the fix of `abha` (from roster `row`, or numbered in order for swept links).
+    pub(super) async fn push(
+        &mut self,
+        row: Option<u64>,
+        external_ref: Option<String>,
+        abha: AbhaNumber,
+    ) -> Result<(), ReconcileError> {
+        self.total += 1;
+        let who = Beneficiary::Abha(abha);
+        let job = match self.kind {
+            JobKind::BenefitLink => Job::BenefitLink(who),
+            _ => Job::BenefitDelink(who),
+        };
+        let row = row.map_or(self.total as i64, |r| r as i64);
+        self.pending
+            .push(self.store.prepare(row, external_ref, &job));
+        if self.pending.len() >= crate::submit::CHUNK_ROWS {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ReconcileError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = match self.batch {
+            Some(b) => b,
+            None => {
+                let name = format!("reconcile-{}", self.run);
+                let b = self
+                    .store
+                    .create_batch(NewBatch {
+                        kind: self.kind,
+                        benefit: self.benefit,
+                        source: "reconcile",
+                        file_name: Some(&name),
+                        file_sha256: None,
+                        parent: None,
+                        // The fixes are the programme's own work: its default priority.
+                        priority: Default::default(),
+                    })
+                    .await?;
+                // Recorded at once: a resumed run aborts this batch if it was left half
+                // written, and queues its fixes again.
+                self.store
+                    .set_reconcile_batch(self.run, self.kind == JobKind::BenefitDelink, b)
+                    .await?;
+                self.batch = Some(b);
+                b
+            }
+        };
+        let o = self
+            .store
+            .insert_jobs(batch, self.kind, self.benefit, &self.pending)
+            .await?;
+        self.accepted += o.accepted;
+        self.duplicates += o.duplicates;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Writes the rest and makes the batch due. `None` when there was nothing to fix.
+    pub(super) async fn finish(mut self) -> Result<Option<Uuid>, ReconcileError> {
+        self.flush().await?;
+        let Some(batch) = self.batch else {
+            return Ok(None);
+        };
+        self.store
+            .finish_submit(batch, self.total, self.accepted, 0, self.duplicates)
+            .await?;
+        Ok(Some(batch))
+    }
+}
+
+/// A resumed run whose earlier `--apply` was interrupted while writing a fix batch: that
+/// batch never became due; abort it (its jobs are cancelled) so this run queues the fixes
+/// again in one batch.
+pub(super) async fn abort_unfinished(
+    store: &Store,
+    batches: (Option<Uuid>, Option<Uuid>),
+) -> Result<(), ReconcileError> {
+    for b in [batches.0, batches.1].into_iter().flatten() {
+        store
+            .abort_submit(b, "reconciliation interrupted while queueing fixes")
+            .await?;
+    }
+    Ok(())
 }

@@ -5,28 +5,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Line, ReconcileError};
-use crate::pii::AbhaNumber;
+use super::ReconcileError;
 use crate::report::{format_duration, spreadsheet_safe};
-
-/// Data records of a CSV file (the header and blank lines not counted), read quickly before
-/// the run so progress has a total from the start.
-pub(super) fn count_records(path: &Path) -> std::io::Result<u64> {
-    let mut r = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .from_path(path)
-        .map_err(std::io::Error::other)?;
-    let mut rec = csv::ByteRecord::new();
-    let mut n = 0;
-    while r
-        .read_byte_record(&mut rec)
-        .map_err(std::io::Error::other)?
-    {
-        n += 1;
-    }
-    Ok(n)
-}
 
 /// Progress of one phase: a bar with an ETA on a terminal, otherwise a log line at the start
 /// and every 10 s with done, total, rate and ETA.
@@ -116,60 +96,120 @@ pub(super) fn eta(elapsed: Duration, done: u64, total: u64) -> String {
     )
 }
 
+/// One line of the report.
+pub(super) struct Line {
+    pub row: Option<u64>,
+    pub external_ref: Option<String>,
+    /// Masked ABHA number.
+    pub masked: Option<String>,
+    pub class: &'static str,
+    pub code: String,
+    pub column: String,
+    pub detail: String,
+}
+
+/// The report, written to `<out>.partial` and renamed to `<out>` once complete: a run killed
+/// half-way leaves no report that looks whole, and never a half-overwritten earlier one.
 pub(super) struct ReportWriter {
-    path: String,
+    path: std::path::PathBuf,
+    partial: std::path::PathBuf,
+    force: bool,
     w: csv::Writer<std::io::BufWriter<std::fs::File>>,
 }
 
+/// The report's columns (docs/report-format.md).
+pub const COLUMNS: [&str; 7] = [
+    "row",
+    "external_ref",
+    "identifier",
+    "class",
+    "abdm_code",
+    "rejected_column",
+    "detail",
+];
+
+/// Refuses an existing `path` unless `force`, as `report` does.
+pub(super) fn check_target(path: &Path, force: bool) -> Result<(), ReconcileError> {
+    if !force && path.exists() {
+        return Err(ReconcileError::Report(
+            path.display().to_string(),
+            "the file exists; give --force to replace it, or another --out".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl ReportWriter {
-    pub(super) fn create(path: &Path) -> Result<Self, ReconcileError> {
+    pub(super) fn create(path: &Path, force: bool) -> Result<Self, ReconcileError> {
         let err = |e: String| ReconcileError::Report(path.display().to_string(), e);
+        check_target(path, force)?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| err(e.to_string()))?;
         }
-        let f = std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let f = std::fs::File::create(&partial).map_err(|e| err(e.to_string()))?;
         let mut w = csv::Writer::from_writer(std::io::BufWriter::new(f));
-        w.write_record([
-            "row",
-            "external_ref",
-            "identifier",
-            "class",
-            "abdm_code",
-            "rejected_column",
-            "detail",
-        ])
-        .map_err(|e| err(e.to_string()))?;
+        w.write_record(COLUMNS).map_err(|e| err(e.to_string()))?;
         Ok(Self {
-            path: path.display().to_string(),
+            path: path.to_path_buf(),
+            partial,
+            force,
             w,
         })
     }
 
+    fn err(&self, e: impl std::fmt::Display) -> ReconcileError {
+        ReconcileError::Report(self.path.display().to_string(), e.to_string())
+    }
+
     pub(super) fn write(&mut self, l: &Line) -> Result<(), ReconcileError> {
-        // An invalid roster row carries its column, never an ABDM code.
-        let (code, column) = match l.class {
-            super::Class::Invalid => (String::new(), l.code.clone()),
-            _ => (l.code.clone(), String::new()),
-        };
         let cells = [
             l.row.map(|r| r.to_string()).unwrap_or_default(),
             l.external_ref.clone().unwrap_or_default(),
-            l.abha.as_ref().map(AbhaNumber::masked).unwrap_or_default(),
-            l.class.as_str().to_string(),
-            code,
-            column,
+            l.masked.clone().unwrap_or_default(),
+            l.class.to_string(),
+            l.code.clone(),
+            l.column.clone(),
             l.detail.clone(),
         ];
         self.w
             .write_record(cells.iter().map(|c| spreadsheet_safe(c)))
-            .map_err(|e| ReconcileError::Report(self.path.clone(), e.to_string()))
+            .map_err(|e| self.err(e))
     }
 
-    pub(super) fn finish(mut self) -> Result<(), ReconcileError> {
-        self.w
-            .flush()
-            .map_err(|e| ReconcileError::Report(self.path.clone(), e.to_string()))
+    /// Flushes and moves the report into place (checking again that nothing appeared there
+    /// meanwhile, unless `--force`).
+    pub(super) fn finish(self) -> Result<(), ReconcileError> {
+        let Self {
+            path,
+            partial,
+            force,
+            w,
+        } = self;
+        let err = |e: String| ReconcileError::Report(path.display().to_string(), e);
+        let inner = w.into_inner().map_err(|e| err(e.to_string()))?;
+        let f = inner.into_inner().map_err(|e| err(e.to_string()))?;
+        f.sync_all().map_err(|e| err(e.to_string()))?;
+        check_target(&path, force)?;
+        std::fs::rename(&partial, &path).map_err(|e| err(e.to_string()))
     }
+}
+
+/// Deletes all but the `keep` newest files `<prefix>*.csv` in `dir` (dated names sort by
+/// time). Returns how many were deleted. `.partial` files of a run in progress are left.
+pub fn prune_reports(dir: &Path, prefix: &str, keep: usize) -> std::io::Result<usize> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix) && n.ends_with(".csv"))
+        .collect();
+    names.sort();
+    let old = names.len().saturating_sub(keep);
+    for n in &names[..old] {
+        std::fs::remove_file(dir.join(n))?;
+    }
+    Ok(old)
 }
 
 #[cfg(test)]
@@ -177,20 +217,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn roster_records_are_counted_without_header() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("r.csv");
-        std::fs::write(
-            &path,
-            "abha_number\r\n91-1234-5678-9012\r\n\r\n91-1234-5678-9013\n",
-        )
-        .unwrap();
-        assert_eq!(count_records(&path).unwrap(), 2);
-    }
-
-    #[test]
     fn eta_from_the_average_so_far() {
         assert_eq!(eta(Duration::from_secs(10), 0, 3), "ETA unknown");
         assert_eq!(eta(Duration::from_secs(10), 50, 100), "5.0/s, ETA 10s");
+    }
+
+    #[test]
+    fn only_the_newest_dated_reports_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [
+            "reconcile-PMJAY-20261201-013000.csv",
+            "reconcile-PMJAY-20261203-013000.csv",
+            "reconcile-PMJAY-20261202-013000.csv",
+            "reconcile-PMJAY-20261204-013000.csv.partial",
+            "reconcile-OTHER-20261101-013000.csv",
+            "notes.csv",
+        ] {
+            std::fs::write(dir.path().join(n), "x").unwrap();
+        }
+        assert_eq!(prune_reports(dir.path(), "reconcile-PMJAY-", 2).unwrap(), 1);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "notes.csv",
+                "reconcile-OTHER-20261101-013000.csv",
+                "reconcile-PMJAY-20261202-013000.csv",
+                "reconcile-PMJAY-20261203-013000.csv",
+                "reconcile-PMJAY-20261204-013000.csv.partial",
+            ]
+        );
     }
 }

@@ -64,13 +64,23 @@ pub async fn batch_gauges(store: &Store) {
             metrics::RECONCILE_LAST_RUN
                 .with_label_values(&[b])
                 .set(r.finished_at.timestamp() as f64);
+            // A class that was not checked is NaN ("not checked"), never 0: an alert on
+            // `> 0` stays quiet, and a dashboard does not show a clean bill it never got.
             for (class, n) in [
-                ("missing_link", r.counts.missing_link),
+                ("missing_link", Some(r.counts.missing_link)),
                 ("unexpected_link", r.counts.unexpected_link),
-                ("unknown", r.counts.unknown),
+                ("unknown", Some(r.counts.unknown)),
             ] {
                 metrics::RECONCILE_DRIFT
                     .with_label_values(&[b, class])
+                    .set(n.map_or(f64::NAN, |n| n as f64));
+            }
+            for (source, n) in [
+                ("roster", r.counts.invalid_rows),
+                ("abdm", r.counts.abdm_errors),
+            ] {
+                metrics::RECONCILE_ERRORS
+                    .with_label_values(&[b, source])
                     .set(n as f64);
             }
         }

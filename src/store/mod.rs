@@ -15,6 +15,7 @@ pub mod jobs;
 pub mod outbox;
 pub mod outcomes;
 pub mod reconcile;
+pub mod reconcile_rows;
 pub mod rekey;
 pub mod retention;
 pub mod schedule;

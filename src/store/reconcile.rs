@@ -1,8 +1,6 @@
 //! What reconciliation reads and writes: the ABHAs this service linked, repairs of its own
 //! state, and the record of each run.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 use uuid::Uuid;
@@ -10,21 +8,28 @@ use uuid::Uuid;
 use super::{QueryContext, Store, StoreError};
 use crate::jobs::kind::JobKind;
 
-/// Counts of one reconciliation run.
+/// Counts of one reconciliation run. Each class counts distinct ABHA numbers (a repeated
+/// roster row is counted once, under `repeated_rows`); invalid roster rows and ABDM errors are
+/// kept apart, and a class that was not checked is `None`, never 0.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunCounts {
-    /// Roster rows read.
+    /// Roster data rows read (every row: valid, invalid and repeated).
     pub roster_rows: i64,
+    /// Rows whose ABHA number an earlier row already had (looked up and counted once, there).
+    pub repeated_rows: i64,
+    /// Roster rows that are not a valid ABHA number (the input, not ABDM).
+    pub invalid_rows: i64,
     /// Linked, as the roster says.
     pub linked_ok: i64,
     /// In the roster, not linked at ABDM.
     pub missing_link: i64,
-    /// Linked at ABDM (by this service earlier), not in the roster.
-    pub unexpected_link: i64,
+    /// Linked at ABDM (by this service earlier), not in the roster; `None`: not checked
+    /// (no `--sweep-unexpected`).
+    pub unexpected_link: Option<i64>,
     /// ABDM does not know the ABHA number (ABDM-1114).
     pub unknown: i64,
-    /// Rows whose check failed (invalid row, ABDM error).
-    pub errors: i64,
+    /// Lookups ABDM answered with an error (or that failed on the way): the alerting class.
+    pub abdm_errors: i64,
 }
 
 /// The latest run of a benefit (for the `abha_reconcile_*` gauges).
@@ -39,19 +44,6 @@ pub struct LastRun {
 }
 
 impl Store {
-    /// Records the start of a run.
-    pub async fn start_reconcile(&self, benefit: &str, roster: &str) -> Result<Uuid, StoreError> {
-        let id = Uuid::new_v4();
-        sqlx::query("INSERT INTO reconcile_runs (id, benefit, roster_file) VALUES ($1, $2, $3)")
-            .bind(id)
-            .bind(benefit)
-            .bind(roster)
-            .execute(&self.pool)
-            .await
-            .ctx("recording a reconciliation run")?;
-        Ok(id)
-    }
-
     /// Records the end of a run.
     #[allow(clippy::too_many_arguments)]
     pub async fn finish_reconcile(
@@ -64,10 +56,12 @@ impl Store {
         repairs: (u64, u64, u64),
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE reconcile_runs SET finished_at = now(), roster_rows = $2, linked_ok = $3,
-                    missing_link = $4, unexpected_link = $5, unknown = $6, errors = $7,
-                    report_path = $8, link_batch = $9, delink_batch = $10,
-                    repaired_leases = $11, repaired_outbox = $12, repaired_batches = $13
+            "UPDATE reconcile_runs SET finished_at = now(), progress_at = now(), roster_rows = $2,
+                    linked_ok = $3, missing_link = $4, unexpected_link = COALESCE($5, 0),
+                    unexpected_checked = $5 IS NOT NULL, unknown = $6, errors = $7,
+                    abdm_errors = $7, invalid_rows = $8, repeated_rows = $9,
+                    report_path = $10, link_batch = $11, delink_batch = $12,
+                    repaired_leases = $13, repaired_outbox = $14, repaired_batches = $15
              WHERE id = $1",
         )
         .bind(id)
@@ -76,7 +70,9 @@ impl Store {
         .bind(c.missing_link)
         .bind(c.unexpected_link)
         .bind(c.unknown)
-        .bind(c.errors)
+        .bind(c.abdm_errors)
+        .bind(c.invalid_rows)
+        .bind(c.repeated_rows)
         .bind(report)
         .bind(link_batch)
         .bind(delink_batch)
@@ -86,14 +82,25 @@ impl Store {
         .execute(&self.pool)
         .await
         .ctx("finishing a reconciliation run")?;
+        // The per-ABHA rows served the run only (resumption, de-duplication, the report).
+        sqlx::query("DELETE FROM reconcile_rows WHERE run_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .ctx("clearing a finished run's rows")?;
         Ok(())
     }
 
     /// The latest finished run per benefit.
     pub async fn last_reconcile_runs(&self) -> Result<Vec<LastRun>, StoreError> {
+        // Runs written before migration 0015 have NULL in the new columns: `errors` then
+        // held invalid rows and ABDM errors together, and 0 unexpected links may mean "not
+        // checked"; they are read as they were.
         let rows = sqlx::query(
             "SELECT DISTINCT ON (benefit) benefit, finished_at, roster_rows, linked_ok, missing_link,
-                    unexpected_link, unknown, errors
+                    CASE WHEN unexpected_checked IS FALSE THEN NULL ELSE unexpected_link END,
+                    unknown, COALESCE(abdm_errors, errors), COALESCE(invalid_rows, 0),
+                    COALESCE(repeated_rows, 0)
              FROM reconcile_runs WHERE finished_at IS NOT NULL ORDER BY benefit, finished_at DESC",
         )
         .fetch_all(&self.pool)
@@ -110,59 +117,33 @@ impl Store {
                     missing_link: r.get(4),
                     unexpected_link: r.get(5),
                     unknown: r.get(6),
-                    errors: r.get(7),
+                    abdm_errors: r.get(7),
+                    invalid_rows: r.get(8),
+                    repeated_rows: r.get(9),
                 },
             })
             .collect())
     }
 
-    /// For each ABHA this service linked or de-linked for `benefit`, the latest successful job:
-    /// `(job id, dedup hash, encrypted payload, encrypted result)`, links only. Streamed: the history of a
-    /// benefit can be millions of jobs.
-    pub fn service_links(
-        &self,
-        benefit: &str,
-    ) -> impl futures::Stream<Item = Result<ServiceLink, StoreError>> + '_ {
-        use futures::TryStreamExt;
-        sqlx::query(SERVICE_LINKS)
-            .bind(benefit.to_string())
-            .fetch(&self.pool)
-            .map_ok(|r| (r.get(0), r.get(4), r.get(2), r.get(3)))
-            .map_err(|cause| StoreError::Query {
-                what: "reading the ABHAs this service linked",
-                cause,
-            })
-    }
-
-    /// How many rows [`Self::service_links`] yields (for the progress of the sweep).
-    pub async fn service_links_count(&self, benefit: &str) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "SELECT count(*) FROM ({SERVICE_LINKS}) l"
-        )))
-        .bind(benefit)
-        .fetch_one(&self.pool)
-        .await
-        .ctx("counting the ABHAs this service linked")?;
-        Ok(n as u64)
-    }
-
-    /// Subject hashes with an open (queued, running, retrying) job of `kind` for `benefit`:
-    /// reconciliation does not queue the same fix twice.
-    pub async fn open_subjects(
-        &self,
-        benefit: &str,
-        kind: JobKind,
-    ) -> Result<HashSet<Vec<u8>>, StoreError> {
-        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT subject_hash FROM jobs WHERE benefit = $1 AND kind = $2
-             AND state IN ('queued', 'running', 'retrying')",
+    /// Marks the drift of `run` that already has an open (queued, running, retrying) fix job
+    /// of its kind (a link for a missing link, a de-link for an unexpected one):
+    /// reconciliation does not queue the same fix twice. One hash join in Postgres, so memory
+    /// stays bounded however much drift or how many open jobs there are. Returns how many.
+    pub async fn mark_open_fixes(&self, run: Uuid, benefit: &str) -> Result<u64, StoreError> {
+        let n = sqlx::query(
+            "UPDATE reconcile_rows r SET fix_open = true FROM jobs j
+             WHERE r.run_id = $1 AND j.benefit = $2 AND j.subject_hash = r.subject_hash
+               AND j.state IN ('queued', 'running', 'retrying')
+               AND ((r.class = 'missing_link' AND j.kind = 'benefit-link')
+                 OR (r.class = 'unexpected_link' AND j.kind = 'benefit-delink'))",
         )
+        .bind(run)
         .bind(benefit)
-        .bind(kind.as_str())
-        .fetch_all(&self.pool)
+        .execute(&self.pool)
         .await
-        .ctx("reading open jobs")?;
-        Ok(rows.into_iter().collect())
+        .ctx("finding fixes already queued")?
+        .rows_affected();
+        Ok(n)
     }
 
     /// Open jobs of `kind` in `active` batches that lost their message (no outbox row, not
@@ -214,13 +195,11 @@ impl Store {
     }
 }
 
-/// A link made by this service: `(job id, dedup hash, encrypted payload, encrypted result)`.
-pub type ServiceLink = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>);
-
-/// The latest successful link or de-link per subject of a benefit, keeping the links.
-const SERVICE_LINKS: &str = "SELECT id, kind, payload, result, dedup_hash FROM (
-        SELECT DISTINCT ON (subject_hash) id, kind, payload, result, dedup_hash FROM jobs
-        WHERE benefit = $1 AND kind IN ('benefit-link', 'benefit-delink') AND state = 'succeeded'
+/// The latest successful link or de-link per subject of a benefit, keeping the links: what
+/// this service knows it linked (links made by other integrators are not in it).
+pub(super) const SERVICE_LINKS: &str = "SELECT id, subject_hash FROM (
+        SELECT DISTINCT ON (subject_hash) id, kind, subject_hash FROM jobs
+        WHERE benefit = $2 AND kind IN ('benefit-link', 'benefit-delink') AND state = 'succeeded'
           AND erased_at IS NULL
         ORDER BY subject_hash, finished_at DESC) latest
      WHERE kind = 'benefit-link'";
