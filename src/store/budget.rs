@@ -17,6 +17,9 @@ pub struct Take {
     pub rate: f64,
     /// When none was taken: how long until `min` tokens (or the end of a Retry-After pause).
     pub wait: Duration,
+    /// Tokens the bucket held before this request (refill included): how far it was from
+    /// full, which bounds how long leased tokens may wait to be spent (`ratelimit::Leased`).
+    pub avail: f64,
 }
 
 /// How the shared rate reacts (the `[worker]` `aimd_*` settings; `config/default.toml` says
@@ -127,6 +130,7 @@ impl Store {
                 taken: 0.0,
                 rate: ceiling.unwrap_or(own),
                 wait: Duration::ZERO,
+                avail: capacity,
             });
         };
         let (rate, avail, paused, taken): (f64, f64, f64, f64) =
@@ -138,7 +142,12 @@ impl Store {
         } else {
             Duration::from_secs_f64(((min.max(1.0) - avail).max(0.0) / rate.max(1e-3)).min(10.0))
         };
-        Ok(Take { taken, rate, wait })
+        Ok(Take {
+            taken,
+            rate,
+            wait,
+            avail,
+        })
     }
 
     /// A throttling answer to a call sent `gate` ago: lowers the shared rate unless it was
