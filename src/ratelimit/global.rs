@@ -140,7 +140,11 @@ impl GlobalBudget {
             if local.0.spend(Instant::now()) {
                 return rate;
             }
-            let block = (rate * 0.1).floor().clamp(1.0, self.capacity);
+            // A tenth of a second's worth at the rate this caller spends at (side work's own
+            // rate is far below the fleet's): a bigger block would mostly expire unspent.
+            let block = (rate.min(configured) * 0.1)
+                .floor()
+                .clamp(1.0, self.capacity);
             let sent = Instant::now();
             match self
                 .store
