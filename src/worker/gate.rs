@@ -7,7 +7,9 @@
 //! the side effect, after any wait for a token, so that a worker whose lease expired while it
 //! waited makes no call: the lease is re-checked and extended to `lease` from the moment the
 //! call is sent, and a call lasts at most the request timeout, which config validation keeps
-//! well below `lease`.
+//! well below `lease`. While the job waits for a token it keeps its lease alive every quarter
+//! lease ([`Leases::keep`]), so waiting for ABDM's permission (a `Retry-After` pause, the AIMD
+//! floor) never lets the lease run out and cost the row an attempt.
 //!
 //! The gate reads tokio's clock and reaches the lease through [`Leases`], so the races between
 //! a token wait, the lease and another worker's claim run under `tokio::time::pause` against
