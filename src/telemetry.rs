@@ -101,6 +101,8 @@ pub mod metrics {
         "abha_abdm_clock_hold",
         "abha_abdm_failure_ratio",
         "abha_ratelimit_stale_tokens_total",
+        "abha_ratelimit_expired_tokens_total",
+        "abha_lease_kept_total",
     ];
 
     /// The process-wide registry served at `/metrics`.

@@ -294,3 +294,33 @@ async fn a_late_outcome_of_a_first_claim_cannot_touch_a_second_claim_by_the_same
         "task 2's answer was lost: the intent stays"
     );
 }
+
+/// A keep that cannot reach the leases (a Postgres blip) is tried again a sixteenth of the
+/// lease later, so a blip shorter than three quarters of the lease loses nothing: unreachable
+/// from 0 to 2.9 s, the keeps at 2 s and 2.5 s fail, the one at 3 s holds, and the wait goes on
+/// with the lease kept.
+#[tokio::test(start_paused = true)]
+async fn a_keep_that_fails_is_retried_and_a_short_blip_loses_nothing() {
+    let (leases, g) = waiting_gate(Duration::from_secs(10)).await;
+    leases.set_unreachable(true);
+    let rivals = {
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2900)).await;
+            leases.set_unreachable(false);
+            let mut claimed = 0;
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                claimed += usize::from(leases.claim(JOB, "B", LEASE));
+            }
+            claimed
+        })
+    };
+    let start = Instant::now();
+    g.before_send(Operation::Link).await.expect("kept: sent");
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    assert_eq!(rivals.await.expect("rivals"), 0);
+    // Kept at 3 s (after the failures at 2 s and 2.5 s), 5 s, 7 s and 9 s.
+    assert_eq!(leases.keeps(), 4);
+    assert_eq!(leases.fences(), 1);
+}

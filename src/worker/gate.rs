@@ -292,7 +292,10 @@ impl JobGate {
         let mut retry_at = None;
         loop {
             let due = retry_at.unwrap_or(*self.extended_at.lock().expect("extended_at") + every);
+            // The token first: when it comes at the instant a keep is due, the call's own
+            // fence extends the lease (no keep needed, and a deterministic count in tests).
             tokio::select! {
+                biased;
                 _ = &mut acquire => return Ok(()),
                 _ = tokio::time::sleep_until(due) => {}
             }
