@@ -81,6 +81,12 @@ impl Store {
     /// refill in between was lost (measured: 2-4 replicas at ABDM's limit ran 12-15 % over
     /// rows ÷ rate). Asking again at `min` and taking what is there leaves the rest of the
     /// bucket as slack for a late wake-up; `min` well above one keeps the round trips few.
+    ///
+    /// Above `min` it takes no more than `capacity − avail + 1`: the tokens beyond the first
+    /// are good only for `(capacity − avail) / rate` (`ratelimit::Leased`), which is the time a
+    /// replica calling at the rate needs to spend that many. Taking a whole block from a fuller
+    /// bucket let most of it expire (measured: a 100/s fleet beside 5/s of side work fell from
+    /// 97 to 92.5 calls/s).
     pub async fn take_tokens(
         &self,
         client: &str,
@@ -105,7 +111,8 @@ impl Store {
                 FROM base),
              want AS (
                 SELECT client, rate, avail, paused,
-                       CASE WHEN paused = 0 AND floor(avail) >= $5 THEN LEAST($2, floor(avail)) ELSE 0 END AS n
+                       CASE WHEN paused = 0 AND floor(avail) >= $5
+                            THEN LEAST($2, floor(avail), GREATEST($5, floor($4 - avail) + 1)) ELSE 0 END AS n
                 FROM cur),
              upd AS (
                 UPDATE rate_budget b SET tokens = want.avail - want.n, updated_at = clock_timestamp(),
