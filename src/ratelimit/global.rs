@@ -109,11 +109,6 @@ impl GlobalBudget {
         self
     }
 
-    /// The bucket's capacity: the most calls beyond the rate that any second may carry.
-    pub fn capacity(&self) -> f64 {
-        self.capacity
-    }
-
     /// The ceiling this caller sets for the shared rate: its configured rate when it is of
     /// the fleet, none when it is side work (the fleet's recorded rate applies).
     pub(super) fn ceiling(&self, configured: f64) -> Option<f64> {
