@@ -18,7 +18,7 @@
 //! | [`ingest`] | streaming CSV → validated rows and rejections |
 //! | [`store`] | Postgres: vault, batches, submits, claims, outcomes, jobs, outbox, rate budget, circuit breaker, API keys, webhooks, reconcile runs and their per-ABHA rows |
 //! | [`queue`] | RabbitMQ topology, job envelope v1, confirmed publishing |
-//! | [`ratelimit`] | governor + global Postgres token bucket + AIMD on the shared rate |
+//! | [`ratelimit`] | governor + AIMD on the shared rate; `global`: the Postgres token bucket replicas lease blocks from, and when a leased token may still be spent ([`ratelimit::Leased`]) |
 //! | [`breaker`] | the ABDM circuit breaker shared by every replica (outages, refused secrets, a failure ratio over a window: `window`; what a result says: `signal`) and a replica's own hold while ABDM refuses its clock |
 //! | [`submit`] | CSV file → batch of jobs with outbox rows, in constant memory |
 //! | [`scheduler`] | fair shares of the one rate: two-level stride scheduling (programmes by weight, their batches by priority) |

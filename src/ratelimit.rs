@@ -29,9 +29,11 @@ use governor::clock::Clock;
 use governor::state::{InMemoryState, NotKeyed};
 use tokio::time::Instant;
 
-use crate::store::Store;
+mod global;
+
 pub use crate::store::budget::Aimd;
 use crate::telemetry::metrics;
+pub use global::{GlobalBudget, Leased};
 
 struct State {
     current: f64,
@@ -324,99 +326,6 @@ impl crate::abdm::CallGate for RateLimiter {
             self.acquire().await;
             Ok(())
         })
-    }
-}
-
-/// The share of the global rate that replicas lease from Postgres in blocks.
-pub struct GlobalBudget {
-    store: Store,
-    client: String,
-    capacity: f64,
-    /// Tokens leased and not yet spent, and the shared rate last seen (`None`: not yet).
-    local: tokio::sync::Mutex<(f64, Option<f64>)>,
-    /// Side work (reconcile, ...): spends from the bucket at its own rate, never sets the
-    /// fleet's ceiling (`rate_budget.fleet_rate`) nor drives its recovery.
-    side: bool,
-}
-
-impl GlobalBudget {
-    /// The bucket named `client` (the ABDM client id), holding at most `capacity` tokens (the
-    /// burst), or a tenth of a second's worth of `rate` when that is more: replicas lease
-    /// tokens in blocks of up to that size, and a block of a handful of tokens at a high rate
-    /// would cost a Postgres round trip (under this replica's lock) every few calls. The
-    /// refill rate is the shared effective rate, at most the configured one.
-    pub fn new(store: Store, client: &str, rate: f64, capacity: f64) -> Self {
-        Self {
-            store,
-            client: client.to_string(),
-            capacity: capacity.max(rate * 0.1).max(1.0),
-            local: tokio::sync::Mutex::new((0.0, None)),
-            side: false,
-        }
-    }
-
-    /// The same bucket for side work (`reconcile` look-ups, ...): it takes one more flow's
-    /// tokens from the shared budget, at the rate of its own limiter, and never lowers the
-    /// rate every replica refills at. (Before, the bucket's rate was capped by each caller's
-    /// configured rate, so a 5/s reconcile dragged a 100/s fleet down to 16.9 jobs/s.)
-    pub fn side(mut self) -> Self {
-        self.side = true;
-        self
-    }
-
-    /// The ceiling this caller sets for the shared rate: its configured rate when it is of
-    /// the fleet, none when it is side work (the fleet's recorded rate applies).
-    fn ceiling(&self, configured: f64) -> Option<f64> {
-        (!self.side).then_some(configured)
-    }
-
-    /// Drops the tokens leased but not spent (after throttling: they were leased at the old
-    /// rate).
-    async fn drain(&self) {
-        self.local.lock().await.0 = 0.0;
-    }
-
-    /// Takes one token; returns the shared rate seen. Blocks of half to one tenth of a
-    /// second's worth are leased at a time (at least one), so Postgres sees 10-20 requests/s
-    /// in all.
-    async fn take_one(&self, configured: f64) -> f64 {
-        let mut local = self.local.lock().await;
-        let mut warned = false;
-        loop {
-            let rate = local.1.unwrap_or(configured);
-            if local.0 >= 1.0 {
-                local.0 -= 1.0;
-                return rate;
-            }
-            let block = (rate * 0.1).floor().clamp(1.0, self.capacity);
-            match self
-                .store
-                .take_tokens(
-                    &self.client,
-                    ((block / 2.0).ceil(), block),
-                    (self.ceiling(configured), configured),
-                    self.capacity,
-                )
-                .await
-            {
-                Ok(t) => {
-                    local.1 = Some(t.rate);
-                    if t.taken >= 1.0 {
-                        local.0 += t.taken;
-                    } else {
-                        tokio::time::sleep(t.wait.max(Duration::from_millis(2))).await
-                    }
-                }
-                Err(e) => {
-                    // Fail closed: without the shared budget no call may start.
-                    if !warned {
-                        tracing::warn!(error = %e, "global rate budget unavailable; waiting");
-                        warned = true;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
     }
 }
 

@@ -110,6 +110,8 @@ pub mod metrics {
         "abha_api_auth_failures_total",
         "abha_webhook_deliveries_total",
         "abha_build_info",
+        "abha_ratelimit_expired_tokens_total",
+        "abha_lease_kept_total",
     ];
 
     /// The process-wide registry served at `/metrics`.
@@ -463,6 +465,26 @@ pub mod metrics {
         g
     });
 
+    /// `abha_lease_kept_total`: lease extensions made while a claimed job waited for a rate
+    /// token (a `Retry-After` pause, the AIMD floor). The wait keeps the lease so that waiting
+    /// for ABDM's permission never costs a row an attempt (issue 18, item 2).
+    pub static LEASE_KEPT: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+        plain_counter(
+            "abha_lease_kept_total",
+            "Lease extensions while a claimed job waited for a rate token",
+        )
+    });
+
+    /// `abha_ratelimit_expired_tokens_total`: tokens leased from the shared bucket and dropped
+    /// unspent because spending them later could have let the fleet exceed the rate (see
+    /// `ratelimit::Leased`). A steady climb means replicas lease more than they spend.
+    pub static RATELIMIT_EXPIRED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+        plain_counter(
+            "abha_ratelimit_expired_tokens_total",
+            "Tokens leased from the shared rate budget and dropped unspent (too old to spend)",
+        )
+    });
+
     /// Touches every metric so that `/metrics` lists them all from the start. `kinds` are the
     /// job kind labels: the caller passes them so that telemetry, which everything uses, does
     /// not depend on the jobs registry.
@@ -474,6 +496,8 @@ pub mod metrics {
         LazyLock::force(&CLOCK_HOLD);
         LazyLock::force(&FAILURE_RATIO);
         LazyLock::force(&RATELIMIT_STALE);
+        LazyLock::force(&LEASE_KEPT);
+        LazyLock::force(&RATELIMIT_EXPIRED);
         LazyLock::force(&ABDM_REQUESTS);
         LazyLock::force(&ABDM_DURATION);
         LazyLock::force(&SESSION_REFRESH);

@@ -157,6 +157,7 @@ fn gate(env: &TestEnv, job_id: i64, owner: &str, claim_token: uuid::Uuid) -> Job
         token_at: tokio::time::Instant::now(),
         // Long after the claim: the gate runs its own fence.
         claimed_at: tokio::time::Instant::now() - Duration::from_secs(3600),
+        extended_at: std::sync::Mutex::new(tokio::time::Instant::now()),
     }
 }
 

@@ -29,6 +29,7 @@ fn gate(limiter: &Arc<RateLimiter>, leases: &Arc<MemoryLeases>, owner: &str) -> 
         prepaid: AtomicBool::new(true),
         token_at: Instant::now(),
         claimed_at: Instant::now(),
+        extended_at: std::sync::Mutex::new(Instant::now()),
     }
 }
 
@@ -91,18 +92,24 @@ async fn a_read_after_a_long_wait_needs_no_fence() {
 
 #[tokio::test(start_paused = true)]
 async fn a_lease_taken_over_while_waiting_for_a_token_makes_no_call() {
-    // A waits 10 s for its token (a long Retry-After); its 8 s lease runs out at 8 s and B
-    // claims the job at 9 s. A's fence at 10 s finds B: no call, and B keeps the job.
+    // A waits 10 s for its token (a long Retry-After) and cannot reach the leases meanwhile
+    // (Postgres down for A), so it cannot keep its 8 s lease: it runs out at 8 s and B claims
+    // the job at 9 s. When A reaches the leases again, its next keep finds B: no call, and B
+    // keeps the job.
     let (leases, g) = waiting_gate(Duration::from_secs(10)).await;
+    leases.set_unreachable(true);
     let takeover = {
         let leases = leases.clone();
         tokio::spawn(async move {
             advance(Duration::from_secs(7)).await;
             let early = leases.claim(JOB, "B", LEASE);
             advance(Duration::from_secs(2)).await;
-            (early, leases.claim(JOB, "B", LEASE))
+            let late = leases.claim(JOB, "B", LEASE);
+            leases.set_unreachable(false);
+            (early, late)
         })
     };
+    let start = Instant::now();
     let sent = g.before_send(Operation::Link).await;
     let (early, late) = takeover.await.expect("takeover");
     assert!(!early, "A's lease still ran at 7 s");
@@ -111,7 +118,69 @@ async fn a_lease_taken_over_while_waiting_for_a_token_makes_no_call() {
         matches!(sent, Err(ClientError::NotSent("lease lost"))),
         "{sent:?}"
     );
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the keep found B before the token came"
+    );
     assert_eq!(leases.holder(JOB).expect("held").0, "B");
+    assert_eq!(leases.keeps(), 0, "every keep before 9 s failed");
+}
+
+/// Issue 18, item 2: a `Retry-After` of 300 s (ABDM's longest) holds a claimed job far past
+/// its lease. The gate keeps the lease alive every quarter lease while it waits, so no other
+/// worker (nor housekeeping's requeue, which takes only expired leases) can claim the job
+/// again: no new claim, so no attempt is spent, and the call goes when ABDM allows it.
+#[tokio::test(start_paused = true)]
+async fn a_wait_far_longer_than_the_lease_keeps_it_and_costs_no_attempt() {
+    let limiter = RateLimiter::new(10.0, 1, None);
+    let leases = Arc::new(MemoryLeases::default());
+    assert!(leases.claim(JOB, "A", LEASE));
+    let claimed = Instant::now();
+    limiter.on_throttled(Some(Duration::from_secs(300))).await;
+    let g = gate(&limiter, &leases, "A");
+    g.prepaid.store(false, std::sync::atomic::Ordering::Release);
+    let rivals = {
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            let mut claimed = 0;
+            // Another worker (or the requeue after expiry) tries every 0.7 s for 299 s.
+            for _ in 0..427 {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                claimed += usize::from(leases.claim(JOB, "B", LEASE));
+            }
+            claimed
+        })
+    };
+    g.before_send(Operation::Link)
+        .await
+        .expect("the lease was kept: sent");
+    assert_eq!(
+        claimed.elapsed(),
+        Duration::from_secs(300),
+        "sent when allowed"
+    );
+    assert_eq!(
+        rivals.await.expect("rivals"),
+        0,
+        "nobody could claim the job"
+    );
+    // A keep every 2 s (8 s / 4) of the 300 s wait, then the fence at the send.
+    assert_eq!(leases.keeps(), 149);
+    assert_eq!(leases.fences(), 1);
+    let (owner, until) = leases.holder(JOB).expect("held");
+    assert_eq!(owner, "A");
+    assert_eq!(until, claimed + Duration::from_secs(300) + LEASE);
+}
+
+/// Keeping a lease while waiting records no intent: a job that only waited has changed
+/// nothing at ABDM, and its next attempt need not look first.
+#[tokio::test(start_paused = true)]
+async fn a_kept_lease_records_no_intent() {
+    let (leases, g) = waiting_gate(Duration::from_secs(5)).await;
+    g.before_send(Operation::BenefitSearch).await.expect("sent");
+    assert_eq!(leases.keeps(), 2, "kept at 2 s and 4 s");
+    assert_eq!(leases.fences(), 0);
+    assert!(!leases.intent(JOB));
 }
 
 #[tokio::test(start_paused = true)]
@@ -224,4 +293,34 @@ async fn a_late_outcome_of_a_first_claim_cannot_touch_a_second_claim_by_the_same
         leases.intent(JOB),
         "task 2's answer was lost: the intent stays"
     );
+}
+
+/// A keep that cannot reach the leases (a Postgres blip) is tried again a sixteenth of the
+/// lease later, so a blip shorter than three quarters of the lease loses nothing: unreachable
+/// from 0 to 2.9 s, the keeps at 2 s and 2.5 s fail, the one at 3 s holds, and the wait goes on
+/// with the lease kept.
+#[tokio::test(start_paused = true)]
+async fn a_keep_that_fails_is_retried_and_a_short_blip_loses_nothing() {
+    let (leases, g) = waiting_gate(Duration::from_secs(10)).await;
+    leases.set_unreachable(true);
+    let rivals = {
+        let leases = leases.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2900)).await;
+            leases.set_unreachable(false);
+            let mut claimed = 0;
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                claimed += usize::from(leases.claim(JOB, "B", LEASE));
+            }
+            claimed
+        })
+    };
+    let start = Instant::now();
+    g.before_send(Operation::Link).await.expect("kept: sent");
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    assert_eq!(rivals.await.expect("rivals"), 0);
+    // Kept at 3 s (after the failures at 2 s and 2.5 s), 5 s, 7 s and 9 s.
+    assert_eq!(leases.keeps(), 4);
+    assert_eq!(leases.fences(), 1);
 }

@@ -17,6 +17,9 @@ pub struct Take {
     pub rate: f64,
     /// When none was taken: how long until `min` tokens (or the end of a Retry-After pause).
     pub wait: Duration,
+    /// Tokens the bucket held before this request (refill included): how far it was from
+    /// full, which bounds how long leased tokens may wait to be spent (`ratelimit::Leased`).
+    pub avail: f64,
 }
 
 /// How the shared rate reacts (the `[worker]` `aimd_*` settings; `config/default.toml` says
@@ -78,6 +81,12 @@ impl Store {
     /// refill in between was lost (measured: 2-4 replicas at ABDM's limit ran 12-15 % over
     /// rows ÷ rate). Asking again at `min` and taking what is there leaves the rest of the
     /// bucket as slack for a late wake-up; `min` well above one keeps the round trips few.
+    ///
+    /// Above `min` it takes no more than `capacity − avail + 1`: the tokens beyond the first
+    /// are good only for `(capacity − avail) / rate` (`ratelimit::Leased`), which is the time a
+    /// replica calling at the rate needs to spend that many. Taking a whole block from a fuller
+    /// bucket let most of it expire (measured: a 100/s fleet beside 5/s of side work fell from
+    /// 97 to 92.5 calls/s).
     pub async fn take_tokens(
         &self,
         client: &str,
@@ -102,7 +111,8 @@ impl Store {
                 FROM base),
              want AS (
                 SELECT client, rate, avail, paused,
-                       CASE WHEN paused = 0 AND floor(avail) >= $5 THEN LEAST($2, floor(avail)) ELSE 0 END AS n
+                       CASE WHEN paused = 0 AND floor(avail) >= $5
+                            THEN LEAST($2, floor(avail), GREATEST($5, floor($4 - avail) + 1)) ELSE 0 END AS n
                 FROM cur),
              upd AS (
                 UPDATE rate_budget b SET tokens = want.avail - want.n, updated_at = clock_timestamp(),
@@ -127,6 +137,7 @@ impl Store {
                 taken: 0.0,
                 rate: ceiling.unwrap_or(own),
                 wait: Duration::ZERO,
+                avail: capacity,
             });
         };
         let (rate, avail, paused, taken): (f64, f64, f64, f64) =
@@ -138,7 +149,12 @@ impl Store {
         } else {
             Duration::from_secs_f64(((min.max(1.0) - avail).max(0.0) / rate.max(1e-3)).min(10.0))
         };
-        Ok(Take { taken, rate, wait })
+        Ok(Take {
+            taken,
+            rate,
+            wait,
+            avail,
+        })
     }
 
     /// A throttling answer to a call sent `gate` ago: lowers the shared rate unless it was

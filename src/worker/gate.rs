@@ -7,7 +7,9 @@
 //! the side effect, after any wait for a token, so that a worker whose lease expired while it
 //! waited makes no call: the lease is re-checked and extended to `lease` from the moment the
 //! call is sent, and a call lasts at most the request timeout, which config validation keeps
-//! well below `lease`.
+//! well below `lease`. While the job waits for a token it keeps its lease alive every quarter
+//! lease ([`Leases::keep`]), so waiting for ABDM's permission (a `Retry-After` pause, the AIMD
+//! floor) never lets the lease run out and cost the row an attempt.
 //!
 //! The gate reads tokio's clock and reaches the lease through [`Leases`], so the races between
 //! a token wait, the lease and another worker's claim run under `tokio::time::pause` against
@@ -47,6 +49,16 @@ pub trait Leases: Send + Sync {
         claim_token: Uuid,
         lease: Duration,
     ) -> BoxFuture<'_, Result<Fence, StoreError>>;
+
+    /// Keeps a lease alive while its job waits for ABDM's permission (a rate token): the same
+    /// check and extension as [`Self::fence`], without recording an intent (no call follows).
+    fn keep(
+        &self,
+        job_id: i64,
+        owner: &str,
+        claim_token: Uuid,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Fence, StoreError>>;
 }
 
 impl Leases for Store {
@@ -59,6 +71,17 @@ impl Leases for Store {
     ) -> BoxFuture<'_, Result<Fence, StoreError>> {
         let owner = owner.to_string();
         Box::pin(async move { Store::fence(self, job_id, &owner, claim_token, lease, true).await })
+    }
+
+    fn keep(
+        &self,
+        job_id: i64,
+        owner: &str,
+        claim_token: Uuid,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Fence, StoreError>> {
+        let owner = owner.to_string();
+        Box::pin(async move { Store::fence(self, job_id, &owner, claim_token, lease, false).await })
     }
 }
 
@@ -81,6 +104,9 @@ struct Held {
 pub struct MemoryLeases {
     held: Mutex<HashMap<i64, Held>>,
     fences: std::sync::atomic::AtomicUsize,
+    keeps: std::sync::atomic::AtomicUsize,
+    /// This worker cannot reach the leases (Postgres down for it): fences and keeps fail.
+    unreachable: AtomicBool,
 }
 
 impl MemoryLeases {
@@ -155,6 +181,39 @@ impl MemoryLeases {
     pub fn fences(&self) -> usize {
         self.fences.load(Ordering::Acquire)
     }
+
+    /// Lease extensions while waiting ([`Leases::keep`]) that reached the leases so far.
+    pub fn keeps(&self) -> usize {
+        self.keeps.load(Ordering::Acquire)
+    }
+
+    /// Makes the worker's fences and keeps fail (as when Postgres is unreachable from it)
+    /// or succeed again; claims by others are unaffected.
+    pub fn set_unreachable(&self, down: bool) {
+        self.unreachable.store(down, Ordering::Release);
+    }
+
+    fn extend(
+        &self,
+        job_id: i64,
+        owner: &str,
+        claim_token: Uuid,
+        lease: Duration,
+        intent: bool,
+    ) -> Result<Fence, StoreError> {
+        if self.unreachable.load(Ordering::Acquire) {
+            return Err(StoreError::Refused("leases unreachable (test)".into()));
+        }
+        let mut held = self.held.lock().expect("leases");
+        Ok(match held.get_mut(&job_id) {
+            Some(h) if h.owner == owner && h.token == claim_token => {
+                h.until = Instant::now() + lease;
+                h.intent |= intent;
+                Fence::Held
+            }
+            _ => Fence::Lost,
+        })
+    }
 }
 
 impl Leases for MemoryLeases {
@@ -166,16 +225,27 @@ impl Leases for MemoryLeases {
         lease: Duration,
     ) -> BoxFuture<'_, Result<Fence, StoreError>> {
         self.fences.fetch_add(1, Ordering::AcqRel);
-        let mut held = self.held.lock().expect("leases");
-        let fence = match held.get_mut(&job_id) {
-            Some(h) if h.owner == owner && h.token == claim_token => {
-                h.until = Instant::now() + lease;
-                h.intent = true;
-                Fence::Held
-            }
-            _ => Fence::Lost,
-        };
-        Box::pin(std::future::ready(Ok(fence)))
+        Box::pin(std::future::ready(self.extend(
+            job_id,
+            owner,
+            claim_token,
+            lease,
+            true,
+        )))
+    }
+
+    fn keep(
+        &self,
+        job_id: i64,
+        owner: &str,
+        claim_token: Uuid,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Fence, StoreError>> {
+        let kept = self.extend(job_id, owner, claim_token, lease, false);
+        if matches!(kept, Ok(Fence::Held)) {
+            self.keeps.fetch_add(1, Ordering::AcqRel);
+        }
+        Box::pin(std::future::ready(kept))
     }
 }
 
@@ -200,6 +270,60 @@ pub struct JobGate {
     pub token_at: Instant,
     /// When the claim (the first fence: lease set, intent recorded) committed.
     pub claimed_at: Instant,
+    /// When the lease was last extended (the claim, a fence or a keep while waiting).
+    pub extended_at: Mutex<Instant>,
+}
+
+/// How often a job waiting for a token keeps its lease alive: a quarter of the lease, so
+/// Postgres must stay out of this worker's reach for three quarters of it before the lease can
+/// run out under a job that only waited.
+const KEEP_EVERY_DIVISOR: u32 = 4;
+
+impl JobGate {
+    /// Waits for a rate token, keeping the lease alive meanwhile (issue 18, item 2): a
+    /// `Retry-After` pause (up to 300 s) or the AIMD floor can hold a job far longer than the
+    /// 120 s lease, and an expired lease would be requeued with a new attempt, so waiting for
+    /// ABDM's permission would spend the row's attempts (`lease_expired` after
+    /// `max_attempts`) with ABDM never refusing it. Errs (no call) when the lease was taken over.
+    async fn wait_for_token(&self) -> Result<(), ClientError> {
+        let every = self.lease / KEEP_EVERY_DIVISOR;
+        let acquire = self.limiter.acquire();
+        tokio::pin!(acquire);
+        let mut retry_at = None;
+        loop {
+            let due = retry_at.unwrap_or(*self.extended_at.lock().expect("extended_at") + every);
+            // The token first: when it comes at the instant a keep is due, the call's own
+            // fence extends the lease (no keep needed, and a deterministic count in tests).
+            tokio::select! {
+                biased;
+                _ = &mut acquire => return Ok(()),
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            match self
+                .leases
+                .keep(self.job_id, &self.owner, self.claim_token, self.lease)
+                .await
+            {
+                Ok(Fence::Held) => {
+                    retry_at = None;
+                    *self.extended_at.lock().expect("extended_at") = Instant::now();
+                    metrics::LEASE_KEPT.inc();
+                }
+                Ok(Fence::Lost) => {
+                    tracing::warn!(
+                        job_id = self.job_id,
+                        "lease lost while waiting for a rate token; no call made"
+                    );
+                    return Err(ClientError::NotSent("lease lost"));
+                }
+                Err(e) => {
+                    // Try again a little later: the lease still runs for most of its length.
+                    tracing::warn!(job_id = self.job_id, error = %e, "cannot keep the lease while waiting");
+                    retry_at = Some(Instant::now() + every / 4);
+                }
+            }
+        }
+    }
 }
 
 impl CallGate for JobGate {
@@ -211,7 +335,7 @@ impl CallGate for JobGate {
                 metrics::RATELIMIT_STALE.inc();
             }
             if !fresh {
-                self.limiter.acquire().await;
+                self.wait_for_token().await?;
             }
             // Within a quarter of the lease after the claim, the claim is the fence: nobody
             // can have taken the job over, and the call ends well before the lease does.
@@ -223,7 +347,10 @@ impl CallGate for JobGate {
                 .fence(self.job_id, &self.owner, self.claim_token, self.lease)
                 .await
             {
-                Ok(Fence::Held) => Ok(()),
+                Ok(Fence::Held) => {
+                    *self.extended_at.lock().expect("extended_at") = Instant::now();
+                    Ok(())
+                }
                 Ok(Fence::Lost) => {
                     tracing::warn!(
                         job_id = self.job_id,

@@ -170,6 +170,7 @@ impl Worker {
             prepaid: AtomicBool::new(true),
             token_at,
             claimed_at: tokio::time::Instant::now(),
+            extended_at: std::sync::Mutex::new(tokio::time::Instant::now()),
         });
         let mut trace = CallTrace::gated(gate);
         let outcome = if job.attempt as u32 > self.cfg.max_attempts {
