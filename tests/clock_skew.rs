@@ -96,8 +96,10 @@ async fn a_replica_ten_minutes_off_holds_itself_and_no_row_pays() {
         "the metric counts every refusal"
     );
     // The jobs in flight when the first refusal came (8), each retried once by the client, and
-    // the replica's own probes (1 s, 2 s, 4 s), each also retried once.
-    assert!(refused <= 30, "{refused} refused calls in 6 s");
+    // the replica's own probes (1 s, 2 s, 4 s), each also retried once: 18-20 on a quiet
+    // machine, up to 34 under a loaded suite (more deliveries reach the gate before the hold
+    // is seen). Without the hold the same 6 s made 82: the bound keeps the two apart.
+    assert!(refused <= 48, "{refused} refused calls in 6 s");
     let counts = env.counts(batch).await;
     assert_eq!(counts.open(), 20, "no row ended: {counts:?}");
     let attempts: i32 =
