@@ -83,7 +83,7 @@ impl Default for Scheduling {
 impl Scheduling {
     /// True while this relay holds the scheduling lock.
     pub fn is_leader(&self) -> bool {
-        self.lock.is_some()
+        self.lock.as_ref().is_some_and(SchedulerLock::held)
     }
 
     /// One round: leadership, the broker's room, the fair plan, the publish.
@@ -166,22 +166,29 @@ impl Scheduling {
         })
     }
 
-    /// Takes the lock when free; drops it when its connection no longer answers.
+    /// Takes the lock when free (on a connection kept for it); drops the connection when it
+    /// no longer answers (a new one is opened next time).
     async fn check_lock(&mut self, store: &Store) -> Result<(), StoreError> {
-        match &mut self.lock {
-            Some(lock) => {
-                if !lock.alive().await {
-                    tracing::warn!("lost the scheduling lock's connection; standing by");
-                    self.lock = None;
-                    self.scheduler = Scheduler::new();
-                }
+        let was = self.is_leader();
+        if self.lock.is_none() {
+            self.lock = Some(store.scheduler_lock().await?);
+        }
+        let lock = self.lock.as_mut().expect("just set");
+        let ok = if lock.held() {
+            lock.alive().await
+        } else {
+            lock.try_take().await.is_ok()
+        };
+        if !ok {
+            self.lock = None;
+        }
+        match (was, self.is_leader()) {
+            (false, true) => tracing::info!("this relay schedules (it holds the scheduling lock)"),
+            (true, false) => {
+                tracing::warn!("lost the scheduling lock's connection; standing by");
+                self.scheduler = Scheduler::new();
             }
-            None => {
-                if let Some(lock) = store.try_scheduler_lock().await? {
-                    tracing::info!("this relay schedules (it holds the scheduling lock)");
-                    self.lock = Some(lock);
-                }
-            }
+            _ => {}
         }
         Ok(())
     }

@@ -254,36 +254,53 @@ const SCHEDULER_LOCK: i64 = 0x4142_4841_5343_4844;
 /// Leadership of the scheduling relay: a session-level advisory lock held on a connection of
 /// its own. Only the holder publishes, so the bounded broker's depth is read and filled by one
 /// relay at a time and the stride scheduler's memory is one; the others keep their
-/// housekeeping and take over within a second of the holder's death (its connection closes,
-/// which releases the lock).
+/// housekeeping, try the lock again on the same connection every second (no connection churn
+/// however many replicas stand by), and take over within a second of the holder's death (its
+/// connection closes, which releases the lock).
 pub struct SchedulerLock {
     conn: sqlx::PgConnection,
+    held: bool,
 }
 
 impl Store {
-    /// Takes the scheduling lock when nobody holds it.
-    pub async fn try_scheduler_lock(&self) -> Result<Option<SchedulerLock>, StoreError> {
+    /// A connection for the scheduling lock, not holding it yet.
+    pub async fn scheduler_lock(&self) -> Result<SchedulerLock, StoreError> {
         use sqlx::Connection;
         let opts = self.pool.connect_options();
-        let mut conn = sqlx::PgConnection::connect_with(&opts)
+        let conn = sqlx::PgConnection::connect_with(&opts)
             .await
             .ctx("opening the scheduler's lock connection")?;
-        let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
-            .bind(SCHEDULER_LOCK)
-            .fetch_one(&mut conn)
-            .await
-            .ctx("taking the scheduler's lock")?;
-        if got {
-            Ok(Some(SchedulerLock { conn }))
-        } else {
-            let _ = conn.close().await;
-            Ok(None)
-        }
+        Ok(SchedulerLock { conn, held: false })
+    }
+
+    /// Takes the scheduling lock when nobody holds it (a connection of its own each time:
+    /// for one-off callers and tests; the relay keeps one [`SchedulerLock`]).
+    pub async fn try_scheduler_lock(&self) -> Result<Option<SchedulerLock>, StoreError> {
+        let mut lock = self.scheduler_lock().await?;
+        Ok(lock.try_take().await?.then_some(lock))
     }
 }
 
 impl SchedulerLock {
-    /// True while the lock's connection answers (and so the lock is held).
+    /// Takes the lock if it is free; true while this connection holds it.
+    pub async fn try_take(&mut self) -> Result<bool, StoreError> {
+        if !self.held {
+            let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                .bind(SCHEDULER_LOCK)
+                .fetch_one(&mut self.conn)
+                .await
+                .ctx("taking the scheduler's lock")?;
+            self.held = got;
+        }
+        Ok(self.held)
+    }
+
+    /// True while this connection holds the lock.
+    pub fn held(&self) -> bool {
+        self.held
+    }
+
+    /// True while the lock's connection answers (and so the lock, if taken, is held).
     pub async fn alive(&mut self) -> bool {
         tokio::time::timeout(
             std::time::Duration::from_secs(2),
