@@ -21,7 +21,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use abha_bulk::api::{ApiSettings, ApiState, Guards, app};
-use browser::{SHOTS, browser, driver_path, heading, session_cookie, shot, sign_in, text};
+use browser::{
+    SHOTS, browser, driver_path, heading, session_cookie, shot, sign_in, submit_key, text,
+};
 use common::{BENEFIT, PipelineOpts, TestEnv};
 use fantoccini::Locator;
 use uuid::Uuid;
@@ -106,18 +108,7 @@ async fn a_programme_uses_the_console_in_a_browser() {
     heading(&c, "Sign in").await;
     shot(&c, "01-sign-in").await;
     // A wrong key is refused on the page.
-    c.find(Locator::Id("key"))
-        .await
-        .unwrap()
-        .send_keys("abk_00000000_nope")
-        .await
-        .unwrap();
-    c.find(Locator::Id("sign-in"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit_key(&c, "abk_00000000_nope").await;
     assert!(text(&c, ".error").await.contains("unknown API key"));
 
     sign_in(&c, &base, &pmjay).await;
@@ -529,18 +520,7 @@ async fn a_programme_uses_the_console_in_a_browser() {
                 .unwrap();
             heading(&c, "Sign in").await;
         }
-        c.find(Locator::Id("key"))
-            .await
-            .unwrap()
-            .send_keys(k)
-            .await
-            .unwrap();
-        c.find(Locator::Id("sign-in"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        submit_key(&c, k).await;
         // The answer's page (a fresh form has no error line) before the next try.
         text(&c, ".error").await;
     }

@@ -113,8 +113,8 @@ pub async fn heading(c: &Client, want: &str) {
     }
 }
 
-pub async fn sign_in(c: &Client, base: &str, key: &str) {
-    c.goto(&format!("{base}/console")).await.unwrap();
+/// Types `key` into the sign-in form on the current page and sends it.
+pub async fn submit_key(c: &Client, key: &str) {
     c.wait()
         .for_element(Locator::Id("key"))
         .await
@@ -128,6 +128,11 @@ pub async fn sign_in(c: &Client, base: &str, key: &str) {
         .click()
         .await
         .unwrap();
+}
+
+pub async fn sign_in(c: &Client, base: &str, key: &str) {
+    c.goto(&format!("{base}/console")).await.unwrap();
+    submit_key(c, key).await;
     heading(c, "Batches").await;
     let url = c.current_url().await.unwrap();
     assert!(
