@@ -69,10 +69,15 @@ async fn round(
     );
     let mut out = Vec::new();
     env.store
-        .publish_plan(&plan, Duration::from_secs(60), |rows| {
-            out = rows.iter().map(|r| r.job_id).collect();
-            async { Ok::<_, ()>(()) }
-        })
+        .publish_plan(
+            &plan,
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+            |rows| {
+                out = rows.iter().map(|r| r.job_id).collect();
+                async { Ok::<_, ()>(()) }
+            },
+        )
         .await
         .unwrap()
         .unwrap();

@@ -30,10 +30,15 @@ async fn drain(env: &TestEnv, limit: i64) -> Vec<i64> {
         let mut round = Vec::new();
         let n = env
             .store
-            .publish_due(limit, std::time::Duration::from_secs(60), |rows| {
-                round = rows.iter().map(|r| r.job_id).collect();
-                async { Ok::<_, ()>(()) }
-            })
+            .publish_due(
+                limit,
+                std::time::Duration::from_secs(60),
+                std::time::Duration::from_secs(600),
+                |rows| {
+                    round = rows.iter().map(|r| r.job_id).collect();
+                    async { Ok::<_, ()>(()) }
+                },
+            )
             .await
             .unwrap()
             .unwrap();
@@ -70,10 +75,15 @@ async fn a_submitted_file_is_one_outbox_row_published_in_id_order() {
     let mut first = Vec::new();
     let failed = env
         .store
-        .publish_due(7, std::time::Duration::from_secs(60), |rows| {
-            first = rows.iter().map(|r| r.job_id).collect();
-            async { Err::<(), _>("broker down") }
-        })
+        .publish_due(
+            7,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(600),
+            |rows| {
+                first = rows.iter().map(|r| r.job_id).collect();
+                async { Err::<(), _>("broker down") }
+            },
+        )
         .await
         .unwrap();
     assert!(failed.is_err());

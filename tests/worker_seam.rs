@@ -30,6 +30,7 @@ fn worker(env: &TestEnv, grace: Duration) -> Arc<Worker> {
             grace,
             kinds: JobKind::ALL.to_vec(),
             prefetch_horizon: Duration::from_millis(500),
+            hold_max: Duration::from_secs(600),
         },
     )
 }
@@ -236,6 +237,7 @@ async fn a_stopping_worker_hands_back_at_once_what_has_not_started() {
             grace: Duration::from_secs(30),
             kinds: JobKind::ALL.to_vec(),
             prefetch_horizon: Duration::from_millis(500),
+            hold_max: Duration::from_secs(600),
         },
     );
     let q = MemoryQueue::default();

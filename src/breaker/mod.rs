@@ -28,6 +28,7 @@ pub mod window;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use crate::abdm::{AbdmClient, CallTrace, ClientError};
@@ -84,6 +85,7 @@ struct ClockHold {
 struct Local {
     open: bool,
     reason: Option<String>,
+    next_probe_at: Option<DateTime<Utc>>,
     read_at: Option<Instant>,
     systemic_run: u32,
     suspect_run: u32,
@@ -102,6 +104,19 @@ impl Local {
         self.closed_at = Some(Instant::now());
         self.read_at = Some(Instant::now());
     }
+}
+
+/// Where a delivery stands at the breaker ([`Breaker::gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Closed: the job may run.
+    Closed,
+    /// Open: postpone the job in Postgres and let the delivery go.
+    Open,
+    /// This replica's clock is still refused at the deadline: let the delivery go.
+    Expired,
+    /// Stopping.
+    Stopped,
 }
 
 /// One replica's handle on the shared breaker.
@@ -123,6 +138,7 @@ impl Breaker {
             local: Mutex::new(Local {
                 open: false,
                 reason: None,
+                next_probe_at: None,
                 read_at: None,
                 systemic_run: 0,
                 suspect_run: 0,
@@ -291,6 +307,80 @@ impl Breaker {
         }
     }
 
+    /// Where a delivery stands at the breaker, without holding it while ABDM is down: closed
+    /// (run it), open (postpone it: nothing to wait for here), or, while only this replica's
+    /// clock is refused, waited for until `deadline` (the other replicas go on meanwhile).
+    pub async fn gate(
+        &self,
+        client: &AbdmClient,
+        stop: &CancellationToken,
+        deadline: tokio::time::Instant,
+    ) -> Gate {
+        loop {
+            self.refresh().await;
+            if self.is_open() {
+                return Gate::Open;
+            }
+            let clock_due = {
+                let l = self.local.lock().expect("breaker");
+                l.clock.as_ref().map(|c| Instant::now() >= c.next_probe)
+            };
+            match clock_due {
+                None => return Gate::Closed,
+                Some(true) => {
+                    self.probe_clock(client).await;
+                    continue;
+                }
+                Some(false) => {}
+            }
+            if stop.is_cancelled() {
+                return Gate::Stopped;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Gate::Expired;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.refresh) => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = stop.cancelled() => return Gate::Stopped,
+            }
+        }
+    }
+
+    /// When a job postponed by the open breaker should come back: the next probe (at least a
+    /// second from now), spread over a few seconds so the postponed jobs do not all return at
+    /// once. The relay publishes nothing while the breaker stays open, so a job due earlier
+    /// only waits in the outbox.
+    pub fn resume_at(&self) -> DateTime<Utc> {
+        let next = self.local.lock().expect("breaker").next_probe_at;
+        let soonest = Utc::now() + chrono::Duration::seconds(1);
+        let jitter = chrono::Duration::milliseconds((rand::random::<f64>() * 5000.0) as i64);
+        next.map_or(soonest, |t| t.max(soonest)) + jitter
+    }
+
+    /// Sends the shared breaker's probe when it is due and this replica gets it. The worker
+    /// calls it every `refresh` from a background task: the relay publishes nothing while the
+    /// breaker is open and workers postpone what they still receive, so without this no
+    /// delivery would ever come to probe and the breaker would stay open after the outage.
+    pub async fn probe_if_due(&self, client: &AbdmClient) {
+        self.refresh().await;
+        if !self.is_open() || self.clock_held() {
+            return;
+        }
+        if let Ok(true) = self
+            .store
+            .take_probe(&self.client_id, self.cfg.probe_max.as_secs_f64())
+            .await
+        {
+            self.probe(client).await;
+        }
+    }
+
+    /// How often the shared state is re-read (the background probe's period).
+    pub fn refresh_every(&self) -> Duration {
+        self.cfg.refresh
+    }
+
     /// Re-reads the shared state when the cached one is older than `refresh`.
     async fn refresh(&self) {
         let stale = {
@@ -316,6 +406,7 @@ impl Breaker {
         }
         l.open = row.open;
         l.reason = row.reason;
+        l.next_probe_at = row.next_probe_at;
         l.read_at = Some(Instant::now());
         metrics::CIRCUIT_OPEN.set(if l.open { 1.0 } else { 0.0 });
     }

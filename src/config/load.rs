@@ -199,7 +199,24 @@ impl Settings {
                 ),
             ));
         }
+        // A hold of a second or two would drop messages on every Postgres restart blip; the
+        // upper bound (RabbitMQ's consumer_timeout) is the broker's setting, documented only.
+        if w.hold_max < std::time::Duration::from_secs(5) {
+            return Err(ConfigError::invalid(
+                "worker.hold_max_secs",
+                format!(
+                    "must be at least 5 s (and below RabbitMQ's consumer_timeout, 30 min by default), got {} s",
+                    w.hold_max.as_secs()
+                ),
+            ));
+        }
         let r = &self.relay;
+        if r.republish_after < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "relay.republish_after_secs",
+                "must be at least 1",
+            ));
+        }
         if r.batch == 0 {
             return Err(ConfigError::invalid("relay.batch", "must be at least 1"));
         }

@@ -250,6 +250,13 @@ pub struct WorkerSettings {
     /// must exceed it, or the pod is killed mid-outcome).
     #[serde(rename = "grace_period_secs", with = "secs")]
     pub grace_period: Duration,
+    /// Longest a worker holds a delivery it cannot start (Postgres unreachable, the breaker or
+    /// this replica's clock hold). Past it a stored job's message is acked unrun (its recheck
+    /// row republishes the job later) and a producer's is requeued. Must stay below RabbitMQ's
+    /// `consumer_timeout` (30 min by default), which closes the channel of a consumer that
+    /// holds a delivery longer, and every close counts towards the delivery limit.
+    #[serde(rename = "hold_max_secs", with = "secs")]
+    pub hold_max: Duration,
     /// Address of the metrics and health endpoints.
     #[serde(deserialize_with = "addr::deserialize")]
     pub http_listen: SocketAddr,
@@ -349,6 +356,11 @@ pub struct RelaySettings {
     /// The most ready messages the relay keeps in the work queue, whatever the rate (and
     /// when the rate is unknown: no shared rate budget).
     pub broker_max: u32,
+    /// How long after publishing a job the relay looks again (its recheck row): a job still
+    /// waiting to run then lost its message (purged, acked unrun after a bounded hold,
+    /// dead-lettered) and is published again.
+    #[serde(rename = "republish_after_secs", with = "secs")]
+    pub republish_after: Duration,
 }
 
 /// Encryption of identifiers at rest.

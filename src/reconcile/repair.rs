@@ -51,10 +51,15 @@ pub async fn repair(store: &Store, amqp_url: Option<&str>, topology: &Topology) 
             // Everything due now, in rounds; bounded so a huge backlog is left to the relay.
             for _ in 0..200 {
                 let round = store
-                    .publish_due(500, std::time::Duration::from_secs(60), |rows| {
-                        let publisher = &publisher;
-                        async move { publisher.publish_jobs(&rows).await }
-                    })
+                    .publish_due(
+                        500,
+                        std::time::Duration::from_secs(60),
+                        crate::store::recheck::REPUBLISH_AFTER,
+                        |rows| {
+                            let publisher = &publisher;
+                            async move { publisher.publish_jobs(&rows).await }
+                        },
+                    )
                     .await;
                 match round {
                     Ok(Ok(0)) => break,

@@ -9,6 +9,14 @@
 //! everything else waits in Postgres, where the stride scheduler (`crate::scheduler`) decides,
 //! round by round, which programme and batch go next.
 //!
+//! While the shared ABDM circuit breaker is open the relay publishes nothing: every message
+//! would only be postponed by a worker (and held, before issue 18). The work waits in
+//! Postgres; the workers' background probe closes the breaker again.
+//!
+//! Due recheck rows (`store::recheck`) are expanded first in each round, within the same room:
+//! they republish only jobs whose message was lost, so they are few, and their jobs have
+//! waited longest.
+//!
 //! Only one relay schedules at a time (the advisory lock of
 //! [`crate::store::schedule::SchedulerLock`]): two relays reading the same depth would each
 //! fill it. The others keep their housekeeping and take over within a second when it dies.
@@ -64,6 +72,8 @@ pub struct Scheduling {
     published: BTreeMap<Uuid, u64>,
     /// The last round's candidates (backlog and programme per batch).
     seen: HashMap<Uuid, Candidate>,
+    /// The ABDM circuit breaker was open when last read (every [`CHECK_EVERY`]).
+    circuit_open: bool,
 }
 
 impl Default for Scheduling {
@@ -76,6 +86,7 @@ impl Default for Scheduling {
             view_since: Instant::now(),
             published: BTreeMap::new(),
             seen: HashMap::new(),
+            circuit_open: false,
         }
     }
 }
@@ -101,18 +112,61 @@ impl Scheduling {
             } else {
                 self.rate = cfg.fallback_rate;
             }
+            if let Some(client) = &cfg.circuit_client {
+                let open = store.circuit(client).await?.open;
+                if open != self.circuit_open && self.is_leader() {
+                    if open {
+                        tracing::warn!(
+                            "ABDM circuit breaker open: the relay publishes nothing until it closes"
+                        );
+                    } else {
+                        tracing::info!("ABDM circuit breaker closed: the relay publishes again");
+                    }
+                }
+                self.circuit_open = open;
+            }
         }
         if !self.is_leader() {
+            return Ok(Round::Idle);
+        }
+        if self.circuit_open {
+            if self.view_since.elapsed() >= VIEW_EVERY {
+                self.write_view(store).await?;
+            }
             return Ok(Round::Idle);
         }
         let target = cfg.broker_target(self.rate);
         metrics::BROKER_TARGET.set(target as f64);
         let ready = publisher.ready_messages().await?;
-        let room = target.saturating_sub(ready).min(cfg.batch.max(1) as u64);
+        let mut room = target.saturating_sub(ready).min(cfg.batch.max(1) as u64);
         // Top up in steps of at least a quarter of the target (or the whole room when the
         // target is small), so a busy queue is not refilled one message per round trip.
         let step = (target / 4).clamp(1, 50);
         let mut published_now = 0;
+        if room >= step {
+            let lease = cfg.publish_timeout + Duration::from_secs(5);
+            let timeout = cfg.publish_timeout;
+            let republished = store
+                .publish_rechecks(room as i64, lease, cfg.republish_after, |rows| async move {
+                    let count = rows.len();
+                    tokio::time::timeout(timeout, publisher.publish_jobs(&rows))
+                        .await
+                        .unwrap_or(Err(queue::QueueError::NotConfirmed {
+                            count,
+                            reason: "no confirm within the publish timeout",
+                        }))
+                })
+                .await??;
+            if republished > 0 {
+                metrics::REPUBLISHED.inc_by(republished as u64);
+                tracing::info!(
+                    jobs = republished,
+                    "republished jobs whose message was lost (recheck rows)"
+                );
+                published_now += republished;
+                room = room.saturating_sub(republished as u64);
+            }
+        }
         if room >= step {
             let candidates = store.due_candidates(room as i64).await?;
             if !candidates.is_empty() {
@@ -125,7 +179,7 @@ impl Scheduling {
                 let lease = cfg.publish_timeout + Duration::from_secs(5);
                 let timeout = cfg.publish_timeout;
                 let result = store
-                    .publish_plan(&plan, lease, |rows| async move {
+                    .publish_plan(&plan, lease, cfg.republish_after, |rows| async move {
                         let count = rows.len();
                         tokio::time::timeout(timeout, publisher.publish_jobs(&rows))
                             .await

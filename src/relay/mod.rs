@@ -47,6 +47,13 @@ pub struct RelayConfig {
     pub weights: HashMap<String, f64>,
     /// What the housekeeping erases and purges, and when (`[retention]`).
     pub retention: crate::lifecycle::RetentionPolicy,
+    /// How long after a publish the relay looks again at what it published (the outbox's
+    /// recheck rows, `store::outbox`): jobs still waiting to run then are published again.
+    pub republish_after: Duration,
+    /// The ABDM client whose shared circuit breaker gates publishing: while it is open the
+    /// relay publishes nothing (every message would only be postponed by a worker). `None`:
+    /// no gate (tools and tests that run a relay without workers).
+    pub circuit_client: Option<String>,
 }
 
 impl RelayConfig {
@@ -61,6 +68,8 @@ impl RelayConfig {
             broker_horizon: s.broker_horizon,
             broker_min: s.broker_min,
             broker_max: s.broker_max,
+            republish_after: s.republish_after,
+            circuit_client: None,
             rate_client: None,
             fallback_rate: None,
             weights: HashMap::new(),
@@ -72,6 +81,7 @@ impl RelayConfig {
     pub fn for_fleet(s: &crate::config::Settings) -> Self {
         Self {
             rate_client: s.worker.global_rate_limit.then(|| s.abdm.client_id.clone()),
+            circuit_client: Some(s.abdm.client_id.clone()),
             fallback_rate: Some(s.worker.rate_per_second),
             weights: s.benefits.weights.clone(),
             ..Self::from_settings(&s.relay).with_retention(&s.retention)
@@ -109,6 +119,8 @@ impl Default for RelayConfig {
             broker_horizon: Duration::from_millis(500),
             broker_min: 20,
             broker_max: 2000,
+            republish_after: Duration::from_secs(600),
+            circuit_client: None,
             rate_client: None,
             fallback_rate: None,
             weights: HashMap::new(),

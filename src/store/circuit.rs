@@ -16,27 +16,33 @@ pub struct CircuitRow {
     pub reason: Option<String>,
     /// When it opened.
     pub opened_at: Option<DateTime<Utc>>,
+    /// When the next probe is due (while open): a job postponed by an open breaker comes back
+    /// around then.
+    pub next_probe_at: Option<DateTime<Utc>>,
 }
 
 impl Store {
     /// The breaker of `client` (closed when it was never opened).
     pub async fn circuit(&self, client: &str) -> Result<CircuitRow, StoreError> {
-        let row =
-            sqlx::query("SELECT state, reason, opened_at FROM abdm_circuit WHERE client = $1")
-                .bind(client)
-                .fetch_optional(&self.pool)
-                .await
-                .ctx("reading the ABDM circuit breaker")?;
+        let row = sqlx::query(
+            "SELECT state, reason, opened_at, next_probe_at FROM abdm_circuit WHERE client = $1",
+        )
+        .bind(client)
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("reading the ABDM circuit breaker")?;
         Ok(match row {
             None => CircuitRow {
                 open: false,
                 reason: None,
                 opened_at: None,
+                next_probe_at: None,
             },
             Some(r) => CircuitRow {
                 open: r.get::<String, _>(0) == "open",
                 reason: r.get(1),
                 opened_at: r.get(2),
+                next_probe_at: r.get(3),
             },
         })
     }

@@ -14,6 +14,7 @@ pub mod erasure;
 pub mod jobs;
 pub mod outbox;
 pub mod outcomes;
+pub mod recheck;
 pub mod reconcile;
 pub mod reconcile_rows;
 pub mod rekey;

@@ -6,12 +6,16 @@
 //! expands into the batch's queued jobs in id order, a round at a time, keeping its place in
 //! `after_job`. One row instead of a million keeps activation O(1) (issue 10: the per-job rows
 //! and their foreign-key checks cost more than storing the jobs).
+//!
+//! What a settled round published is then backed by a recheck row (`store::recheck`), so a
+//! lost message never strands its job.
 
 use std::future::Future;
 
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::recheck::Sent;
 use super::{QueryContext, Store, StoreError};
 
 /// One message to publish: a job to run.
@@ -29,12 +33,15 @@ pub struct OutboxRow {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OutboxStats {
     /// Jobs not yet published (due or not); a batch still being expanded counts the ids left
-    /// in its range, an upper bound.
+    /// in its range, an upper bound. Recheck rows are not counted: their jobs were published.
     pub pending: i64,
-    /// Rows due now (a batch row counts once).
+    /// Rows due now (a batch row counts once; recheck rows do not count).
     pub due: i64,
-    /// Age of the oldest due row, seconds (0 when none is due).
+    /// Age of the oldest due row, seconds (0 when none is due; recheck rows left out).
     pub lag_secs: f64,
+    /// Recheck rows due now and not yet expanded: a figure that grows while the relay
+    /// publishes nothing (the ABDM breaker is open, RabbitMQ is unreachable).
+    pub recheck_due: i64,
 }
 
 /// A leased outbox row.
@@ -45,6 +52,8 @@ pub(super) struct Leased {
     pub(super) after_job: i64,
     pub(super) upto_job: i64,
     pub(super) kind: String,
+    /// A recheck row (`store::recheck`): expands into jobs still waiting, not every queued one.
+    pub(super) recheck: bool,
 }
 
 /// Where a batch row stands after a round.
@@ -67,17 +76,19 @@ impl Store {
         &self,
         limit: i64,
         lease: std::time::Duration,
+        republish_after: std::time::Duration,
         publish: F,
     ) -> Result<Result<usize, E>, StoreError>
     where
         F: FnOnce(Vec<OutboxRow>) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
+        let mut refs = std::collections::HashMap::new();
         let leased: Vec<Leased> = sqlx::query(
             "UPDATE outbox SET due_at = now() + make_interval(secs => $2)
              WHERE id IN (SELECT id FROM outbox WHERE due_at <= now()
                           ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-             RETURNING id, job_id, batch_id, after_job, upto_job, kind",
+             RETURNING id, job_id, batch_id, after_job, upto_job, kind, recheck, batch_ref",
         )
         .bind(limit)
         .bind(lease.as_secs_f64())
@@ -85,13 +96,27 @@ impl Store {
         .await
         .ctx("leasing due outbox rows")?
         .into_iter()
-        .map(|r| Leased {
-            id: r.get(0),
-            job_id: r.get(1),
-            batch: r.get(2),
-            after_job: r.get::<Option<i64>, _>(3).unwrap_or(0),
-            upto_job: r.get::<Option<i64>, _>(4).unwrap_or(0),
-            kind: r.get(5),
+        .map(|r| {
+            (
+                Leased {
+                    id: r.get(0),
+                    job_id: r.get(1),
+                    batch: r.get(2),
+                    after_job: r.get::<Option<i64>, _>(3).unwrap_or(0),
+                    upto_job: r.get::<Option<i64>, _>(4).unwrap_or(0),
+                    kind: r.get(5),
+                    recheck: r.get(6),
+                },
+                r.get::<Option<Uuid>, _>(7),
+            )
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|(l, batch_ref)| {
+            if let (Some(job), Some(b)) = (l.job_id, batch_ref) {
+                refs.insert(job, b);
+            }
+            l
         })
         .collect();
         if leased.is_empty() {
@@ -117,11 +142,26 @@ impl Store {
                 });
                 continue;
             }
-            let (jobs, cursor) = self.expand_batch(b, room).await?;
+            let (jobs, cursor) = if b.recheck {
+                self.expand_recheck(b, room).await?
+            } else {
+                self.expand_batch(b, room).await?
+            };
             rows.extend(jobs);
             cursors.push(cursor);
         }
         let ids: Vec<i64> = leased.iter().map(|l| l.id).collect();
+        let mut sent = Sent::new();
+        for r in &rows {
+            let batch = refs
+                .get(&r.job_id)
+                .copied()
+                .or_else(|| leased.iter().find(|l| l.id == r.id).and_then(|l| l.batch));
+            if let Some(b) = batch {
+                let e = sent.entry(b).or_insert_with(|| (r.kind.clone(), vec![]));
+                e.1.push(r.job_id);
+            }
+        }
         let n = rows.len();
         let outcome = if rows.is_empty() {
             Ok(())
@@ -137,7 +177,8 @@ impl Store {
             .filter(|l| l.job_id.is_some())
             .map(|l| l.id)
             .collect();
-        self.settle_outbox(&jobs, &cursors).await?;
+        self.settle_outbox(&jobs, &cursors, &sent, republish_after)
+            .await?;
         Ok(Ok(n))
     }
 
@@ -152,11 +193,14 @@ impl Store {
     }
 
     /// After RabbitMQ confirmed a round: deletes the published job rows and the batch rows
-    /// whose range is done, and moves the other batch rows' cursors on (due again at once).
+    /// whose range is done, moves the other batch rows' cursors on (due again at once), and
+    /// leaves recheck rows for what was `sent`, due `republish_after` from now.
     pub(super) async fn settle_outbox(
         &self,
         job_rows: &[i64],
         cursors: &[Cursor],
+        sent: &Sent,
+        republish_after: std::time::Duration,
     ) -> Result<(), StoreError> {
         let (moving, done): (Vec<&Cursor>, Vec<&Cursor>) =
             cursors.iter().partition(|c| c.after.is_some());
@@ -181,7 +225,7 @@ impl Store {
             .await
             .ctx("advancing a batch's outbox row")?;
         }
-        Ok(())
+        self.leave_rechecks(sent, republish_after).await
     }
 
     /// The next queued jobs of a batch row: up to `room` of them after its cursor, scanned in
@@ -246,9 +290,10 @@ impl Store {
     pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
         let r = sqlx::query(
             "SELECT (count(*) FILTER (WHERE job_id IS NOT NULL)
-                     + COALESCE(sum(upto_job - after_job) FILTER (WHERE batch_id IS NOT NULL), 0))::int8,
-                    count(*) FILTER (WHERE due_at <= now()),
-                    COALESCE(EXTRACT(EPOCH FROM now() - min(due_at) FILTER (WHERE due_at <= now())), 0)::float8
+                     + COALESCE(sum(upto_job - after_job) FILTER (WHERE batch_id IS NOT NULL AND NOT recheck), 0))::int8,
+                    count(*) FILTER (WHERE due_at <= now() AND NOT recheck),
+                    COALESCE(EXTRACT(EPOCH FROM now() - min(due_at) FILTER (WHERE due_at <= now() AND NOT recheck)), 0)::float8,
+                    count(*) FILTER (WHERE due_at <= now() AND recheck)
              FROM outbox",
         )
         .fetch_one(&self.pool)
@@ -258,6 +303,7 @@ impl Store {
             pending: r.get(0),
             due: r.get(1),
             lag_secs: r.get(2),
+            recheck_due: r.get(3),
         })
     }
 }

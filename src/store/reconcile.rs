@@ -161,9 +161,10 @@ impl Store {
                   AND j.updated_at < now() - make_interval(secs => $2)
                   AND (j.next_due_at IS NULL OR j.next_due_at < now() - make_interval(secs => $2))
                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id)
-                  -- nor a job whose batch row (store::outbox) has yet to reach it
+                  -- nor a job whose batch row (store::outbox) has yet to reach it, or that a
+                  -- recheck row (store::recheck) will publish again if it is still waiting
                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.batch_id = j.batch_id
-                                  AND j.id > o.after_job)
+                                  AND j.id > o.after_job AND j.id <= o.upto_job)
                   -- never the rows of a submit still running or abandoned: they are not due
                   AND EXISTS (SELECT 1 FROM batches b WHERE b.id = j.batch_id AND b.state = 'active')
                 FOR UPDATE OF j SKIP LOCKED),

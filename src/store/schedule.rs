@@ -32,7 +32,9 @@ impl Store {
     /// The due work of every batch that has outbox rows: its programme, priority and how many
     /// messages it could publish now (due job rows, counted up to `cap`, plus what is left of
     /// its file's range). The distinct batches are found by a skip scan of
-    /// `outbox_batch_ref_due` (a handful of index probes, however many rows are due).
+    /// `outbox_batch_ref_due` (a handful of index probes, however many rows are due). Recheck
+    /// rows (`store::recheck`) are no backlog: a batch that has only those is no candidate,
+    /// and they add nothing to a batch's work.
     pub async fn due_candidates(&self, cap: i64) -> Result<Vec<Candidate>, StoreError> {
         let rows = sqlx::query(
             "WITH RECURSIVE refs(b) AS (
@@ -46,8 +48,10 @@ impl Store {
                         WHERE o.batch_ref = b.id AND o.job_id IS NOT NULL AND o.due_at <= now()
                         LIMIT $1) x)::int8,
                     COALESCE((SELECT sum(o.upto_job - o.after_job) FROM outbox o
-                        WHERE o.batch_ref = b.id AND o.batch_id IS NOT NULL AND o.due_at <= now()), 0)::int8
-             FROM refs JOIN batches b ON b.id = refs.b",
+                        WHERE o.batch_ref = b.id AND o.batch_id IS NOT NULL AND NOT o.recheck
+                          AND o.due_at <= now()), 0)::int8
+             FROM refs JOIN batches b ON b.id = refs.b
+             WHERE EXISTS (SELECT 1 FROM outbox o WHERE o.batch_ref = b.id AND NOT o.recheck)",
         )
         .bind(cap)
         .fetch_all(&self.pool)
@@ -73,6 +77,7 @@ impl Store {
         &self,
         plan: &Plan,
         lease: std::time::Duration,
+        republish_after: std::time::Duration,
         publish: F,
     ) -> Result<Result<BTreeMap<Uuid, u64>, E>, StoreError>
     where
@@ -123,7 +128,7 @@ impl Store {
             let leased: Vec<Leased> = sqlx::query(
                 "UPDATE outbox SET due_at = now() + make_interval(secs => $2)
                  WHERE id IN (SELECT id FROM outbox WHERE batch_id = ANY($1) AND due_at <= now()
-                              FOR UPDATE SKIP LOCKED)
+                              AND NOT recheck FOR UPDATE SKIP LOCKED)
                  RETURNING id, batch_id, after_job, upto_job, kind",
             )
             .bind(&short)
@@ -139,6 +144,7 @@ impl Store {
                 after_job: r.get(2),
                 upto_job: r.get(3),
                 kind: r.get(4),
+                recheck: false,
             })
             .collect();
             for l in &leased {
@@ -161,8 +167,11 @@ impl Store {
         // The plan's order, skipping batches that had less than planned.
         let mut rows = Vec::with_capacity(plan.len());
         let mut published: BTreeMap<Uuid, u64> = BTreeMap::new();
+        let mut sent = super::recheck::Sent::new();
         for b in &plan.order {
             if let Some(row) = queues.get_mut(b).and_then(VecDeque::pop_front) {
+                let e = sent.entry(*b).or_insert_with(|| (row.kind.clone(), vec![]));
+                e.1.push(row.job_id);
                 rows.push(row);
                 *published.entry(*b).or_default() += 1;
             }
@@ -179,7 +188,8 @@ impl Store {
             self.release_outbox(&all).await?;
             return Ok(Err(e));
         }
-        self.settle_outbox(&job_ids, &cursors).await?;
+        self.settle_outbox(&job_ids, &cursors, &sent, republish_after)
+            .await?;
         Ok(Ok(published))
     }
 

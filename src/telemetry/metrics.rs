@@ -44,6 +44,8 @@ pub const NAMES: &[&str] = &[
     "abha_build_info",
     "abha_ratelimit_expired_tokens_total",
     "abha_lease_kept_total",
+    "abha_worker_holds_released_total",
+    "abha_outbox_republished_total",
 ];
 
 /// The process-wide registry served at `/metrics`.
@@ -326,6 +328,26 @@ pub static CIRCUIT_PROBES: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// `abha_worker_holds_released_total{envelope}`: deliveries a worker could not start within
+/// `worker.hold_max_secs` (Postgres unreachable, this replica's clock refused) and let go:
+/// `stored` ones acked unrun (a recheck row republishes the job), `producer` ones requeued.
+pub static HOLDS_RELEASED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "abha_worker_holds_released_total",
+        "Deliveries held longer than worker.hold_max_secs and let go (stored: acked unrun, republished later; producer: requeued)",
+        &["envelope"],
+    )
+});
+
+/// `abha_outbox_republished_total`: jobs published again by a due recheck row because they
+/// were still waiting to run (their message was lost, acked unrun or dead-lettered).
+pub static REPUBLISHED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    plain_counter(
+        "abha_outbox_republished_total",
+        "Jobs published again by the relay's recheck rows: their earlier message was lost, acked unrun after a bounded hold, or dead-lettered",
+    )
+});
+
 /// `abha_ratelimit_stale_tokens_total`: rate tokens taken before a claim and dropped
 /// because the claim took longer than `worker::gate::PREPAID_FRESH`. Each one is a slot
 /// of the contract with ABDM left unused, so a steady climb means claims stall (Postgres
@@ -428,6 +450,8 @@ pub fn register_all(kinds: &[&str]) {
     LazyLock::force(&FAILURE_RATIO);
     LazyLock::force(&RATELIMIT_STALE);
     LazyLock::force(&LEASE_KEPT);
+    LazyLock::force(&HOLDS_RELEASED);
+    LazyLock::force(&REPUBLISHED);
     LazyLock::force(&RATELIMIT_EXPIRED);
     LazyLock::force(&ABDM_REQUESTS);
     LazyLock::force(&ABDM_DURATION);
@@ -482,6 +506,9 @@ pub fn register_all(kinds: &[&str]) {
         }
     }
     RETRIES.with_label_values(&["any", "lease_expired"]);
+    for envelope in ["stored", "producer"] {
+        HOLDS_RELEASED.with_label_values(&[envelope]);
+    }
     for result in ["ok", "error", "after_401"] {
         SESSION_REFRESH.with_label_values(&[result]);
     }

@@ -12,9 +12,10 @@ use tracing::Instrument;
 
 use super::claims::Claimer;
 use super::outcomes::OutcomeWriter;
-use super::support::persist;
+use super::support::{Held, persist, persist_until};
 use super::{DeadLetters, Inbound, JobGate, Settled, Worker};
 use crate::abdm::{CallTrace, Disposition};
+use crate::breaker::Gate;
 use crate::jobs::execute::execute;
 use crate::jobs::kind::Job;
 use crate::queue::envelope::Envelope;
@@ -23,9 +24,11 @@ use crate::telemetry::metrics;
 
 impl Worker {
     /// One delivery, from envelope to ack. While Postgres is down the delivery is held (not
-    /// requeued: a requeue counts towards the queue's delivery limit, after which RabbitMQ would
-    /// dead-letter a job whose outbox row is gone); the in-flight bound stops this worker from
-    /// taking more meanwhile. While the ABDM circuit breaker is open, likewise.
+    /// requeued: a requeue counts towards the queue's delivery limit), for `hold_max` at most:
+    /// then a stored job's message is acked unrun (its recheck row publishes the job again,
+    /// `store::recheck`) and a producer's is requeued; the in-flight bound stops this worker
+    /// from taking more meanwhile. While the ABDM circuit breaker is open nothing is held: the
+    /// job is postponed in Postgres without spending an attempt (`worker::outage`).
     pub(super) async fn handle(
         &self,
         delivery: Inbound,
@@ -34,6 +37,7 @@ impl Worker {
         writer: &OutcomeWriter,
         stop: &CancellationToken,
     ) {
+        let deadline = tokio::time::Instant::now() + self.cfg.hold_max;
         let envelope = match Envelope::decode(&delivery.data) {
             Ok(e) => e,
             Err(reason) => {
@@ -100,13 +104,18 @@ impl Worker {
                 };
                 // Recorded with its outbox row: the scheduler publishes it in its programme's
                 // turn, as a stored job. Nothing runs from the producer's message itself.
-                if persist("recording a queue job", stop, || {
+                match persist_until("recording a queue job", stop, Some(deadline), || {
                     self.store.upsert_external(*kind, ext.clone())
                 })
                 .await
-                .is_some()
                 {
-                    delivery.settle(Settled::Ack).await;
+                    Held::Done(_) => delivery.settle(Settled::Ack).await,
+                    // Nothing but the message holds this job yet: hand it back (one delivery).
+                    Held::Expired => {
+                        self.holds.released("producer", self.cfg.hold_max);
+                        delivery.settle(Settled::Requeue).await
+                    }
+                    Held::Stopped => {}
                 }
                 return;
             }
@@ -115,27 +124,41 @@ impl Worker {
         // claim, so the lease does not tick away while this worker waits for its turn.
         // Stopping hands back at once what has not started: a worker at 5/s would otherwise sit
         // on its prefetched messages, waiting for tokens, for its whole grace period.
-        if !self.breaker.wait_closed(&self.client, stop).await {
-            return delivery.settle(Settled::Requeue).await;
+        match self.breaker.gate(&self.client, stop, deadline).await {
+            Gate::Closed => {}
+            Gate::Stopped => return delivery.settle(Settled::Requeue).await,
+            Gate::Expired => return self.let_go(&delivery).await,
+            Gate::Open => {
+                return self
+                    .postpone_while_open(job_id, &delivery, claimer, writer, stop, deadline)
+                    .await;
+            }
         }
         tokio::select! {
             _ = self.limiter.acquire() => {}
             _ = stop.cancelled() => return delivery.settle(Settled::Requeue).await,
         }
         let token_at = tokio::time::Instant::now();
-        let claim = persist("claiming a job", stop, || claimer.claim(job_id)).await;
+        let claim = match persist_until("claiming a job", stop, Some(deadline), || {
+            claimer.claim(job_id)
+        })
+        .await
+        {
+            Held::Done(claim) => claim,
+            Held::Stopped => return,
+            Held::Expired => return self.let_go(&delivery).await,
+        };
         match claim {
-            None => {}
-            Some(Claim::Run(job)) => {
+            Claim::Run(job) => {
                 let recorded = self
-                    .run_job(&job, token_at, writer, stop)
+                    .run_job(&job, token_at, writer, stop, &delivery, deadline)
                     .instrument(job_span(&job))
                     .await;
                 if recorded {
                     delivery.settle(Settled::Ack).await
                 }
             }
-            Some(Claim::Finished(state)) => {
+            Claim::Finished(state) => {
                 tracing::debug!(
                     job_id,
                     state,
@@ -143,21 +166,22 @@ impl Worker {
                 );
                 delivery.settle(Settled::Ack).await
             }
-            Some(Claim::NotDue | Claim::Busy | Claim::Missing) => {
-                delivery.settle(Settled::Ack).await
-            }
+            Claim::NotDue | Claim::Busy | Claim::Missing => delivery.settle(Settled::Ack).await,
         }
     }
 
     /// Runs a claimed job and commits its outcome; returns whether the message may be acked
-    /// (false only when stopping before the outcome could be written: the lease then makes
-    /// the job run again).
+    /// (false when stopping before the outcome could be written, the lease then makes the job
+    /// run again; or when the write outlasted `deadline` and the delivery was let go already:
+    /// the write goes on, the lease backs the job meanwhile).
     async fn run_job(
         &self,
         job: &ClaimedJob,
         token_at: tokio::time::Instant,
         writer: &OutcomeWriter,
         stop: &CancellationToken,
+        delivery: &Inbound,
+        deadline: tokio::time::Instant,
     ) -> bool {
         let kind = job.kind.as_str();
         let gate = Arc::new(JobGate {
@@ -214,11 +238,21 @@ impl Worker {
                 }
             }
         };
-        let Some(recorded) = persist("recording a job's outcome", stop, || {
-            writer.record(job, &outcome, &trace.attempts)
-        })
-        .await
-        else {
+        let what = "recording a job's outcome";
+        let mut write = || writer.record(job, &outcome, &trace.attempts);
+        let mut ack = true;
+        let deadline =
+            deadline.max(tokio::time::Instant::now() + std::time::Duration::from_secs(5));
+        let recorded = match persist_until(what, stop, Some(deadline), &mut write).await {
+            Held::Done(v) => Some(v),
+            Held::Stopped => None,
+            Held::Expired => {
+                self.let_go(delivery).await;
+                ack = false;
+                persist(what, stop, &mut write).await
+            }
+        };
+        let Some(recorded) = recorded else {
             return false;
         };
         if !recorded {
@@ -226,7 +260,7 @@ impl Worker {
                 job_id = job.id,
                 "lease lost before the outcome was recorded; another worker owns the job"
             );
-            return true;
+            return ack;
         }
         let state = outcome.state();
         metrics::JOBS.with_label_values(&[kind, state]).inc();
@@ -237,7 +271,7 @@ impl Worker {
                 .observe(secs);
         }
         tracing::debug!(job_id = job.id, state, "job recorded");
-        true
+        ack
     }
 
     async fn dead_letter(&self, delivery: &Inbound, dead: &dyn DeadLetters, reason: &str) {

@@ -24,6 +24,7 @@ mod classify;
 pub mod gate;
 mod group;
 mod job;
+mod outage;
 mod outcomes;
 pub mod source;
 mod support;
@@ -66,6 +67,10 @@ pub struct WorkerConfig {
     pub kinds: Vec<JobKind>,
     /// Work held unacked, in time at the current rate (the prefetch; see [`prefetch_for`]).
     pub prefetch_horizon: Duration,
+    /// Longest a delivery that cannot start is held (`worker.hold_max_secs`): then a stored
+    /// job's message is acked unrun (its recheck row publishes it again) and a producer's is
+    /// requeued. Below RabbitMQ's `consumer_timeout`.
+    pub hold_max: Duration,
 }
 
 impl WorkerConfig {
@@ -89,6 +94,7 @@ impl WorkerConfig {
             grace: s.grace_period,
             kinds: JobKind::ALL.to_vec(),
             prefetch_horizon: s.prefetch_horizon,
+            hold_max: s.hold_max,
         }
     }
 
@@ -137,6 +143,8 @@ pub struct Worker {
     pub cfg: WorkerConfig,
     /// The store again, as the gate's lease holder (one allocation, not one per job).
     leases: Arc<dyn Leases>,
+    /// Deliveries let go after a bounded hold (counted, logged once per hold).
+    holds: support::Holds,
 }
 
 impl Worker {
@@ -180,6 +188,7 @@ impl Worker {
             breaker,
             topology,
             cfg,
+            holds: support::Holds::default(),
         })
     }
 
@@ -294,6 +303,19 @@ impl Worker {
         let writer = OutcomeWriter::start(self.store.clone(), self.cfg.id.clone());
         let claimer = Claimer::start(self.store.clone(), self.cfg.id.clone(), self.cfg.lease);
         let mut tasks = tokio::task::JoinSet::new();
+        // The breaker's probe must not depend on deliveries: while it is open the relay
+        // publishes nothing and a delivery is postponed, not held, so none would probe.
+        let prober = {
+            let me = self.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                while !stop.is_cancelled() {
+                    sleep_or_stop(me.breaker.refresh_every(), &stop).await;
+                    me.breaker.probe_if_due(&me.client).await;
+                }
+            })
+        };
+        let _prober = AbortOnDrop(prober);
         self.warm_up(stop).await;
         tracing::info!(worker = %self.cfg.id, in_flight = self.cfg.in_flight, "worker consuming");
         let result = loop {
@@ -350,6 +372,15 @@ impl Worker {
     }
 }
 
+/// Aborts a background task when the consume loop ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The prefetch for a worker whose rate is `rate` calls/s: `horizon` of calls
 /// (`worker.prefetch_horizon_ms`), at least 2, at most `in_flight` (the calls in flight at
 /// once). Messages beyond what it can start soon only wait for tokens here while other
@@ -393,6 +424,7 @@ mod tests {
             grace: Duration::from_secs(1),
             kinds: vec![],
             prefetch_horizon: Duration::from_millis(500),
+            hold_max: Duration::from_secs(600),
         };
         for attempt in 1..=8u32 {
             let cap = Duration::from_millis((100u64 << (attempt - 1)).min(1000));

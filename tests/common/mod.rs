@@ -320,6 +320,7 @@ impl TestEnv {
             grace: o.grace,
             kinds: JobKind::ALL.to_vec(),
             prefetch_horizon: Duration::from_millis(500),
+            hold_max: Duration::from_secs(600),
         };
         let worker = Worker::with_breaker(
             store.clone(),
