@@ -326,3 +326,50 @@ async fn a_migration_gives_up_on_a_held_lock_lets_queries_through_and_succeeds_o
     assert!(has_x);
     env.cleanup().await;
 }
+
+/// A `-- no-transaction` migration runs as one query string: a lone `CREATE INDEX
+/// CONCURRENTLY` applies (under the migrator session's lock_timeout), while the same with a
+/// `SET lock_timeout` before it is refused by Postgres (an implicit transaction). This is why
+/// the lint wants such a file to hold the one statement only.
+#[tokio::test]
+async fn a_no_transaction_migration_is_one_concurrent_index_and_nothing_else() {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let env = TestEnv::new().await;
+    let opts: sqlx::postgres::PgConnectOptions = env.db_url.parse().unwrap();
+    let one = |version: i64, sql: &'static str| {
+        let mut m = Migrator::with_migrations(vec![Migration::new(
+            version,
+            "index".into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            true,
+        )]);
+        m.set_ignore_missing(true);
+        m
+    };
+    let two_statements = one(
+        90018,
+        "SET lock_timeout = '5s';\nCREATE INDEX CONCURRENTLY jobs_probe_a ON jobs (created_at);",
+    );
+    let refused = abha_bulk::store::migrations::run(&opts, "test", &two_statements).await;
+    assert!(
+        format!("{refused:?}").contains("transaction block"),
+        "{refused:?}"
+    );
+    let alone = one(
+        90019,
+        "CREATE INDEX CONCURRENTLY jobs_probe_b ON jobs (created_at);",
+    );
+    abha_bulk::store::migrations::run(&opts, "test", &alone)
+        .await
+        .expect("a lone CREATE INDEX CONCURRENTLY applies");
+    let valid: bool = sqlx::query_scalar(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = 'jobs_probe_b'::regclass",
+    )
+    .fetch_one(&env.store.pool)
+    .await
+    .unwrap();
+    assert!(valid);
+    env.cleanup().await;
+}
