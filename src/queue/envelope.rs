@@ -44,10 +44,45 @@ struct StoredWire<'a> {
     job_id: i64,
 }
 
-/// Why an envelope was refused (goes into the dead-letter header). Never contains payload values.
+/// Why an envelope was not decoded. Never contains payload values, nor the raw text of a
+/// field this release does not know (a producer may put anything there).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct EnvelopeError(pub String);
+pub enum EnvelopeError {
+    /// Not an envelope of any release (not JSON, a field missing or of the wrong type): the
+    /// reason goes into the dead-letter header.
+    #[error("{0}")]
+    Malformed(String),
+    /// A well-formed envelope that a newer release wrote: a kind or an envelope version this
+    /// release does not know. During a rolling deploy old and new workers share the queues,
+    /// so this is handed back for a worker that knows it, not dead-lettered (see
+    /// `worker/job.rs`).
+    #[error("{what}")]
+    Unknown {
+        /// `unknown kind` or `envelope version N`: safe to log.
+        what: String,
+        /// A stored-job envelope (it carries a `job_id`): its job waits in Postgres, which
+        /// publishes it again if it stays queued.
+        stored: bool,
+    },
+}
+
+impl EnvelopeError {
+    fn malformed(reason: impl Into<String>) -> Self {
+        Self::Malformed(reason.into())
+    }
+}
+
+/// The envelope version this release writes and reads.
+pub const VERSION: u64 = 1;
+
+/// True when `kind` could be a job kind of a newer release: a short lowercase name of
+/// letters, digits and hyphens (what `JobKind::as_str` gives). Anything else is malformed.
+fn looks_like_a_kind(kind: &str) -> bool {
+    (1..=40).contains(&kind.len())
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
 
 impl Envelope {
     /// The bytes the relay publishes for a stored job.
@@ -61,6 +96,9 @@ impl Envelope {
     }
 
     /// Decodes and checks the envelope (not the payload's fields: the job validation does).
+    /// A well-formed envelope of a newer version (an integer `v` above [`VERSION`]) or of a
+    /// kind this release does not know is [`EnvelopeError::Unknown`]; everything else that
+    /// fails is [`EnvelopeError::Malformed`].
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
         #[derive(Deserialize)]
         struct Wire {
@@ -73,30 +111,47 @@ impl Envelope {
             payload: Option<Value>,
         }
         let w: Wire = serde_json::from_slice(bytes).map_err(|e| {
-            EnvelopeError(format!(
+            EnvelopeError::malformed(format!(
                 "not a JSON envelope object (line {}, column {})",
                 e.line(),
                 e.column()
             ))
         })?;
-        match w.v.as_ref().and_then(Value::as_u64) {
-            Some(1) => {}
-            Some(other) => {
-                return Err(EnvelopeError(format!(
-                    "unsupported envelope version {other} (expected 1)"
-                )));
-            }
-            None => return Err(EnvelopeError("missing \"v\": 1".into())),
-        }
         let kind_s = w
             .kind
-            .ok_or_else(|| EnvelopeError("missing \"kind\"".into()))?;
-        let kind = JobKind::parse(&kind_s).ok_or_else(|| {
-            EnvelopeError(format!(
-                "unknown kind {kind_s:?} (expected one of {})",
-                JobKind::ALL.map(|k| k.as_str()).join(", ")
-            ))
-        })?;
+            .ok_or_else(|| EnvelopeError::malformed("missing \"kind\""))?;
+        match w.v.as_ref().and_then(Value::as_u64) {
+            Some(VERSION) => {}
+            // A newer release's envelope: its other fields may differ, so only the kind is
+            // checked for shape.
+            Some(newer) if newer > VERSION && looks_like_a_kind(&kind_s) => {
+                return Err(EnvelopeError::Unknown {
+                    what: format!("envelope version {newer}"),
+                    stored: w.job_id.is_some(),
+                });
+            }
+            Some(other) => {
+                return Err(EnvelopeError::malformed(format!(
+                    "unsupported envelope version {other} (expected {VERSION})"
+                )));
+            }
+            None => return Err(EnvelopeError::malformed("missing \"v\": 1")),
+        }
+        let kind = match JobKind::parse(&kind_s) {
+            Some(kind) => kind,
+            None if looks_like_a_kind(&kind_s) => {
+                return Err(EnvelopeError::Unknown {
+                    what: "unknown kind".into(),
+                    stored: w.job_id.is_some(),
+                });
+            }
+            None => {
+                return Err(EnvelopeError::malformed(format!(
+                    "invalid kind (expected one of {})",
+                    JobKind::ALL.map(|k| k.as_str()).join(", ")
+                )));
+            }
+        };
         if let Some(job_id) = w.job_id {
             return Ok(Self::Stored { kind, job_id });
         }
@@ -104,12 +159,12 @@ impl Envelope {
             .idempotency_key
             .filter(|k| !k.trim().is_empty() && k.len() <= 200)
             .ok_or_else(|| {
-                EnvelopeError("missing \"idempotency_key\" (1 to 200 characters)".into())
+                EnvelopeError::malformed("missing \"idempotency_key\" (1 to 200 characters)")
             })?;
         let benefit = w
             .benefit
             .filter(|b| !b.trim().is_empty())
-            .ok_or_else(|| EnvelopeError("missing \"benefit\"".into()))?;
+            .ok_or_else(|| EnvelopeError::malformed("missing \"benefit\""))?;
         let payload = match w.payload {
             Some(Value::Object(map)) => {
                 let mut out = BTreeMap::new();
@@ -120,7 +175,7 @@ impl Envelope {
                         Value::Bool(b) => b.to_string(),
                         Value::Null => continue,
                         _ => {
-                            return Err(EnvelopeError(format!(
+                            return Err(EnvelopeError::malformed(format!(
                                 "payload field {k:?} must be a string"
                             )));
                         }
@@ -129,7 +184,7 @@ impl Envelope {
                 }
                 out
             }
-            _ => return Err(EnvelopeError("missing \"payload\" object".into())),
+            _ => return Err(EnvelopeError::malformed("missing \"payload\" object")),
         };
         Ok(Self::External {
             kind,
@@ -204,5 +259,48 @@ mod tests {
         }
         let out = String::from_utf8(Envelope::redacted(b"not json 91-1234-5678-9012")).unwrap();
         assert!(!out.contains("1234"), "{out}");
+    }
+
+    #[test]
+    fn a_newer_release_s_envelope_is_unknown_and_anything_else_malformed() {
+        let unknown = |b: &[u8]| match Envelope::decode(b) {
+            Err(EnvelopeError::Unknown { stored, what }) => Some((stored, what)),
+            _ => None,
+        };
+        assert_eq!(
+            unknown(br#"{"v":1,"kind":"benefit-unlink","job_id":7}"#),
+            Some((true, "unknown kind".into()))
+        );
+        assert_eq!(
+            unknown(br#"{"v":2,"kind":"benefit-link","job_id":7,"shard":3}"#),
+            Some((true, "envelope version 2".into()))
+        );
+        assert_eq!(
+            unknown(br#"{"v":1,"kind":"benefit-unlink","idempotency_key":"k"}"#),
+            Some((false, "unknown kind".into()))
+        );
+        // The raw kind never reaches the reason (a producer may put an identifier there).
+        let e = Envelope::decode(br#"{"v":1,"kind":"91-1234-5678-9012","job_id":7}"#);
+        assert!(matches!(&e, Err(EnvelopeError::Unknown { .. })), "{e:?}");
+        assert!(!e.unwrap_err().to_string().contains("1234"));
+        for malformed in [
+            &b"not json"[..],
+            br#"{"kind":"benefit-link","job_id":7}"#,
+            br#"{"v":0,"kind":"benefit-link","job_id":7}"#,
+            br#"{"v":"2","kind":"benefit-link","job_id":7}"#,
+            br#"{"v":2,"job_id":7}"#,
+            br#"{"v":2,"kind":"Ravi Kumar","job_id":7}"#,
+            br#"{"v":1,"kind":"Ravi Kumar","job_id":7}"#,
+            br#"{"v":1,"kind":"benefit-link"}"#,
+        ] {
+            let e = Envelope::decode(malformed);
+            assert!(
+                matches!(e, Err(EnvelopeError::Malformed(_))),
+                "{}: {e:?}",
+                String::from_utf8_lossy(malformed)
+            );
+            assert!(!e.unwrap_err().to_string().contains("Ravi"));
+        }
+        assert!(Envelope::decode(br#"{"v":1,"kind":"benefit-link","job_id":7}"#).is_ok());
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! - [`topology`]: the exchange, one quorum queue per job kind (delivery limit, dead-letter
 //!   exchange), the dead-letter queue; declared idempotently by every process that needs them.
+//! - [`drain`]: consuming and retiring the other queue layout after `queue_per_kind` changed.
 //! - [`envelope`]: the JSON job envelope v1 (stored-job form and external-producer form).
 //! - [`publish`]: publishing job envelopes and dead letters with publisher confirms.
 //! - [`link`]: the connection state shared by worker and relay (one log line per change).
 
+pub mod drain;
 pub mod envelope;
 pub mod link;
 pub mod publish;

@@ -12,6 +12,7 @@ pub mod claims;
 pub mod console_sessions;
 pub mod erasure;
 pub mod jobs;
+pub mod migrations;
 pub mod outbox;
 pub mod outcomes;
 pub mod recheck;
@@ -178,7 +179,8 @@ impl Store {
         Ok(Self { pool, vault })
     }
 
-    /// Creates the database named in `url` when it does not exist, then runs the migrations.
+    /// Creates the database named in `url` when it does not exist, then runs the migrations
+    /// with a bounded `lock_timeout`, retrying lock timeouts ([`migrations::run`]).
     pub async fn migrate(url: &str) -> Result<(), StoreError> {
         let opts = startup::options(url)?;
         let target = startup::target(&opts);
@@ -208,10 +210,8 @@ impl Store {
                 })?;
             tracing::info!(database = %target, "database created");
         }
-        let mut conn = startup::probe(&opts, &target).await?;
-        MIGRATOR.run(&mut conn).await?;
-        let _ = sqlx::Connection::close(conn).await;
-        Ok(())
+        // Beside the running fleet: bounded lock waits, retried (store/migrations.rs).
+        migrations::run(&opts, &target, &MIGRATOR).await
     }
 
     /// True when a trivial query answers (readiness).

@@ -46,6 +46,7 @@ pub const NAMES: &[&str] = &[
     "abha_lease_kept_total",
     "abha_worker_holds_released_total",
     "abha_outbox_republished_total",
+    "abha_unknown_envelopes_total",
 ];
 
 /// The process-wide registry served at `/metrics`.
@@ -428,6 +429,19 @@ pub static LEASE_KEPT: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// `abha_unknown_envelopes_total{action}`: messages of a kind or envelope version this
+/// release does not know (a newer release's, during a rolling deploy): `requeued` for a
+/// worker that knows them, `left_to_postgres` (a stored job at the delivery limit: acked, the
+/// outbox recheck republishes it), `dead_lettered` (a producer's, at the limit). Climbing
+/// after a deploy has finished means no running worker knows them.
+pub static UNKNOWN_ENVELOPES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter(
+        "abha_unknown_envelopes_total",
+        "Messages of a kind or envelope version this release does not know, by what was done",
+        &["action"],
+    )
+});
+
 /// `abha_ratelimit_expired_tokens_total`: tokens leased from the shared bucket and dropped
 /// unspent because spending them later could have let the fleet exceed the rate (see
 /// `ratelimit::Leased`). A steady climb means replicas lease more than they spend.
@@ -476,6 +490,9 @@ pub fn register_all(kinds: &[&str]) {
         for reason in ["missing", "unknown", "revoked", "throttled"] {
             AUTH_FAILURES.with_label_values(&[surface, reason]);
         }
+    }
+    for action in ["requeued", "left_to_postgres", "dead_lettered"] {
+        UNKNOWN_ENVELOPES.with_label_values(&[action]);
     }
     for result in ["delivered", "failed", "timeout", "refused"] {
         WEBHOOK_DELIVERIES.with_label_values(&[result]);

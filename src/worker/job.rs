@@ -18,7 +18,7 @@ use crate::abdm::{CallTrace, Disposition};
 use crate::breaker::Gate;
 use crate::jobs::execute::execute;
 use crate::jobs::kind::Job;
-use crate::queue::envelope::Envelope;
+use crate::queue::envelope::{Envelope, EnvelopeError};
 use crate::store::jobs::{Claim, ClaimedJob, ExternalJob, Outcome};
 use crate::telemetry::metrics;
 
@@ -40,6 +40,11 @@ impl Worker {
         let deadline = tokio::time::Instant::now() + self.cfg.hold_max;
         let envelope = match Envelope::decode(&delivery.data) {
             Ok(e) => e,
+            Err(EnvelopeError::Unknown { what, stored }) => {
+                return self
+                    .hand_back_unknown(&delivery, dead, &what, stored, stop)
+                    .await;
+            }
             Err(reason) => {
                 return self.dead_letter(&delivery, dead, &reason.to_string()).await;
             }
@@ -274,7 +279,12 @@ impl Worker {
         ack
     }
 
-    async fn dead_letter(&self, delivery: &Inbound, dead: &dyn DeadLetters, reason: &str) {
+    pub(super) async fn dead_letter(
+        &self,
+        delivery: &Inbound,
+        dead: &dyn DeadLetters,
+        reason: &str,
+    ) {
         tracing::warn!(reason, "malformed message sent to the dead-letter queue");
         match dead.dead_letter(&delivery.data, reason).await {
             Ok(()) => delivery.settle(Settled::Ack).await,

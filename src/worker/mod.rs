@@ -25,9 +25,11 @@ pub mod gate;
 mod group;
 mod job;
 mod outage;
+mod old_layout;
 mod outcomes;
 pub mod source;
 mod support;
+mod unknown;
 
 use crate::abdm::AbdmClient;
 use crate::breaker::{Breaker, BreakerConfig};
@@ -266,6 +268,10 @@ impl Worker {
                 .ctx("starting a consumer")?;
             consumers.push(c);
         }
+        // A changed `rabbitmq.queue_per_kind`: the previous layout's queues are drained too.
+        let (old, _rounds) =
+            old_layout::start(url, &ch, &self.topology, &self.cfg.kinds, &self.cfg.id).await?;
+        consumers.extend(old);
         let deliveries = futures::stream::select_all(consumers).map(|d| {
             d.map(source::lapin_inbound)
                 .map_err(|cause| queue::QueueError::Amqp {
