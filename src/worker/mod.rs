@@ -223,6 +223,10 @@ impl Worker {
             }
         }
         recover.abort();
+        if self.store.key_stale() && !stop.is_cancelled() {
+            tracing::warn!("stale pii.key: worker consumes nothing until it is restarted");
+            stop.cancelled().await;
+        }
     }
 
     /// One connection's life. `Ok` when stopped, `Err` when the connection failed.
@@ -294,6 +298,19 @@ impl Worker {
         let writer = OutcomeWriter::start(self.store.clone(), self.cfg.id.clone());
         let claimer = Claimer::start(self.store.clone(), self.cfg.id.clone(), self.cfg.lease);
         let mut tasks = tokio::task::JoinSet::new();
+        // A stale process (store::keyset) stops as on shutdown: nothing new is taken and what
+        // has not started is handed back; the process stays up, not ready, until stopped.
+        let halt = stop.child_token();
+        let _stale = StaleWatch(tokio::spawn({
+            let (halt, stale) = (halt.clone(), self.store.keys.stale_token());
+            async move {
+                tokio::select! {
+                    _ = stale.cancelled() => halt.cancel(),
+                    _ = halt.cancelled() => {}
+                }
+            }
+        }));
+        let stop = &halt;
         self.warm_up(stop).await;
         tracing::info!(worker = %self.cfg.id, in_flight = self.cfg.in_flight, "worker consuming");
         let result = loop {
@@ -347,6 +364,15 @@ impl Worker {
             tasks.abort_all();
         }
         result
+    }
+}
+
+/// Ends the stale watcher of a consume loop with the loop.
+struct StaleWatch(tokio::task::JoinHandle<()>);
+
+impl Drop for StaleWatch {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
