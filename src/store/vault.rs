@@ -59,7 +59,7 @@ pub enum Aad<'a> {
 }
 
 /// Every encrypted column, as `(table, column)`: what `rekey` must rewrite and its test
-/// checks (`tests/key_rotation.rs` fails for a column here that `rekey` leaves behind).
+/// checks (`tests/key_rotation_rekey.rs` fails for a column here that `rekey` leaves behind).
 pub const ENCRYPTED_COLUMNS: &[(&str, &str)] = &[
     ("jobs", "payload"),
     ("jobs", "result"),
