@@ -177,3 +177,50 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn going_stale_logs_one_error_naming_the_setting_and_stays_stale() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let state = KeyState::default();
+        let token = state.stale_token();
+        let vault = Vault::from_bytes(&[7; 32]);
+        tracing::subscriber::with_default(subscriber, || {
+            state.mark_stale(stale_reason(&vault, "0badc0de"));
+            state.mark_stale("a second reason".into());
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{text}");
+        assert!(
+            errors[0].contains("`pii.key`") && errors[0].contains("0badc0de"),
+            "{text}"
+        );
+        assert!(state.is_stale() && token.is_cancelled());
+        assert!(state.reason().unwrap().contains(&vault.key_id()));
+        assert_eq!(metrics::PII_KEY_STALE.get(), 1.0);
+    }
+}

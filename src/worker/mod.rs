@@ -280,7 +280,7 @@ impl Worker {
     }
 
     /// The consume loop over any [`source`] of messages: each delivery runs as its own task,
-    /// at most `in_flight` at once. `Ok` when stopped (in-flight jobs finished within the
+    /// at most `in_flight` at once. `Ok` when stopped or stale (in-flight jobs finished within the
     /// grace period), `Err` when the source failed (in-flight jobs go on in the background:
     /// their outcomes still commit, and their redelivered messages find them running or
     /// final; aborting them would leave claimed jobs waiting for their lease to expire).
