@@ -352,11 +352,19 @@ mod tests {
     #[test]
     fn every_associated_data_names_an_encrypted_column() {
         let uuid = uuid::Uuid::nil();
-        for aad in [
+        let all = [
             Aad::JobPayload(DEDUP),
             Aad::JobResult(1),
             Aad::WebhookSecret(uuid),
-        ] {
+        ];
+        for aad in &all {
+            // Exhaustive: a new variant does not compile here until it is listed above.
+            match aad {
+                Aad::JobPayload(_) | Aad::JobResult(_) | Aad::WebhookSecret(_) => {}
+            }
+        }
+        assert_eq!(all.len(), ENCRYPTED_COLUMNS.len(), "one column per variant");
+        for aad in all {
             let (table, column) = aad.column();
             assert!(
                 ENCRYPTED_COLUMNS.contains(&(table, column)),
