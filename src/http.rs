@@ -1,5 +1,5 @@
 //! The worker's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (process alive),
-//! `/readyz` (Postgres and RabbitMQ reachable, ABDM session valid).
+//! `/readyz` (Postgres and RabbitMQ reachable, ABDM session valid, `pii.key` not stale).
 //!
 //! `/readyz` answers from the last check for [`READY_CACHE`]; a check runs its three parts at
 //! once, each within [`CHECK_TIMEOUT`], one check at a time however many probes arrive.
@@ -121,7 +121,13 @@ async fn readyz(State(r): State<Arc<Ready>>) -> impl IntoResponse {
         if circuit_closed { "closed" } else { "open" },
         if clock_ok { "ok" } else { "refused" }
     );
-    let status = if db && mq && abdm && circuit_closed && clock_ok {
+    // Not cached: a stale process (store::keyset) is out of service from the moment it knows.
+    let stale = r.r.store.keys.reason();
+    let body = match &stale {
+        Some(reason) => format!("{body}pii_key stale: {reason}\n"),
+        None => format!("{body}pii_key ok\n"),
+    };
+    let status = if db && mq && abdm && circuit_closed && clock_ok && stale.is_none() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

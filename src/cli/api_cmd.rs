@@ -165,6 +165,7 @@ pub(super) async fn serve(settings: &Settings) -> anyhow::Result<ExitCode> {
     };
     let stop = tokio_util::sync::CancellationToken::new();
     super::spawn_signal_handler(stop.clone());
+    tokio::spawn(state.store.clone().watch_key_set(stop.clone()));
     crate::api::serve_metrics(settings.api.metrics_listen, stop.clone())
         .await
         .with_context(|| {

@@ -168,6 +168,7 @@ pub(super) async fn worker(settings: &Settings, args: &WorkerArgs) -> anyhow::Re
     let limiter = RateLimiter::with_aimd(w.rate_per_second, w.burst, global, w.aimd());
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone());
+    tokio::spawn(store.clone().watch_key_set(stop.clone()));
     let worker = Worker::with_breaker(
         store.clone(),
         client.clone(),
@@ -248,6 +249,7 @@ pub(super) async fn relay(settings: &Settings) -> anyhow::Result<ExitCode> {
     let store = Store::connect(settings).await?;
     let stop = CancellationToken::new();
     spawn_signal_handler(stop.clone());
+    tokio::spawn(store.clone().watch_key_set(stop.clone()));
     let webhooks = tokio::spawn(crate::api::webhooks::run(
         store.clone(),
         settings.webhooks.clone(),

@@ -21,15 +21,15 @@ pub(super) async fn rekey(settings: &Settings, args: &RekeyArgs) -> anyhow::Resu
             if last.elapsed() >= std::time::Duration::from_secs(2) || p.scanned >= p.total {
                 last = std::time::Instant::now();
                 eprintln!(
-                    "rekey: {}/{} jobs scanned, {} rewritten",
-                    p.scanned, p.total, p.rewritten
+                    "rekey: {}/{} rows scanned ({}), {} rewritten",
+                    p.scanned, p.total, p.table, p.rewritten
                 );
             }
         })
         .await?;
     if p.complete() {
         out!(
-            "rekey done: {} of {} jobs rewritten; every value is under key id {}, whose check value is now stored. pii.previous_keys can be removed.",
+            "rekey done: {} of {} rows rewritten (jobs.payload, jobs.result, api_keys.webhook_secret); every value is under key id {}, whose check value is now stored. pii.previous_keys can be removed from every process once all run with this pii.key.",
             p.rewritten,
             p.scanned,
             store.vault.key_id()
@@ -37,7 +37,7 @@ pub(super) async fn rekey(settings: &Settings, args: &RekeyArgs) -> anyhow::Resu
         Ok(ExitCode::SUCCESS)
     } else {
         out!(
-            "rekey incomplete: {} rewritten, {} changed by a worker meanwhile (run rekey again), {} decrypt with no configured key; keep pii.previous_keys",
+            "rekey incomplete: {} rewritten, {} changed meanwhile (run rekey again), {} decrypt with no configured key; keep pii.previous_keys",
             p.rewritten,
             p.raced,
             p.undecryptable

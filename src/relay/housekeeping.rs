@@ -30,7 +30,10 @@ pub async fn round(store: &Store) {
         }
         Err(e) => tracing::warn!(error = %e, "lease expiry check failed"),
     }
-    if let Err(e) = store.delete_final_tokens(1000).await {
+    // A stale process cannot read what the newer key wrote: it rewrites no payload.
+    if !store.key_stale()
+        && let Err(e) = store.delete_final_tokens(1000).await
+    {
         tracing::warn!(error = %e, "deleting finished jobs' X-tokens failed");
     }
     match store

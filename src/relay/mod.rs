@@ -186,7 +186,10 @@ async fn chores(store: Store, cfg: RelayConfig, stop: CancellationToken) {
     let mut sweeper = crate::lifecycle::Sweeper::new(cfg.retention.clone());
     while !stop.is_cancelled() {
         housekeeping::round(&store).await;
-        sweeper.round(&store).await;
+        // A stale process (store::keyset) writes no retention erasures or purges.
+        if !store.key_stale() {
+            sweeper.round(&store).await;
+        }
         if last_gauges.elapsed() >= GAUGE_INTERVAL {
             housekeeping::batch_gauges(&store).await;
             last_gauges = Instant::now();

@@ -12,6 +12,7 @@ pub mod claims;
 pub mod console_sessions;
 pub mod erasure;
 pub mod jobs;
+pub mod keyset;
 pub mod migrations;
 pub mod outbox;
 pub mod outcomes;
@@ -75,6 +76,14 @@ pub enum StoreError {
         /// Id of the configured key.
         key_id: String,
     },
+    /// This process's keys are older than the newest key the fleet recorded.
+    #[error(
+        "configuration key `pii.key` is stale: {reason}; set ABHA_BULK__PII__KEY (or ABHA_BULK__PII__KEY_FILE) to the fleet's newest key and the old one in `pii.previous_keys` (or add the newest key to `pii.previous_keys`), then restart"
+    )]
+    StaleKey {
+        /// Which keys (ids only).
+        reason: String,
+    },
     /// Migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
@@ -129,6 +138,11 @@ pub struct Store {
     pub pool: PgPool,
     /// Encryption and keyed hashing of identifiers.
     pub vault: Arc<Vault>,
+    /// Whether this process's keys are still the fleet's ([`keyset`]).
+    pub keys: Arc<keyset::KeyState>,
+    /// Where the X-token sweep goes on ([`Store::delete_final_tokens`]): past rows it could
+    /// not rewrite, so they never block it.
+    token_sweep: Arc<std::sync::atomic::AtomicI64>,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -171,12 +185,18 @@ impl Store {
         let mut conn = startup::probe(&opts, &target).await?;
         startup::check_schema(&mut conn, &target, &MIGRATOR).await?;
         startup::check_key(&mut conn, &vault).await?;
+        keyset::register(&mut conn, &vault).await?;
         let _ = sqlx::Connection::close(conn).await;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
             .connect_lazy_with(opts);
-        Ok(Self { pool, vault })
+        Ok(Self {
+            pool,
+            vault,
+            keys: Arc::default(),
+            token_sweep: Arc::default(),
+        })
     }
 
     /// Creates the database named in `url` when it does not exist, then runs the migrations

@@ -58,7 +58,26 @@ pub enum Aad<'a> {
     WebhookSecret(uuid::Uuid),
 }
 
+/// Every encrypted column, as `(table, column)`: what `rekey` must rewrite and its test
+/// checks (`tests/key_rotation_rekey.rs` fails for a column here that `rekey` leaves behind).
+pub const ENCRYPTED_COLUMNS: &[(&str, &str)] = &[
+    ("jobs", "payload"),
+    ("jobs", "result"),
+    ("api_keys", "webhook_secret"),
+];
+
 impl Aad<'_> {
+    /// The `(table, column)` this associated data names. An exhaustive match: a new variant
+    /// does not compile until it names its column, which must then be in
+    /// [`ENCRYPTED_COLUMNS`] (a unit test below).
+    pub fn column(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::JobPayload(_) => ("jobs", "payload"),
+            Self::JobResult(_) => ("jobs", "result"),
+            Self::WebhookSecret(_) => ("api_keys", "webhook_secret"),
+        }
+    }
+
     fn bytes(&self) -> Vec<u8> {
         match self {
             Self::JobPayload(dedup) => {
@@ -182,6 +201,12 @@ impl Vault {
     /// True when `check` is the check value of one of `pii.previous_keys`.
     pub fn is_previous_check_value(&self, check: &[u8]) -> bool {
         self.previous.iter().any(|p| p.check[..] == *check)
+    }
+
+    /// True when `check` is the check value of `pii.key` or of one of `pii.previous_keys`:
+    /// this process can read what that key wrote.
+    pub fn holds_check_value(&self, check: &[u8]) -> bool {
+        self.current.check[..] == *check || self.is_previous_check_value(check)
     }
 
     /// Header, key id, nonce, ciphertext and tag.
@@ -322,6 +347,32 @@ mod tests {
         assert_ne!(v.hash("x"), other.hash("x"));
         assert!(!a.windows(4).any(|w| w == b"1234"));
         assert!(v.is_current(&a) && !other.is_current(&a));
+    }
+
+    #[test]
+    fn every_associated_data_names_an_encrypted_column() {
+        let uuid = uuid::Uuid::nil();
+        let all = [
+            Aad::JobPayload(DEDUP),
+            Aad::JobResult(1),
+            Aad::WebhookSecret(uuid),
+        ];
+        for aad in &all {
+            // Exhaustive: a new variant does not compile here until it is listed above.
+            match aad {
+                Aad::JobPayload(_) | Aad::JobResult(_) | Aad::WebhookSecret(_) => {}
+            }
+        }
+        assert_eq!(all.len(), ENCRYPTED_COLUMNS.len(), "one column per variant");
+        for aad in all {
+            let (table, column) = aad.column();
+            assert!(
+                ENCRYPTED_COLUMNS.contains(&(table, column)),
+                "{table}.{column} is missing from ENCRYPTED_COLUMNS"
+            );
+            let bytes = String::from_utf8(aad.bytes()).unwrap();
+            assert!(bytes.contains(&format!("{table}.{column}")), "{bytes}");
+        }
     }
 
     #[test]

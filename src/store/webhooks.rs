@@ -5,7 +5,7 @@
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::vault::Aad;
+use super::vault::{Aad, VaultError};
 use super::{QueryContext, Store, StoreError};
 
 /// A delivery to attempt now.
@@ -137,14 +137,29 @@ impl Store {
         .ctx("leasing webhook deliveries")?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
+            let (id, key): (Uuid, Uuid) = (r.get(0), r.get(5));
             let secret: Option<Vec<u8>> = r.get(2);
+            // One secret this process cannot read holds back only its own delivery (leased:
+            // tried again after the lease, no attempt spent), never every other one. A newer
+            // key makes this process stale (store::keyset).
+            let secret = match self
+                .vault
+                .decrypt(&secret.unwrap_or_default(), Aad::WebhookSecret(key))
+            {
+                Ok(secret) => secret,
+                Err(e) => {
+                    if let VaultError::UnknownKey(key_id) = &e {
+                        self.saw_unknown_key(key_id);
+                    }
+                    tracing::warn!(delivery = %id, api_key = %key, error = %e, "webhook signing secret does not decrypt; delivery left for later");
+                    continue;
+                }
+            };
             out.push(DueWebhook {
-                id: r.get(0),
-                key: r.get(5),
+                id,
+                key,
                 url: r.get(1),
-                secret: self
-                    .vault
-                    .decrypt(&secret.unwrap_or_default(), Aad::WebhookSecret(r.get(5)))?,
+                secret,
                 body: r.get(3),
                 attempts: r.get(4),
             });

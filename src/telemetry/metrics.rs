@@ -47,6 +47,7 @@ pub const NAMES: &[&str] = &[
     "abha_worker_holds_released_total",
     "abha_outbox_republished_total",
     "abha_unknown_envelopes_total",
+    "abha_pii_key_stale",
 ];
 
 /// The process-wide registry served at `/metrics`.
@@ -452,6 +453,15 @@ pub static RATELIMIT_EXPIRED: LazyLock<prometheus::IntCounter> = LazyLock::new(|
     )
 });
 
+/// `abha_pii_key_stale`: 1 while this process takes no work because its `pii.key` and
+/// `pii.previous_keys` do not include the fleet's newest key (`store::keyset`).
+pub static PII_KEY_STALE: LazyLock<Gauge> = LazyLock::new(|| {
+    gauge(
+        "abha_pii_key_stale",
+        "1 while this process takes no work: its pii.key is older than the fleet's newest key",
+    )
+});
+
 /// Touches every metric so that `/metrics` lists them all from the start. `kinds` are the
 /// job kind labels: the caller passes them so that telemetry, which everything uses, does
 /// not depend on the jobs registry.
@@ -467,6 +477,7 @@ pub fn register_all(kinds: &[&str]) {
     LazyLock::force(&HOLDS_RELEASED);
     LazyLock::force(&REPUBLISHED);
     LazyLock::force(&RATELIMIT_EXPIRED);
+    LazyLock::force(&PII_KEY_STALE);
     LazyLock::force(&ABDM_REQUESTS);
     LazyLock::force(&ABDM_DURATION);
     LazyLock::force(&SESSION_REFRESH);

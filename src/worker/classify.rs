@@ -80,4 +80,22 @@ impl Worker {
             }
         }
     }
+
+    /// A job whose payload names a key this process does not hold (a newer `pii.key`, written
+    /// by an up-to-date replica during a rotation): postponed without spending an attempt,
+    /// and this process goes stale at once, so it takes no more work (`store::keyset`). Only a
+    /// value that fails under a key this process holds is `invalid_stored_job`.
+    pub(super) fn postpone_unknown_key(&self, job: &ClaimedJob, key_id: &str) -> Outcome {
+        self.store.saw_unknown_key(key_id);
+        metrics::RETRIES
+            .with_label_values(&[job.kind.as_str(), "postponed"])
+            .inc();
+        Outcome::Postpone {
+            due_at: Utc::now() + self.cfg.postpone_delay(None, false),
+            code: "pii_key_unknown".into(),
+            message: format!(
+                "payload encrypted with key id {key_id}, which this replica's pii.key and pii.previous_keys do not hold; left to an up-to-date replica"
+            ),
+        }
+    }
 }

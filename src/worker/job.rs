@@ -20,6 +20,7 @@ use crate::jobs::execute::execute;
 use crate::jobs::kind::Job;
 use crate::queue::envelope::{Envelope, EnvelopeError};
 use crate::store::jobs::{Claim, ClaimedJob, ExternalJob, Outcome};
+use crate::store::{StoreError, VaultError};
 use crate::telemetry::metrics;
 
 impl Worker {
@@ -215,6 +216,10 @@ impl Worker {
                 .store
                 .decrypt_job(job.id, job.kind, &job.dedup_hash, &job.payload)
             {
+                // A newer key wrote it: not this process's row to fail (store::keyset).
+                Err(StoreError::Vault(VaultError::UnknownKey(key_id))) => {
+                    self.postpone_unknown_key(job, &key_id)
+                }
                 Err(e) => Outcome::Failed {
                     code: "invalid_stored_job".into(),
                     message: e.to_string(),

@@ -24,8 +24,8 @@ mod classify;
 pub mod gate;
 mod group;
 mod job;
-mod outage;
 mod old_layout;
+mod outage;
 mod outcomes;
 pub mod source;
 mod support;
@@ -234,6 +234,10 @@ impl Worker {
             }
         }
         recover.abort();
+        if self.store.key_stale() && !stop.is_cancelled() {
+            tracing::warn!("stale pii.key: worker consumes nothing until it is restarted");
+            stop.cancelled().await;
+        }
     }
 
     /// One connection's life. `Ok` when stopped, `Err` when the connection failed.
@@ -291,7 +295,7 @@ impl Worker {
     }
 
     /// The consume loop over any [`source`] of messages: each delivery runs as its own task,
-    /// at most `in_flight` at once. `Ok` when stopped (in-flight jobs finished within the
+    /// at most `in_flight` at once. `Ok` when stopped or stale (in-flight jobs finished within the
     /// grace period), `Err` when the source failed (in-flight jobs go on in the background:
     /// their outcomes still commit, and their redelivered messages find them running or
     /// final; aborting them would leave claimed jobs waiting for their lease to expire).
@@ -322,6 +326,19 @@ impl Worker {
             })
         };
         let _prober = AbortOnDrop(prober);
+        // A stale process (store::keyset) stops as on shutdown: nothing new is taken and what
+        // has not started is handed back; the process stays up, not ready, until stopped.
+        let halt = stop.child_token();
+        let _stale = AbortOnDrop(tokio::spawn({
+            let (halt, stale) = (halt.clone(), self.store.keys.stale_token());
+            async move {
+                tokio::select! {
+                    _ = stale.cancelled() => halt.cancel(),
+                    _ = halt.cancelled() => {}
+                }
+            }
+        }));
+        let stop = &halt;
         self.warm_up(stop).await;
         tracing::info!(worker = %self.cfg.id, in_flight = self.cfg.in_flight, "worker consuming");
         let result = loop {

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod keys;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

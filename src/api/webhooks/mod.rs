@@ -198,7 +198,8 @@ pub async fn run(store: Store, settings: WebhookSettings, stop: CancellationToke
             last_enqueue = Some(tokio::time::Instant::now());
         }
         let free = concurrency.saturating_sub(running.len());
-        if free > 0 {
+        // A stale process (store::keyset) may not read a secret set under the newer key.
+        if free > 0 && !store.key_stale() {
             let busy: Vec<Uuid> = per_key.keys().copied().collect();
             match store
                 .due_webhooks(free as i64, lease, settings.per_key.max(1) as i64, &busy)
