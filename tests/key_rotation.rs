@@ -35,6 +35,7 @@ fn worker(store: &Store, env: &TestEnv, rate: f64, id: &str) -> Arc<Worker> {
             grace: Duration::from_secs(5),
             kinds: JobKind::ALL.to_vec(),
             prefetch_horizon: Duration::from_millis(500),
+            hold_max: Duration::from_secs(600),
         },
     )
 }
