@@ -3,7 +3,8 @@
 //! - messages dead-lettered: the run's dead-letter queue depth at the end (every run);
 //! - ABHA calls during an ABHA-endpoints outage: the sandbox timeline's ABHA API requests in
 //!   the outage; at most 3 s at the rate (the run that opens the breaker and the calls in
-//!   flight) plus one probe per second of the outage;
+//!   flight) plus one probe per second of the outage, plus the second programme's reconcile
+//!   look-ups if it ran meanwhile (a one-shot tool at its own 5/s, not the fleet's);
 //! - calls the skewed replica had refused: the sandbox's ABDM-1016 answers, at most four per
 //!   in-flight slot of one worker plus 16 (each job in flight refused and retried once, then
 //!   the replica's own probes, 1 s, 2 s, 4 s ... apart);
@@ -15,6 +16,20 @@ use crate::schedule::{Action, LEASE_SECS};
 
 /// The run's `worker.in_flight`.
 pub const IN_FLIGHT: u64 = 16;
+/// The reconcile's shipped `reconcile.rate_per_second`.
+pub const RECONCILE_RATE: f64 = 5.0;
+
+/// Look-ups the second programme's reconcile may have made in `[from, to]`: it starts when
+/// its batch's submit returned and looks its roster up at [`RECONCILE_RATE`].
+pub fn reconcile_calls_between(f: &Figures, from: f64, to: f64) -> u64 {
+    let Some(s) = &f.second else { return 0 };
+    let (start, end) = (
+        s.submitted,
+        s.submitted + s.lookups as f64 / RECONCILE_RATE + 2.0,
+    );
+    let overlap = (end.min(to) - start.max(from)).max(0.0);
+    (overlap * RECONCILE_RATE).ceil() as u64
+}
 
 /// (ABHA API requests during the outage, allowed) for an ABHA-endpoints outage window.
 pub fn abha_outage_calls(f: &Figures, rate: f64) -> Vec<(u64, u64)> {
@@ -30,7 +45,9 @@ pub fn abha_outage_calls(f: &Figures, rate: f64) -> Vec<(u64, u64)> {
                 .filter(|s| s.t >= from && s.t < to)
                 .map(|s| s.received.get("api").copied().unwrap_or(0))
                 .sum();
-            let allowed = (3.0 * rate).ceil() as u64 + (w.end - w.start).ceil() as u64;
+            let allowed = (3.0 * rate).ceil() as u64
+                + (w.end - w.start).ceil() as u64
+                + reconcile_calls_between(f, w.start, w.end);
             (calls, allowed)
         })
         .collect()

@@ -248,8 +248,8 @@ impl Plan {
         } else {
             (0..=workers as u64).map(|k| 12 + 11 * k).collect()
         };
-        for i in 0..workers {
-            upgrade.push((times[i], Action::UpgradeWorker(i)));
+        for (i, at) in times.iter().take(workers).enumerate() {
+            upgrade.push((*at, Action::UpgradeWorker(i)));
         }
         upgrade.push((times[workers], Action::UpgradeRelay));
         if slots.len() <= workers {
