@@ -9,7 +9,11 @@
 //!   in-flight slot of one worker plus 16 (each job in flight refused and retried once, then
 //!   the replica's own probes, 1 s, 2 s, 4 s ... apart);
 //! - attempts a long `Retry-After` spent: throttled calls in the storm (and its last wait)
-//!   whose job was claimed again, at most the jobs held by workers killed meanwhile.
+//!   whose job was claimed again, at most the jobs held by workers killed meanwhile;
+//! - throttled answers in a long-`Retry-After` storm after its first 2 s: at most one per
+//!   `Retry-After` period of the storm. Each pause ends in a call at the decreased rate that
+//!   may find the limit (AIMD halves onto the halved limit) and pauses everyone again; the
+//!   ≤ 1 % of a short storm means nothing here, where the pauses leave some 30 calls.
 
 use crate::measure::{Bound, Figures};
 use crate::schedule::{Action, LEASE_SECS};
@@ -115,6 +119,18 @@ pub fn bounds(f: &Figures, rate: f64) -> Vec<Bound> {
             format!("≤ {allowed}"),
             n <= allowed,
         ));
+    }
+    for w in &f.windows {
+        if let Action::LongRetryAfter(secs) = w.action {
+            let (throttled, api) = crate::measure::throttled_between(&f.timeline, w);
+            let allowed = secs.div_ceil(LEASE_SECS + 10);
+            out.push(Bound::new(
+                "throttled after 2 s of a long Retry-After",
+                format!("{throttled} of {api}"),
+                format!("≤ {allowed} (1 per pause)"),
+                throttled <= allowed,
+            ));
+        }
     }
     for (spent, allowed) in &f.spent_by_waits {
         out.push(Bound::new(

@@ -162,10 +162,17 @@ pub fn extra_calls(f: &Figures) -> Vec<(&'static str, i64)> {
 
 /// (throttled answers, ABHA API requests) in a storm after its grace period; None for other
 /// faults.
+/// A long-`Retry-After` storm is bounded apart ([`crate::fault_bounds`]): its waits leave too
+/// few calls for a share to mean anything (32 in a 40 s storm at 15/s).
 pub fn throttled_after_grace(timeline: &[Second], w: &Window) -> Option<(u64, u64)> {
-    if !matches!(w.action, Action::Storm(_) | Action::LongRetryAfter(_)) {
+    if !matches!(w.action, Action::Storm(_)) {
         return None;
     }
+    Some(throttled_between(timeline, w))
+}
+
+/// (throttled answers, ABHA API requests) in `w` after its first [`STORM_GRACE_SECS`].
+pub fn throttled_between(timeline: &[Second], w: &Window) -> (u64, u64) {
     let from = (w.start + STORM_GRACE_SECS).ceil() as u64;
     let to = w.end.floor() as u64;
     let mut throttled = 0;
@@ -174,7 +181,7 @@ pub fn throttled_after_grace(timeline: &[Second], w: &Window) -> Option<(u64, u6
         throttled += s.answers.get("ABDM-1022").copied().unwrap_or(0);
         api += s.received.get("api").copied().unwrap_or(0);
     }
-    Some((throttled, api))
+    (throttled, api)
 }
 
 /// One bound and whether it held.

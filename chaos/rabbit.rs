@@ -182,21 +182,7 @@ impl Rabbit {
     /// Channels the broker closed because a delivery was not acknowledged within
     /// `consumer_timeout` (counted in its log).
     pub fn consumer_timeouts(&self) -> u64 {
-        let dir = self.home.join("log");
-        std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            .map(|text| {
-                text.lines()
-                    .filter(|l| {
-                        let l = l.to_ascii_lowercase();
-                        l.contains("delivery acknowledgement") && l.contains("timed out")
-                    })
-                    .count() as u64
-            })
-            .sum()
+        count_consumer_timeouts(&self.home.join("log"))
     }
 
     fn kill(&self) {
@@ -209,10 +195,54 @@ impl Rabbit {
     }
 }
 
+/// Lines of the broker's logs in `dir` that report a consumer timeout (3.10 logs a warning
+/// "Consumer ... has timed out waiting for delivery acknowledgement" and the channel error
+/// "delivery acknowledgement on channel ... timed out"): the warnings are counted.
+pub fn count_consumer_timeouts(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .map(|bytes| {
+            String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter(|l| l.contains("has timed out waiting for delivery acknowledgement"))
+                .count() as u64
+        })
+        .sum()
+}
+
 impl Drop for Rabbit {
     fn drop(&mut self) {
         if self.running {
             self.kill();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn consumer_timeouts_are_counted_from_the_log() {
+        let dir = std::env::var("CHAOS_RABBIT_LOG_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| {
+                std::env::temp_dir().join(format!("chaos-log-{}", std::process::id()))
+            });
+        if std::env::var("CHAOS_RABBIT_LOG_DIR").is_err() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("node.log"),
+                "2026-12-07 04:33:14.077047+00:00 [warning] <0.742.0> Consumer 97 on channel 1 has timed out waiting for delivery acknowledgement. Timeout used: 20000 ms.\n\
+                 2026-12-07 04:33:14.077334+00:00 [error] <0.742.0> operation none caused a channel exception precondition_failed: delivery acknowledgement on channel 1 timed out.\n\
+                 2026-12-07 04:33:15.0+00:00 [info] <0.1.0> accepting AMQP connection\n",
+            )
+            .unwrap();
+            assert_eq!(super::count_consumer_timeouts(&dir), 1);
+            std::fs::remove_dir_all(&dir).unwrap();
+        } else {
+            eprintln!("{}", super::count_consumer_timeouts(&dir));
         }
     }
 }
