@@ -62,7 +62,7 @@ pub struct Opts {
     /// The abha-bulk binary (default: the one beside this binary).
     #[arg(long)]
     pub bin: Option<PathBuf>,
-    /// Rows over the nine kinds (default 20 000, short 3 000).
+    /// Rows over the nine kinds (default 20 000, short 3 000, --only: enough for its plan).
     #[arg(long)]
     pub rows: Option<usize>,
     /// The sandbox's normal rate limit, and the workers' worker.rate_per_second (default 50,
@@ -138,7 +138,7 @@ impl Opts {
         } else if self.short {
             3_000
         } else {
-            24_000
+            20_000
         })
     }
     fn rate(&self) -> f64 {

@@ -4,7 +4,7 @@
 # on a schedule, bounds checked. Exits non-zero when a bound breaks.
 #
 #   ./scripts/chaos.sh --short     # each fault once on 3 000 rows (CI, about 3 minutes)
-#   ./scripts/chaos.sh             # the full run: 24 000 rows, a rolling upgrade from the
+#   ./scripts/chaos.sh             # the full run: 20 000 rows, a rolling upgrade from the
 #                                  # previous release (built once by scripts/previous-release.sh)
 #   ./scripts/chaos.sh --only postgres-down,skewed-clock   # some faults alone, 3 000 rows
 #   ./scripts/chaos.sh --binary-all-previous   # the full run on the previous release ("before")
