@@ -58,15 +58,18 @@ pub async fn progress(url: &str) -> Result<Progress> {
     })
 }
 
-/// Jobs still leased by `owner` (a worker just killed: their calls were cut).
+/// Jobs still leased by `owner` (a worker just killed: their calls were cut). The previous
+/// release names an owner `HOSTNAME-pid`, the new one `HOSTNAME-pid-<random suffix>`.
 pub async fn leased_by(url: &str, owner: &str) -> Result<i64> {
     let mut c = connect(url).await?;
-    let (n,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM jobs WHERE state = 'running' AND lease_owner = $1")
-            .bind(owner)
-            .fetch_one(&mut c)
-            .await
-            .map_err(sql("leased jobs"))?;
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM jobs WHERE state = 'running' \
+         AND (lease_owner = $1 OR lease_owner LIKE $1 || '-%')",
+    )
+    .bind(owner)
+    .fetch_one(&mut c)
+    .await
+    .map_err(sql("leased jobs"))?;
     let _ = c.close().await;
     Ok(n)
 }
@@ -110,4 +113,24 @@ pub async fn attempts(url: &str) -> Result<Vec<(String, String, i64)>> {
     .map_err(sql("attempts"))?;
     let _ = c.close().await;
     Ok(rows)
+}
+
+/// Throttled calls sent between `from` and `to` (unix seconds) whose job was claimed again
+/// afterwards (a later `job_attempt`): attempts a throttling wait spent.
+pub async fn throttled_then_reclaimed(url: &str, from: f64, to: f64) -> Result<i64> {
+    let mut c = connect(url).await?;
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(DISTINCT (a.job_id, a.job_attempt)) FROM attempts a \
+         WHERE a.disposition = 'throttled' \
+           AND a.created_at BETWEEN to_timestamp($1) AND to_timestamp($2) \
+           AND EXISTS (SELECT 1 FROM attempts b \
+                       WHERE b.job_id = a.job_id AND b.job_attempt > a.job_attempt)",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_one(&mut c)
+    .await
+    .map_err(sql("throttled attempts"))?;
+    let _ = c.close().await;
+    Ok(n)
 }

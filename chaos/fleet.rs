@@ -6,22 +6,28 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::procs::{Launcher, Proc, Spec};
+use crate::procs::{Proc, Spec};
+use crate::releases::{Release, Releases};
 
 /// Workers + relay.
 pub struct Fleet {
-    launcher: Launcher,
+    releases: Releases,
     /// Workers, in order (`worker-1`, ...).
     pub workers: Vec<Proc>,
+    /// The release each worker runs.
+    pub worker_release: Vec<Release>,
     /// The relay.
     pub relay: Proc,
+    /// The release the relay runs.
+    pub relay_release: Release,
     /// Exits nobody asked for, per process name.
     pub unplanned_exits: BTreeMap<String, u32>,
     /// Kills done by the schedule.
     pub kills: u32,
 }
 
-/// The lease owner name a worker started with `HOSTNAME=<name>` records: `<name>-<pid>`.
+/// The lease owner name a worker started with `HOSTNAME=<name>` records: `<name>-<pid>`
+/// (the new release appends `-<random suffix>`: [`crate::db::leased_by`] matches both).
 pub fn lease_owner(name: &str, pid: u32) -> String {
     format!("{name}-{pid}")
 }
@@ -59,9 +65,15 @@ impl Fleet {
         (workers, relay)
     }
 
-    /// Starts every process and waits until each is ready.
-    pub async fn start(launcher: Launcher, ports: &[u16], http: &reqwest::Client) -> Result<Self> {
+    /// Starts every process on `release` and waits until each is ready.
+    pub async fn start(
+        releases: Releases,
+        release: Release,
+        ports: &[u16],
+        http: &reqwest::Client,
+    ) -> Result<Self> {
         let (worker_specs, relay_spec) = Self::specs(ports);
+        let launcher = releases.get(release);
         let mut relay = launcher.spawn(&relay_spec)?;
         let mut workers = Vec::new();
         for s in &worker_specs {
@@ -72,7 +84,9 @@ impl Fleet {
             w.ready(http, 60).await?;
         }
         Ok(Self {
-            launcher,
+            worker_release: vec![release; workers.len()],
+            relay_release: release,
+            releases,
             workers,
             relay,
             unplanned_exits: BTreeMap::new(),
@@ -89,7 +103,7 @@ impl Fleet {
         );
         w.kill9().await;
         let spec = w.spec.clone();
-        *w = self.launcher.spawn(&spec)?;
+        *w = self.releases.get(self.worker_release[i]).spawn(&spec)?;
         self.kills += 1;
         Ok(owner)
     }
@@ -98,7 +112,7 @@ impl Fleet {
     pub async fn kill_relay(&mut self) -> Result<()> {
         self.relay.kill9().await;
         let spec = self.relay.spec.clone();
-        self.relay = self.launcher.spawn(&spec)?;
+        self.relay = self.releases.get(self.relay_release).spawn(&spec)?;
         self.kills += 1;
         Ok(())
     }
@@ -106,19 +120,72 @@ impl Fleet {
     /// Starts again whatever exited on its own; the names restarted.
     pub fn supervise(&mut self) -> Result<Vec<String>> {
         let mut restarted = Vec::new();
-        for p in self
+        let releases = self
+            .worker_release
+            .iter()
+            .copied()
+            .chain(std::iter::once(self.relay_release));
+        for (p, release) in self
             .workers
             .iter_mut()
             .chain(std::iter::once(&mut self.relay))
+            .zip(releases)
         {
             if p.exited() {
                 let spec = p.spec.clone();
                 *self.unplanned_exits.entry(spec.name.clone()).or_default() += 1;
-                *p = self.launcher.spawn(&spec)?;
+                *p = self.releases.get(release).spawn(&spec)?;
                 restarted.push(spec.name);
             }
         }
         Ok(restarted)
+    }
+
+    /// Worker `i` stopped gracefully (SIGTERM, as a rolling deploy does) and started again on
+    /// `release` with `extra` settings (kept for its restarts until the next call).
+    pub async fn replace_worker(
+        &mut self,
+        i: usize,
+        release: Release,
+        extra: Vec<(String, String)>,
+        http: &reqwest::Client,
+    ) -> Result<()> {
+        let w = &mut self.workers[i];
+        w.stop(Duration::from_secs(10)).await;
+        let mut spec = w.spec.clone();
+        spec.env.retain(|(k, _)| k != crate::inject::CLOCK_VAR);
+        spec.env.extend(extra);
+        self.worker_release[i] = release;
+        *w = self.releases.get(release).spawn(&spec)?;
+        w.ready(http, 60).await
+    }
+
+    /// The relay stopped gracefully and started again on `release`.
+    pub async fn replace_relay(&mut self, release: Release, http: &reqwest::Client) -> Result<()> {
+        self.relay.stop(Duration::from_secs(10)).await;
+        let spec = self.relay.spec.clone();
+        self.relay_release = release;
+        self.relay = self.releases.get(release).spawn(&spec)?;
+        self.relay.ready(http, 30).await
+    }
+
+    /// Which release each process runs (`worker-1 new, ..., relay new`).
+    pub fn describe(&self) -> String {
+        self.workers
+            .iter()
+            .zip(&self.worker_release)
+            .map(|(w, r)| format!("{} {}", w.spec.name, r.label()))
+            .chain(std::iter::once(format!(
+                "relay {}",
+                self.relay_release.label()
+            )))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// How the run starts its one-shot commands, per release.
+    pub fn releases(&self) -> &Releases {
+        &self.releases
     }
 
     /// SIGTERM everything (SIGKILL after a grace period).

@@ -4,21 +4,28 @@
 //! `worker --no-relay`, one `relay`) against a PostgreSQL and a RabbitMQ of its own, submits
 //! one sample file per job kind with `abha-bulk submit`, injects faults on a schedule (worker
 //! and relay kills, server restarts, an ABDM outage, a wrong client secret, a throttling
-//! storm), waits until every job is final and checks the bounds. Only the binary's CLI and
-//! `ABHA_BULK__*` settings drive the pipeline, so the run keeps working while the internals
-//! change; figures come from Postgres and the sandbox's admin endpoints.
+//! storm; in the full run also the long and partial faults of issue 18 and a rolling upgrade
+//! from the previous release), waits until every job is final and checks the bounds. Only the
+//! binary's CLI and `ABHA_BULK__*` settings drive the pipeline, so the run keeps working while
+//! the internals change; figures come from Postgres, RabbitMQ and the sandbox's admin
+//! endpoints.
 //!
 //! ```text
-//! abha-bulk-chaos --work-dir /tmp/chaos [--short] [--rows N] [--rate R]
+//! abha-bulk-chaos --work-dir /tmp/chaos [--short] [--only FAULT,...] [--rows N] [--rate R]
+//!                 [--upgrade | --no-upgrade | --binary-all-previous] [--previous-bin PATH]
 //! ```
 //! Exit status: 0 when every bound held, 1 when one broke, 2 when the run itself failed.
 
 mod db;
 mod error;
+mod fault_bounds;
 mod fleet;
+mod inject;
 mod measure;
 mod procs;
 mod proxy;
+mod rabbit;
+mod releases;
 mod report;
 mod sandbox_api;
 mod schedule;
@@ -35,7 +42,9 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use crate::schedule::{Chaos, Plan, now};
+use crate::inject::Chaos;
+use crate::schedule::{FAULT_IDS, Plan, now};
+use crate::setup::Mode;
 
 /// Options.
 #[derive(Debug, Clone, Parser)]
@@ -53,7 +62,7 @@ pub struct Opts {
     /// The abha-bulk binary (default: the one beside this binary).
     #[arg(long)]
     pub bin: Option<PathBuf>,
-    /// Rows over the nine kinds (default 20 000, short 3 000).
+    /// Rows over the nine kinds (default 20 000, short 3 000, --only: enough for its plan).
     #[arg(long)]
     pub rows: Option<usize>,
     /// The sandbox's normal rate limit, and the workers' worker.rate_per_second (default 50,
@@ -78,32 +87,96 @@ pub struct Opts {
     /// Longest recovery after a fault that passes.
     #[arg(long, default_value_t = 30.0)]
     pub max_recovery_secs: f64,
-    /// Give up this many seconds after the start when jobs are still open (default 900,
-    /// short 200).
+    /// Give up this many seconds after the start when jobs are still open (default 1200,
+    /// short 200, --only: its last fault's end + 200).
     #[arg(long)]
     pub time_limit_secs: Option<u64>,
+    /// Only these faults (comma-separated), each once with the full run's duration, 20 s
+    /// apart, at 30/s on enough rows to last until 40 s after the last (at least 3 000)
+    /// unless --rows/--rate say otherwise: worker-kill,
+    /// relay-kill, rabbit-restart, postgres-restart, outage, wrong-secret, storm,
+    /// abha-outage, half-errors, skewed-clock, postgres-down, consumer-timeout,
+    /// long-retry-after, upgrade.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(FAULT_IDS))]
+    pub only: Option<Vec<String>>,
+    /// Start workers and relay on the previous release (56dcb3c) and replace them one by one
+    /// mid-run, after the new release's `migrate` (on by default in the full run).
+    #[arg(long, conflicts_with_all = ["no_upgrade", "binary_all_previous"])]
+    pub upgrade: bool,
+    /// No rolling upgrade: every process on the new release from the start.
+    #[arg(long, conflicts_with = "binary_all_previous")]
+    pub no_upgrade: bool,
+    /// Every process (workers, relay, migrate, submit, the second programme) on the previous
+    /// release throughout, the same faults: the "before" figures.
+    #[arg(long)]
+    pub binary_all_previous: bool,
+    /// The previous release's `abha-bulk` (default: what scripts/previous-release.sh prints,
+    /// building it once).
+    #[arg(long)]
+    pub previous_bin: Option<PathBuf>,
 }
 
 impl Opts {
     fn mode(&self) -> &'static str {
-        if self.short { "short" } else { "full" }
+        if self.only.is_some() {
+            "custom"
+        } else if self.short {
+            "short"
+        } else {
+            "full"
+        }
     }
+    /// Short and custom runs are small.
+    fn small(&self) -> bool {
+        self.short || self.only.is_some()
+    }
+    /// A custom run has work until 40 s after its last fault (at least 3 000 rows).
     fn rows(&self) -> usize {
-        self.rows.unwrap_or(if self.short { 3_000 } else { 20_000 })
+        self.rows.unwrap_or(if self.only.is_some() {
+            let needed = self.rate() * (self.plan().end() + 40) as f64;
+            ((needed / 1000.0).ceil() as usize * 1000).max(3_000)
+        } else if self.short {
+            3_000
+        } else {
+            20_000
+        })
     }
     fn rate(&self) -> f64 {
-        self.rate.unwrap_or(if self.short { 30.0 } else { 50.0 })
+        self.rate.unwrap_or(if self.small() { 30.0 } else { 50.0 })
+    }
+    fn releases(&self) -> Mode {
+        let only_upgrade = self
+            .only
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|i| i == "upgrade"));
+        if self.binary_all_previous {
+            Mode::AllPrevious
+        } else if self.upgrade || only_upgrade || (!self.small() && !self.no_upgrade) {
+            Mode::Upgrade
+        } else {
+            Mode::New
+        }
     }
     fn plan(&self) -> Plan {
-        if self.short {
-            Plan::short()
+        let plan = match &self.only {
+            Some(ids) => Plan::only(&Plan::full(), ids),
+            None if self.short => Plan::short(),
+            None => Plan::full(),
+        };
+        if self.releases() == Mode::Upgrade {
+            plan.with_upgrade(self.workers)
         } else {
-            Plan::full()
+            plan
         }
     }
     fn time_limit(&self) -> u64 {
-        self.time_limit_secs
-            .unwrap_or(if self.short { 200 } else { 900 })
+        self.time_limit_secs.unwrap_or(if self.only.is_some() {
+            self.plan().end() + 200
+        } else if self.short {
+            200
+        } else {
+            1200
+        })
     }
 }
 
@@ -142,14 +215,20 @@ fn spawn_signal_handler(stop: CancellationToken) {
 /// The whole run; true when every bound held.
 async fn run(opts: &Opts, stop: CancellationToken) -> anyhow::Result<bool> {
     let started = now();
-    let mut env = setup::Env::start(opts, stop.clone())
+    let plan = opts.plan();
+    let mode = opts.releases();
+    let mut env = setup::Env::start(opts, mode, plan.has("consumer-timeout"), stop.clone())
         .await
         .context("setting up the run")?;
-    let plan = opts.plan();
     println!(
-        "chaos {} run: {} rows of 9 kinds, {} workers + relay, sandbox limit {}/s (workers at the same rate), \
+        "chaos {} run ({}): {} rows of 9 kinds, {} workers + relay, sandbox limit {}/s (workers at the same rate), \
          faults 1 % 5xx, 0.3 % lost answers, 0.3 % dropped connections; schedule {:?}{}",
         opts.mode(),
+        match mode {
+            Mode::New => "new release",
+            Mode::Upgrade => "rolling upgrade from the previous release",
+            Mode::AllPrevious => "every process on the previous release",
+        },
         opts.rows(),
         opts.workers,
         opts.rate(),
@@ -167,7 +246,7 @@ async fn run(opts: &Opts, stop: CancellationToken) -> anyhow::Result<bool> {
     let second = tokio::spawn({
         let (launcher, work) = (env.launcher().clone(), opts.work_dir.clone());
         let population = 1_000_000.max(opts.rows() as u64 * 3);
-        let rows = if opts.short { 150 } else { 600 };
+        let rows = if opts.small() { 150 } else { 600 };
         async move { second::run(&launcher, &work, population, rows, t0).await }
     });
     let outcome = drive(&chaos, &plan, t0, opts.time_limit()).await;

@@ -55,6 +55,14 @@ pub struct Figures {
     pub elapsed: f64,
     /// The second programme's small batch and reconcile (issue 17).
     pub second: Option<crate::second::Second>,
+    /// Messages in the run's dead-letter queue at the end (None: could not be read).
+    pub dead_letters: Option<u64>,
+    /// Channels RabbitMQ closed for a delivery not acknowledged within `consumer_timeout`.
+    pub consumer_timeouts: u64,
+    /// Per long-`Retry-After` storm: (attempts it spent, allowed).
+    pub spent_by_waits: Vec<(i64, i64)>,
+    /// Which release each process ran, as the run ended (and the upgrade steps).
+    pub releases: String,
 }
 
 /// How fast the rate came back after a fault.
@@ -135,27 +143,36 @@ pub fn extra_calls(f: &Figures) -> Vec<(&'static str, i64)> {
     let api = f.calls.received.get("api").copied().unwrap_or(0) as i64;
     let throttled = answer("ABDM-1022");
     let refused = answer("900901") + answer("401");
+    let clock = answer("ABDM-1016");
     let injected = f.calls.faults.values().sum::<u64>() as i64;
     let cut = f.cut_by_kills;
     let extra = api - f.progress.jobs;
     vec![
         ("throttled (ABDM-1022)", throttled),
         ("refused token (401)", refused),
+        ("refused TIMESTAMP (ABDM-1016)", clock),
         ("faults injected", injected),
         ("cut by worker kills (upper bound)", cut),
         (
             "other repeats",
-            extra - throttled - refused - injected - cut,
+            extra - throttled - refused - clock - injected - cut,
         ),
     ]
 }
 
 /// (throttled answers, ABHA API requests) in a storm after its grace period; None for other
 /// faults.
+/// A long-`Retry-After` storm is bounded apart ([`crate::fault_bounds`]): its waits leave too
+/// few calls for a share to mean anything (32 in a 40 s storm at 15/s).
 pub fn throttled_after_grace(timeline: &[Second], w: &Window) -> Option<(u64, u64)> {
     if !matches!(w.action, Action::Storm(_)) {
         return None;
     }
+    Some(throttled_between(timeline, w))
+}
+
+/// (throttled answers, ABHA API requests) in `w` after its first [`STORM_GRACE_SECS`].
+pub fn throttled_between(timeline: &[Second], w: &Window) -> (u64, u64) {
     let from = (w.start + STORM_GRACE_SECS).ceil() as u64;
     let to = w.end.floor() as u64;
     let mut throttled = 0;
@@ -164,7 +181,7 @@ pub fn throttled_after_grace(timeline: &[Second], w: &Window) -> Option<(u64, u6
         throttled += s.answers.get("ABDM-1022").copied().unwrap_or(0);
         api += s.received.get("api").copied().unwrap_or(0);
     }
-    Some((throttled, api))
+    (throttled, api)
 }
 
 /// One bound and whether it held.
@@ -180,13 +197,20 @@ pub struct Bound {
     pub ok: bool,
 }
 
-fn bound(name: &str, measured: String, limit: String, ok: bool) -> Bound {
-    Bound {
-        name: name.into(),
-        measured,
-        limit,
-        ok,
+impl Bound {
+    /// A bound as measured.
+    pub fn new(name: &str, measured: String, limit: String, ok: bool) -> Self {
+        Self {
+            name: name.into(),
+            measured,
+            limit,
+            ok,
+        }
     }
+}
+
+fn bound(name: &str, measured: String, limit: String, ok: bool) -> Bound {
+    Bound::new(name, measured, limit, ok)
 }
 
 /// Dead jobs, and failed jobs whose code is not an expected per-row answer.
@@ -214,7 +238,8 @@ pub fn look_first_lists(f: &Figures) -> u64 {
 }
 
 /// (ABHA API requests, jobs, allowed per row): one call per row, plus one per injected fault
-/// (a lost child creation's look-first list included), per call cut by a kill, plus 0.5 %.
+/// (a lost child creation's look-first list included), per call cut by a kill, per call
+/// refused for a skewed clock (bounded on its own: [`crate::fault_bounds`]), plus 0.5 %.
 pub fn calls_per_row(f: &Figures) -> (u64, i64, f64) {
     let api = f.calls.received.get("api").copied().unwrap_or(0);
     let jobs = f.progress.jobs.max(1);
@@ -225,6 +250,7 @@ pub fn calls_per_row(f: &Figures) -> (u64, i64, f64) {
         + (injected as f64
             + f.cut_by_kills.max(0) as f64
             + look_first_lists(f) as f64
+            + crate::fault_bounds::clock_refusals(f) as f64
             + lookups as f64)
             / jobs as f64
         + 0.005;
@@ -293,6 +319,7 @@ pub fn bounds(f: &Figures, max_recovery: f64, rate: f64) -> Vec<Bound> {
             secs <= max_recovery,
         ));
     }
+    out.extend(crate::fault_bounds::bounds(f, rate));
     if let Some(s) = &f.second {
         let end = s.finished.unwrap_or(f.t0 + f.elapsed);
         let faults: f64 = f
@@ -317,7 +344,12 @@ mod tests {
     use super::*;
 
     fn w(action: Action, start: f64, end: f64) -> Window {
-        Window { action, start, end }
+        Window {
+            action,
+            start,
+            end,
+            cut: 0,
+        }
     }
 
     #[test]
@@ -386,16 +418,19 @@ mod overlap_tests {
             action: Action::Outage(60),
             start: 100.0,
             end: 160.0,
+            cut: 0,
         };
         let kill = Window {
             action: Action::KillWorker(0),
             start: 100.0,
             end: 100.2,
+            cut: 0,
         };
         let lone = Window {
             action: Action::KillWorker(1),
             start: 185.0,
             end: 185.2,
+            cut: 0,
         };
         let f = Figures {
             finished,

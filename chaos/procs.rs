@@ -50,6 +50,15 @@ impl Launcher {
             .append(true)
             .open(&log)
             .map_err(io(format!("opening {}", log.display())))?;
+        // Which binary (release) each start ran, for whoever reads the log after a rolling
+        // upgrade; the settings are not written (the PII key is one of them).
+        writeln!(
+            &file,
+            "# chaos: {} {}",
+            self.bin.display(),
+            spec.args.join(" ")
+        )
+        .map_err(io(format!("writing {}", log.display())))?;
         let err = file.try_clone().map_err(io("duplicating a log handle"))?;
         let mut c = Command::new(&self.bin);
         // Only the run's settings: none inherited from the caller's shell (which may point at

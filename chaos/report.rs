@@ -102,6 +102,13 @@ pub fn print(mode: &str, f: &Figures, bounds: &[Bound]) {
         );
     }
     println!(
+        "RabbitMQ: {} messages dead-lettered; {} channels closed for an unacknowledged delivery (consumer_timeout)",
+        f.dead_letters
+            .map_or_else(|| "(not read)".to_string(), |n| n.to_string()),
+        f.consumer_timeouts
+    );
+    println!("releases at the end: {}", f.releases);
+    println!(
         "{} jobs final {:.0} s after the last submit",
         f.progress.done(),
         f.elapsed

@@ -122,17 +122,18 @@ impl Admin {
         Ok(f.get("rate_limit").and_then(Value::as_f64).unwrap_or(0.0))
     }
 
-    /// Changes only the rate limit (the faults are read and written back whole: a partial
-    /// `PUT /sandbox/faults` resets what it leaves out).
-    pub async fn set_rate_limit(&self, rate: f64) -> Result<()> {
-        let mut f: Value = self
-            .get("faults")
+    /// The faults and limits as they are now (`GET /sandbox/faults`, whole).
+    pub async fn faults(&self) -> Result<Value> {
+        self.get("faults")
             .await?
             .json()
             .await
-            .map_err(http("GET faults"))?;
-        f["rate_limit"] = rate.into();
-        self.put("faults", &f).await
+            .map_err(http("GET faults"))
+    }
+
+    /// Replaces the faults and limits (give them whole: what is left out is reset).
+    pub async fn put_faults(&self, faults: &Value) -> Result<()> {
+        self.put("faults", faults).await
     }
 
     /// Accepts only `secret` from now on; every issued token is revoked.

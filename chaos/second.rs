@@ -65,20 +65,27 @@ pub async fn run(
     let file = write_file(work, population, rows)?;
     let wait = (t0 + AFTER as f64 - now()).max(0.0);
     tokio::time::sleep(Duration::from_secs_f64(wait)).await;
-    let out = launcher
-        .run(
-            "submit-covin",
-            &[
-                "submit".into(),
-                file.display().to_string(),
-                "--kind".into(),
-                "benefit-link".into(),
-                "--benefit".into(),
-                PROGRAMME.into(),
-            ],
-            120,
-        )
-        .await?;
+    let args = [
+        "submit".into(),
+        file.display().to_string(),
+        "--kind".into(),
+        "benefit-link".into(),
+        "--benefit".into(),
+        PROGRAMME.into(),
+    ];
+    // A submit fails while Postgres is down (a `--only` run may stop it at t+6): tried again
+    // every 3 s for 90 s, as an operator would (a submit is one transaction: nothing half done).
+    let give_up = now() + 90.0;
+    let out = loop {
+        match launcher.run("submit-covin", &args, 120).await {
+            Ok(out) => break out,
+            Err(e) if now() < give_up => {
+                eprintln!("[chaos] second programme's submit failed, trying again in 3 s: {e}");
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let submitted = now();
     eprintln!(
         "[chaos] t+{:.0}s second programme ({PROGRAMME}, weight 1 beside {MAIN_WEIGHT}): {}",

@@ -1,11 +1,10 @@
-//! The run's own PostgreSQL and RabbitMQ servers, so it can restart them for real without
-//! touching the shared ones other tests on the machine use.
+//! The run's own PostgreSQL (its RabbitMQ: [`crate::rabbit`]), so it can restart and stop it
+//! for real without touching the shared one other tests on the machine use, and the command
+//! helpers both use.
 //!
-//! Both live under the work folder and listen on 127.0.0.1 only. Postgres runs as the
-//! `postgres` user when the driver is root (it refuses to run as root). RabbitMQ is started
-//! from `/usr/lib/rabbitmq/bin` (not Debian's `/usr/sbin` wrapper, which switches to the
-//! `rabbitmq` user) with its own node name, ports, data, config and Erlang cookie. Dropping a
-//! server kills it outright; [`Postgres::stop`]/[`Rabbit::stop`] stop it cleanly.
+//! It lives under the work folder and listens on 127.0.0.1 only; it runs as the `postgres`
+//! user when the driver is root (it refuses to run as root). Dropping it kills it outright;
+//! [`Postgres::stop`] stops it cleanly and [`Postgres::boot`] starts it again.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -154,33 +153,40 @@ impl Postgres {
             as_postgres,
             running: false,
         };
+        pg.init().await?;
+        pg.boot().await?;
+        Ok(pg)
+    }
+
+    async fn init(&self) -> Result<()> {
         run(
             "initdb",
-            pg.cmd("initdb").arg("-D").arg(pg.dir.join("data")).args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ]),
+            self.cmd("initdb")
+                .arg("-D")
+                .arg(self.dir.join("data"))
+                .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"]),
             120,
         )
-        .await?;
+        .await
+        .map(drop)
+    }
+
+    /// Starts the server (again, after [`Postgres::stop`]).
+    pub async fn boot(&mut self) -> Result<()> {
         let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
              -c max_connections=200 -c fsync=off -c synchronous_commit=off",
-            pg.dir.display()
+            self.port,
+            self.dir.display()
         );
         run(
             "pg_ctl start",
-            pg.ctl().args(["-o", &opts, "-w", "-t", "60", "start"]),
+            self.ctl().args(["-o", &opts, "-w", "-t", "60", "start"]),
             90,
         )
         .await?;
-        pg.running = true;
-        Ok(pg)
+        self.running = true;
+        Ok(())
     }
 
     fn cmd(&self, prog: &str) -> Command {
@@ -258,149 +264,5 @@ impl Drop for Postgres {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-    }
-}
-
-/// A RabbitMQ node of its own.
-pub struct Rabbit {
-    home: PathBuf,
-    node: String,
-    port: u16,
-    bin: PathBuf,
-    running: bool,
-}
-
-impl Rabbit {
-    /// Starts a node `chaos-<pid>@localhost` on `port` (distribution on `dist_port`).
-    pub async fn start(work: &Path, port: u16, dist_port: u16) -> Result<Self> {
-        for p in [port, dist_port] {
-            if port_open(p).await {
-                return Err(ChaosError::Command {
-                    what: "starting the run's RabbitMQ".into(),
-                    detail: format!("port {p} is already in use (another chaos run?)"),
-                });
-            }
-        }
-        let bin = ["/usr/lib/rabbitmq/bin", "/usr/local/lib/rabbitmq/bin"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|d| d.join("rabbitmq-server").exists())
-            .or_else(|| {
-                std::env::var_os("PATH").and_then(|p| {
-                    std::env::split_paths(&p).find(|d| d.join("rabbitmq-server").exists())
-                })
-            })
-            .ok_or_else(|| ChaosError::Command {
-                what: "finding RabbitMQ".into(),
-                detail: "no rabbitmq-server in /usr/lib/rabbitmq/bin or on PATH".into(),
-            })?;
-        let home = work.join("rabbitmq");
-        std::fs::create_dir_all(&home).map_err(io("creating the RabbitMQ folder"))?;
-        // Its own config: the system one (/etc/rabbitmq) would listen on the shared port.
-        std::fs::write(
-            home.join("rabbitmq.conf"),
-            format!("listeners.tcp.1 = 127.0.0.1:{port}\n"),
-        )
-        .map_err(io("writing rabbitmq.conf"))?;
-        for empty in ["enabled_plugins", "rabbitmq-env.conf"] {
-            std::fs::write(home.join(empty), "").map_err(io("writing RabbitMQ files"))?;
-        }
-        std::fs::write(home.join("dist_port"), dist_port.to_string())
-            .map_err(io("writing RabbitMQ files"))?;
-        let mut r = Self {
-            home,
-            node: format!("chaos-{}@localhost", std::process::id()),
-            port,
-            bin,
-            running: false,
-        };
-        r.boot().await?;
-        Ok(r)
-    }
-
-    fn cmd(&self, prog: &str) -> Command {
-        let h = &self.home;
-        let dist = std::fs::read_to_string(h.join("dist_port")).unwrap_or_default();
-        let mut c = Command::new(self.bin.join(prog));
-        c.current_dir(h)
-            .env("HOME", h)
-            .env("RABBITMQ_NODENAME", &self.node)
-            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-            .env("RABBITMQ_NODE_PORT", self.port.to_string())
-            .env("RABBITMQ_DIST_PORT", dist.trim())
-            .env("RABBITMQ_MNESIA_BASE", h.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", h.join("log"))
-            .env("RABBITMQ_PID_FILE", h.join("pid"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", h.join("enabled_plugins"))
-            .env("RABBITMQ_CONFIG_FILE", h.join("rabbitmq"))
-            .env("RABBITMQ_ADVANCED_CONFIG_FILE", h.join("advanced.config"))
-            .env("RABBITMQ_CONF_ENV_FILE", h.join("rabbitmq-env.conf"))
-            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
-            .env(
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
-                "-kernel inet_dist_use_interface {127,0,0,1}",
-            );
-        c
-    }
-
-    async fn boot(&mut self) -> Result<()> {
-        run(
-            "rabbitmq-server -detached",
-            self.cmd("rabbitmq-server").arg("-detached"),
-            30,
-        )
-        .await?;
-        self.running = true;
-        wait_port(self.port, true, "RabbitMQ", 120).await
-    }
-
-    /// `amqp://guest@127.0.0.1:<port>/%2f` (password guest).
-    pub fn url(&self) -> String {
-        format!("amqp://guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    /// A real node restart: `rabbitmqctl stop` (the Erlang VM exits), then start it again.
-    pub async fn restart(&mut self) -> Result<()> {
-        self.stop().await?;
-        self.boot().await
-    }
-
-    /// Stops the node and waits until its VM has exited.
-    pub async fn stop(&mut self) -> Result<()> {
-        if !self.running {
-            return Ok(());
-        }
-        let pid_file = self.home.join("pid");
-        let stopped = run(
-            "rabbitmqctl stop",
-            self.cmd("rabbitmqctl")
-                .args(["-n", &self.node, "stop"])
-                .arg(&pid_file),
-            60,
-        )
-        .await;
-        if stopped.is_err() {
-            self.kill();
-        }
-        self.running = false;
-        wait_port(self.port, false, "RabbitMQ shutdown", 30).await?;
-        stopped.map(drop)
-    }
-
-    fn kill(&self) {
-        if let Ok(pid) = std::fs::read_to_string(self.home.join("pid")) {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", pid.trim()])
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Drop for Rabbit {
-    fn drop(&mut self) {
-        if self.running {
-            self.kill();
-        }
     }
 }

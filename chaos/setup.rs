@@ -13,12 +13,15 @@ use tokio_util::sync::CancellationToken;
 use crate::Opts;
 use crate::error::{ChaosError, Result, io};
 use crate::fleet::Fleet;
+use crate::inject::Chaos;
 use crate::measure::Figures;
 use crate::procs::{Launcher, Proc, Spec};
 use crate::proxy::Proxy;
+use crate::rabbit::Rabbit;
+use crate::releases::{Release, Releases};
 use crate::sandbox_api::Admin;
-use crate::schedule::{Chaos, now};
-use crate::services::{Postgres, Rabbit};
+use crate::schedule::{CONSUMER_TIMEOUT_MS, LEASE_SECS, now};
+use crate::services::Postgres;
 
 /// The nine job kinds, as `submit --kind` names them; the sandbox writes `<kind>.csv`.
 pub const KINDS: [&str; 9] = [
@@ -48,14 +51,33 @@ fn free_port() -> Result<u16> {
 pub struct Env {
     /// What the schedule acts on.
     pub chaos: Arc<Chaos>,
-    launcher: Launcher,
+    /// The launcher of `submit` and of the second programme.
+    tools: Launcher,
     sandbox: Proc,
     samples: PathBuf,
 }
 
+/// Which releases a run's processes start on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every process on the new release.
+    New,
+    /// Workers and relay start on the previous release and the schema is the previous
+    /// release's; the plan's upgrade steps move them to the new one.
+    Upgrade,
+    /// Every process on the previous release, throughout (the "before" figures).
+    AllPrevious,
+}
+
 impl Env {
     /// Starts servers, sandbox (which writes the samples), proxy, schema, relay and workers.
-    pub async fn start(opts: &Opts, stop: CancellationToken) -> Result<Self> {
+    /// `consumer_timeout`: lower the broker's to [`CONSUMER_TIMEOUT_MS`].
+    pub async fn start(
+        opts: &Opts,
+        mode: Mode,
+        consumer_timeout: bool,
+        stop: CancellationToken,
+    ) -> Result<Self> {
         let work = &opts.work_dir;
         let logs = work.join("logs");
         std::fs::create_dir_all(&logs).map_err(io("creating the logs folder"))?;
@@ -72,7 +94,13 @@ impl Env {
             "[chaos] starting the run's own RabbitMQ node (port {})",
             opts.amqp_port
         );
-        let rabbit = Rabbit::start(work, opts.amqp_port, opts.amqp_dist_port).await?;
+        let rabbit = Rabbit::start(
+            work,
+            opts.amqp_port,
+            opts.amqp_dist_port,
+            consumer_timeout.then_some(CONSUMER_TIMEOUT_MS),
+        )
+        .await?;
         let sandbox_port = free_port()?;
         let proxy_port = free_port()?;
         let db = pg.url("abha_chaos");
@@ -113,7 +141,7 @@ impl Env {
             ("ABHA_BULK__WORKER__IN_FLIGHT", "16".into()),
             // Short leases and backoff so a killed worker's jobs and the retries after an
             // outage come back within the run (defaults: 120 s, 2 s .. 300 s).
-            ("ABHA_BULK__WORKER__LEASE_SECS", "15".into()),
+            ("ABHA_BULK__WORKER__LEASE_SECS", LEASE_SECS.to_string()),
             ("ABHA_BULK__WORKER__BACKOFF_BASE_MS", "500".into()),
             ("ABHA_BULK__WORKER__BACKOFF_CAP_MS", "8000".into()),
             ("ABHA_BULK__WORKER__GRACE_PERIOD_SECS", "5".into()),
@@ -129,18 +157,23 @@ impl Env {
         };
         let samples = work.join("samples");
         let sandbox = start_sandbox(&launcher, opts, sandbox_port, &samples).await?;
+        let releases = releases(opts, mode, &launcher).await?;
+        let start_on = match mode {
+            Mode::New => Release::New,
+            Mode::Upgrade | Mode::AllPrevious => Release::Previous,
+        };
         let proxy = Proxy::start(
             proxy_port,
             std::net::SocketAddr::from(([127, 0, 0, 1], sandbox_port)),
         )
         .await?;
         eprintln!(
-            "[chaos] migrate, then the relay and {} workers",
+            "[chaos] migrate ({} release), then the relay and {} workers",
+            start_on.label(),
             opts.workers
         );
-        launcher
-            .run("migrate", &["migrate".to_string()], 120)
-            .await?;
+        let tools = releases.get(start_on).clone();
+        tools.run("migrate", &["migrate".to_string()], 120).await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .no_proxy()
@@ -149,7 +182,7 @@ impl Env {
         let ports = (0..opts.workers)
             .map(|_| free_port())
             .collect::<Result<Vec<_>>>()?;
-        let fleet = Fleet::start(launcher.clone(), &ports, &http).await?;
+        let fleet = Fleet::start(releases.clone(), start_on, &ports, &http).await?;
         let chaos = Arc::new(Chaos {
             fleet: Arc::new(Mutex::new(fleet)),
             pg: Arc::new(Mutex::new(pg)),
@@ -163,25 +196,35 @@ impl Env {
             cut_by_kills: AtomicI64::new(0),
             stop,
         });
+        // After the schema is the new release's (the upgrade migrates at t+5), the second
+        // programme's submit and reconcile run on the new release.
+        let tools = match mode {
+            Mode::AllPrevious => tools,
+            _ => releases.new.clone(),
+        };
         Ok(Self {
             chaos,
-            launcher,
+            tools,
             sandbox,
             samples,
         })
     }
 
-    /// How the run starts its processes.
+    /// How the run starts the second programme's submit and reconcile.
     pub fn launcher(&self) -> &Launcher {
-        &self.launcher
+        &self.tools
     }
 
-    /// Submits the nine files with `abha-bulk submit`; the unix second after the last.
+    /// Submits the nine files with `abha-bulk submit` of the release the fleet starts on;
+    /// the unix second after the last.
     pub async fn submit_all(&mut self) -> Result<f64> {
+        let launcher = {
+            let fleet = self.chaos.fleet.lock().await;
+            fleet.releases().get(fleet.relay_release).clone()
+        };
         for kind in KINDS {
             let file = self.samples.join(format!("{kind}.csv"));
-            let out = self
-                .launcher
+            let out = launcher
                 .run(
                     &format!("submit-{kind}"),
                     &[
@@ -223,13 +266,39 @@ impl Env {
             Some(t) if progress.open == 0 => *t as f64 + 1.0 - t0,
             _ => end.unwrap_or_else(now) - t0,
         };
+        let windows = Figures {
+            windows: c.windows.lock().await.clone(),
+            ..Figures::default()
+        };
+        let mut spent_by_waits = Vec::new();
+        for w in &windows.windows {
+            if !matches!(w.action, crate::schedule::Action::LongRetryAfter(_)) {
+                continue;
+            }
+            let to = w.end + crate::fault_bounds::long_wait_tail();
+            let spent = crate::db::throttled_then_reclaimed(&c.db, w.start, to).await?;
+            let allowed = crate::fault_bounds::cut_between(&windows, w.start, to);
+            spent_by_waits.push((spent, allowed));
+        }
+        let (dead_letters, consumer_timeouts) = {
+            let rabbit = c.rabbit.lock().await;
+            let depth = rabbit.depth(crate::rabbit::DEAD_LETTER_QUEUE).await;
+            if let Err(e) = &depth {
+                eprintln!("[chaos] reading the dead-letter queue: {e}");
+            }
+            (depth.ok().flatten(), rabbit.consumer_timeouts())
+        };
         let fleet = c.fleet.lock().await;
         Ok(Figures {
+            dead_letters,
+            consumer_timeouts,
+            spent_by_waits,
+            releases: fleet.describe(),
             progress,
             outcomes,
             attempts: crate::db::attempts(&c.db).await.unwrap_or_default(),
             calls: c.admin.calls().await?,
-            windows: c.windows.lock().await.clone(),
+            windows: windows.windows,
             finished,
             timeline: c.admin.timeline((t0 as u64).saturating_sub(60)).await?,
             cut_by_kills: c.cut_by_kills.load(Ordering::Relaxed),
@@ -342,4 +411,26 @@ async fn start_sandbox(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The launchers of the run: the new release, and the previous one when `mode` uses it.
+async fn releases(opts: &Opts, mode: Mode, base: &Launcher) -> Result<Releases> {
+    let (new, accepted) = crate::releases::launcher_for(base, &base.bin, "new").await?;
+    eprintln!(
+        "[chaos] new release: {} (newer settings it accepts: {accepted:?})",
+        base.bin.display()
+    );
+    let previous = match mode {
+        Mode::New => None,
+        Mode::Upgrade | Mode::AllPrevious => {
+            let bin = crate::releases::previous_binary(opts.previous_bin.as_deref()).await?;
+            let (l, accepted) = crate::releases::launcher_for(base, &bin, "previous").await?;
+            eprintln!(
+                "[chaos] previous release: {} (newer settings it accepts: {accepted:?})",
+                bin.display()
+            );
+            Some(l)
+        }
+    };
+    Ok(Releases { new, previous })
 }

@@ -4,7 +4,10 @@
 # on a schedule, bounds checked. Exits non-zero when a bound breaks.
 #
 #   ./scripts/chaos.sh --short     # each fault once on 3 000 rows (CI, about 3 minutes)
-#   ./scripts/chaos.sh             # the full run: 20 000 rows, about 8 minutes
+#   ./scripts/chaos.sh             # the full run: 20 000 rows, a rolling upgrade from the
+#                                  # previous release (built once by scripts/previous-release.sh)
+#   ./scripts/chaos.sh --only postgres-down,skewed-clock   # some faults alone, 3 000 rows
+#   ./scripts/chaos.sh --binary-all-previous   # the full run on the previous release ("before")
 #   CHAOS_KEEP=1 ./scripts/chaos.sh --short   # keep the work folder (logs, samples)
 # Other options: target/debug/abha-bulk-chaos --help.
 set -euo pipefail
