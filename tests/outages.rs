@@ -261,3 +261,61 @@ async fn an_open_breaker_holds_nothing_spends_no_attempt_and_closes_without_deli
     task.await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduling_relay_publishes_nothing_while_the_breaker_is_open() {
+    let env = TestEnv::new().await;
+    let batch = env.submit_links("R-", 0..5).await;
+    let client = env.client.client_id().to_string();
+    assert!(
+        env.store
+            .open_circuit(&client, "test outage", 3600.0)
+            .await
+            .unwrap()
+    );
+    let stop = CancellationToken::new();
+    let relay = tokio::spawn(abha_bulk::relay::run(
+        env.store.clone(),
+        env.amqp_url.clone(),
+        env.topology.clone(),
+        abha_bulk::relay::RelayConfig {
+            idle: Duration::from_millis(20),
+            circuit_client: Some(client.clone()),
+            ..Default::default()
+        },
+        stop.clone(),
+    ));
+    let unpublished = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COALESCE(sum(upto_job - after_job), 0)::int8 FROM outbox WHERE batch_id = $1 AND NOT recheck",
+        )
+        .bind(batch)
+        .fetch_one(&env.store.pool)
+        .await
+        .unwrap()
+    };
+    let before = unpublished().await;
+    assert!(before >= 5);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        unpublished().await,
+        before,
+        "published while the breaker was open"
+    );
+    env.store.close_circuit(&client).await.unwrap();
+    let mut published = false;
+    for _ in 0..100 {
+        if unpublished().await == 0 {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        published,
+        "the relay publishes again once the breaker closed"
+    );
+    stop.cancel();
+    relay.await.unwrap();
+    env.cleanup().await;
+}
