@@ -143,11 +143,28 @@ async fn a_small_batch_behind_a_big_one_gets_half_the_rounds_and_every_job_goes_
     // runs it once. Every other job went out exactly once.
     assert_eq!(all.len(), 640);
     assert_eq!(n, 641);
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE NOT recheck")
         .fetch_one(&env.store.pool)
         .await
         .unwrap();
     assert_eq!(left, 0);
+    // What went out is backed by recheck rows (store::recheck), a few per batch, not one per
+    // round: the two batches' ranges cover every job published.
+    let rechecks: Vec<(Uuid, i64, i64)> =
+        sqlx::query_as("SELECT batch_id, after_job, upto_job FROM outbox WHERE recheck")
+            .fetch_all(&env.store.pool)
+            .await
+            .unwrap();
+    assert!(
+        (2..=4).contains(&rechecks.len()),
+        "one or two recheck rows per batch: {rechecks:?}"
+    );
+    for id in &all {
+        assert!(
+            rechecks.iter().any(|(_, lo, hi)| id > lo && id <= hi),
+            "job {id} is not covered by a recheck row"
+        );
+    }
     env.cleanup().await;
 }
 

@@ -9,7 +9,7 @@ use common::{BENEFIT, TestEnv};
 use uuid::Uuid;
 
 async fn outbox_rows(env: &TestEnv) -> Vec<(Option<i64>, Option<Uuid>)> {
-    sqlx::query_as("SELECT job_id, batch_id FROM outbox ORDER BY id")
+    sqlx::query_as("SELECT job_id, batch_id FROM outbox WHERE NOT recheck ORDER BY id")
         .fetch_all(&env.store.pool)
         .await
         .unwrap()
@@ -150,5 +150,109 @@ async fn a_batch_row_skips_jobs_of_batches_stored_in_between_and_goes_on_cancel(
     assert_eq!(outbox_rows(&env).await, vec![(None, Some(c))]);
     assert_eq!(store.cancel_batch(c).await.unwrap(), 10);
     assert!(outbox_rows(&env).await.is_empty());
+    env.cleanup().await;
+}
+
+/// Publishes the due recheck rows once; the job ids republished.
+async fn recheck(env: &TestEnv) -> Vec<i64> {
+    let mut round = Vec::new();
+    env.store
+        .publish_rechecks(
+            100,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(600),
+            |rows| {
+                round = rows.iter().map(|r| r.job_id).collect();
+                async { Ok::<_, ()>(()) }
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    round
+}
+
+#[tokio::test]
+async fn a_published_job_whose_message_was_lost_is_published_again_by_its_recheck_row() {
+    let env = TestEnv::new().await;
+    let batch = env.submit_links("L", 0..12).await;
+    let before = env.store.outbox_stats().await.unwrap();
+    let candidates = env.store.due_candidates(1000).await.unwrap();
+    let published = drain(&env, 5).await;
+    let jobs = job_ids(&env, batch).await;
+    assert_eq!(published, jobs);
+    // Every message is lost (a purged queue): nothing ran. Recheck rows cover what went out,
+    // and they are no backlog: no pending job, no due row, no scheduler candidate.
+    let after = env.store.outbox_stats().await.unwrap();
+    assert_eq!(
+        (before.pending, after.pending),
+        (12, 0),
+        "{before:?} {after:?}"
+    );
+    assert_eq!((after.due, after.recheck_due), (0, 0));
+    assert_eq!(candidates.len(), 1);
+    assert!(env.store.due_candidates(1000).await.unwrap().is_empty());
+    assert!(
+        recheck(&env).await.is_empty(),
+        "not due before republish_after"
+    );
+    // Meanwhile: one job finished, one waits for its retry (not yet due), one's retry is due.
+    for (id, state, due) in [
+        (jobs[0], "succeeded", None),
+        (jobs[1], "retrying", Some(3600.0)),
+        (jobs[2], "retrying", Some(-1.0)),
+    ] {
+        sqlx::query(
+            "UPDATE jobs SET state = $2, next_due_at = now() + make_interval(secs => $3) WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state)
+        .bind(due)
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("UPDATE outbox SET due_at = now() WHERE recheck")
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
+    assert!(env.store.outbox_stats().await.unwrap().recheck_due >= 1);
+    let again = recheck(&env).await;
+    let mut want = vec![jobs[2]];
+    want.extend(&jobs[3..]);
+    assert_eq!(
+        again, want,
+        "the waiting jobs go again, once; not the finished one nor the early retry"
+    );
+    // What went out again is backed again; a second look finds nothing new before it is due.
+    assert!(recheck(&env).await.is_empty());
+    let covered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM jobs j WHERE j.batch_id = $1 AND EXISTS (
+            SELECT 1 FROM outbox o WHERE o.recheck AND o.batch_id = j.batch_id
+              AND j.id > o.after_job AND j.id <= o.upto_job AND o.due_at > now())",
+    )
+    .bind(batch)
+    .fetch_one(&env.store.pool)
+    .await
+    .unwrap();
+    assert!(covered >= want.len() as i64);
+    // Run them: the next recheck finds nothing to publish, and its row goes.
+    sqlx::query("UPDATE jobs SET state = 'succeeded', next_due_at = NULL WHERE batch_id = $1")
+        .bind(batch)
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE outbox SET due_at = now() WHERE recheck")
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
+    assert!(recheck(&env).await.is_empty());
+    assert!(recheck(&env).await.is_empty());
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE recheck AND due_at <= now()")
+            .fetch_one(&env.store.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, 0, "a recheck row with nothing left to publish goes");
     env.cleanup().await;
 }

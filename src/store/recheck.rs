@@ -161,9 +161,12 @@ impl Store {
         F: FnOnce(Vec<OutboxRow>) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
+        // `batch_id IS NOT NULL`: read through the partial index `outbox_batch` (batch and
+        // recheck rows, a few per active batch), not through every due job row (after an ABDM
+        // outage, every postponed job's).
         let leased: Vec<Leased> = sqlx::query(
             "UPDATE outbox SET due_at = now() + make_interval(secs => $2)
-             WHERE id IN (SELECT id FROM outbox WHERE recheck AND due_at <= now()
+             WHERE id IN (SELECT id FROM outbox WHERE batch_id IS NOT NULL AND recheck AND due_at <= now()
                           ORDER BY due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
              RETURNING id, batch_id, after_job, upto_job, kind",
         )

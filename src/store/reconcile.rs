@@ -161,10 +161,12 @@ impl Store {
                   AND j.updated_at < now() - make_interval(secs => $2)
                   AND (j.next_due_at IS NULL OR j.next_due_at < now() - make_interval(secs => $2))
                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id)
-                  -- nor a job whose batch row (store::outbox) has yet to reach it, or that a
-                  -- recheck row (store::recheck) will publish again if it is still waiting
+                  -- nor a job whose batch row (store::outbox) has yet to reach it. A recheck
+                  -- row (store::recheck) would publish a stranded job again too, but only
+                  -- relay.republish_after_secs after its publish: the repair does not wait for it
+                  -- (a second message is harmless, the claim runs the job once)
                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.batch_id = j.batch_id
-                                  AND j.id > o.after_job AND j.id <= o.upto_job)
+                                  AND NOT o.recheck AND j.id > o.after_job)
                   -- never the rows of a submit still running or abandoned: they are not due
                   AND EXISTS (SELECT 1 FROM batches b WHERE b.id = j.batch_id AND b.state = 'active')
                 FOR UPDATE OF j SKIP LOCKED),
