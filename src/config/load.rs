@@ -211,10 +211,19 @@ impl Settings {
             ));
         }
         let r = &self.relay;
-        if r.republish_after < std::time::Duration::from_secs(1) {
+        // A recheck row being expanded is leased for `publish_timeout + 5 s`; a round's new
+        // ranges join rows due in the last tenth of `republish_after` (store::recheck). At
+        // twice the lease or more, a leased row can never look "recent", so no range joins a
+        // row whose expansion would then delete it (and the range's cover with it).
+        let lease = r.publish_timeout + std::time::Duration::from_secs(5);
+        if r.republish_after < 2 * lease {
             return Err(ConfigError::invalid(
                 "relay.republish_after_secs",
-                "must be at least 1",
+                format!(
+                    "must be at least twice the relay's lease (relay.publish_timeout_ms + 5 s = {} s), got {} s",
+                    lease.as_secs(),
+                    r.republish_after.as_secs()
+                ),
             ));
         }
         if r.batch == 0 {

@@ -75,8 +75,8 @@ impl Store {
         }
         let batches: Vec<Uuid> = sent.keys().copied().collect();
         // "Recent": written within the window, i.e. due no earlier than `after - window` from
-        // now. A row being expanded is leased (due `lease` from now) and is left alone unless
-        // the lease happens to fall in that window.
+        // now. A row being expanded is leased (due `lease` from now), and config validation
+        // keeps `after` at twice the lease or more, so a leased row never falls in the window.
         let window = (after / 10).min(Duration::from_secs(60));
         let recent: Vec<(i64, Uuid, i64, i64)> = sqlx::query_as(
             "SELECT id, batch_id, after_job, upto_job FROM outbox

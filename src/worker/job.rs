@@ -140,9 +140,13 @@ impl Worker {
                     .await;
             }
         }
+        // The token wait is a hold too: with Postgres down the shared rate budget cannot be
+        // leased and the limiter waits for it (seen in the chaos run: channels closed by
+        // `consumer_timeout` before the hold was let go).
         tokio::select! {
             _ = self.limiter.acquire() => {}
             _ = stop.cancelled() => return delivery.settle(Settled::Requeue).await,
+            _ = tokio::time::sleep_until(deadline) => return self.let_go(&delivery).await,
         }
         let token_at = tokio::time::Instant::now();
         let claim = match persist_until("claiming a job", stop, Some(deadline), || {
