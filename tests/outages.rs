@@ -27,16 +27,9 @@ fn worker(env: &TestEnv, store: Store, hold_max: Duration) -> Arc<Worker> {
         RateLimiter::new(1000.0, 100, None),
         env.topology.clone(),
         WorkerConfig {
-            id: "outage-worker".into(),
-            in_flight: 4,
-            lease: Duration::from_secs(15),
-            max_attempts: 5,
-            backoff_base: Duration::from_millis(50),
-            backoff_cap: Duration::from_millis(200),
             grace: Duration::from_secs(2),
-            kinds: JobKind::ALL.to_vec(),
-            prefetch_horizon: Duration::from_millis(500),
             hold_max,
+            ..common::seam_config("outage-worker")
         },
     )
 }

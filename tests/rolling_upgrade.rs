@@ -30,16 +30,7 @@ fn worker(env: &TestEnv) -> Arc<Worker> {
         RateLimiter::new(1000.0, 100, None),
         topology,
         WorkerConfig {
-            id: "old-worker".into(),
-            in_flight: 4,
-            lease: Duration::from_secs(15),
-            max_attempts: 5,
-            backoff_base: Duration::from_millis(50),
-            backoff_cap: Duration::from_millis(200),
-            grace: Duration::from_secs(5),
-            kinds: JobKind::ALL.to_vec(),
-            prefetch_horizon: Duration::from_millis(500),
-            hold_max: Duration::from_secs(600),
+            ..common::seam_config("old-worker")
         },
     )
 }

@@ -21,16 +21,8 @@ fn worker(env: &TestEnv, grace: Duration) -> Arc<Worker> {
         RateLimiter::new(1000.0, 100, None),
         env.topology.clone(),
         WorkerConfig {
-            id: "seam-worker".into(),
-            in_flight: 4,
-            lease: Duration::from_secs(15),
-            max_attempts: 5,
-            backoff_base: Duration::from_millis(50),
-            backoff_cap: Duration::from_millis(200),
             grace,
-            kinds: JobKind::ALL.to_vec(),
-            prefetch_horizon: Duration::from_millis(500),
-            hold_max: Duration::from_secs(600),
+            ..common::seam_config("seam-worker")
         },
     )
 }
@@ -228,16 +220,9 @@ async fn a_stopping_worker_hands_back_at_once_what_has_not_started() {
         RateLimiter::new(2.0, 1, None),
         env.topology.clone(),
         WorkerConfig {
-            id: "slow-worker".into(),
             in_flight: 8,
-            lease: Duration::from_secs(15),
-            max_attempts: 5,
-            backoff_base: Duration::from_millis(50),
-            backoff_cap: Duration::from_millis(200),
             grace: Duration::from_secs(30),
-            kinds: JobKind::ALL.to_vec(),
-            prefetch_horizon: Duration::from_millis(500),
-            hold_max: Duration::from_secs(600),
+            ..common::seam_config("slow-worker")
         },
     );
     let q = MemoryQueue::default();

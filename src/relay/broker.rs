@@ -147,14 +147,8 @@ impl Scheduling {
             let lease = cfg.publish_timeout + Duration::from_secs(5);
             let timeout = cfg.publish_timeout;
             let republished = store
-                .publish_rechecks(room as i64, lease, cfg.republish_after, |rows| async move {
-                    let count = rows.len();
-                    tokio::time::timeout(timeout, publisher.publish_jobs(&rows))
-                        .await
-                        .unwrap_or(Err(queue::QueueError::NotConfirmed {
-                            count,
-                            reason: "no confirm within the publish timeout",
-                        }))
+                .publish_rechecks(room as i64, lease, cfg.republish_after, |rows| {
+                    publish_within(publisher, timeout, rows)
                 })
                 .await??;
             if republished > 0 {
@@ -179,14 +173,8 @@ impl Scheduling {
                 let lease = cfg.publish_timeout + Duration::from_secs(5);
                 let timeout = cfg.publish_timeout;
                 let result = store
-                    .publish_plan(&plan, lease, cfg.republish_after, |rows| async move {
-                        let count = rows.len();
-                        tokio::time::timeout(timeout, publisher.publish_jobs(&rows))
-                            .await
-                            .unwrap_or(Err(queue::QueueError::NotConfirmed {
-                                count,
-                                reason: "no confirm within the publish timeout",
-                            }))
+                    .publish_plan(&plan, lease, cfg.republish_after, |rows| {
+                        publish_within(publisher, timeout, rows)
                     })
                     .await?;
                 let published = result?;
@@ -283,4 +271,20 @@ impl Scheduling {
         self.view_since = Instant::now();
         Ok(())
     }
+}
+
+/// Publishes `rows` with confirms, giving up after `timeout` (the rows' lease outlasts it by
+/// 5 s, so no other relay publishes them meanwhile).
+async fn publish_within(
+    publisher: &Publisher,
+    timeout: Duration,
+    rows: Vec<crate::store::outbox::OutboxRow>,
+) -> Result<(), queue::QueueError> {
+    let count = rows.len();
+    tokio::time::timeout(timeout, publisher.publish_jobs(&rows))
+        .await
+        .unwrap_or(Err(queue::QueueError::NotConfirmed {
+            count,
+            reason: "no confirm within the publish timeout",
+        }))
 }

@@ -56,6 +56,21 @@ pub(super) struct Leased {
     pub(super) recheck: bool,
 }
 
+impl Leased {
+    /// A leased batch or recheck row, from `RETURNING id, batch_id, after_job, upto_job, kind`.
+    pub(super) fn batch_row(r: &sqlx::postgres::PgRow, recheck: bool) -> Self {
+        Self {
+            id: r.get(0),
+            job_id: None,
+            batch: r.get(1),
+            after_job: r.get(2),
+            upto_job: r.get(3),
+            kind: r.get(4),
+            recheck,
+        }
+    }
+}
+
 /// Where a batch row stands after a round.
 pub(super) struct Cursor {
     pub(super) id: i64,

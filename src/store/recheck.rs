@@ -28,7 +28,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::outbox::{Cursor, Leased, OutboxRow};
@@ -176,15 +175,7 @@ impl Store {
         .await
         .ctx("leasing due recheck rows")?
         .into_iter()
-        .map(|r| Leased {
-            id: r.get(0),
-            job_id: None,
-            batch: r.get(1),
-            after_job: r.get(2),
-            upto_job: r.get(3),
-            kind: r.get(4),
-            recheck: true,
-        })
+        .map(|r| Leased::batch_row(&r, true))
         .collect();
         if leased.is_empty() {
             return Ok(Ok(0));

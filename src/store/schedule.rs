@@ -137,15 +137,7 @@ impl Store {
             .await
             .ctx("leasing the planned batches' file rows")?
             .into_iter()
-            .map(|r| Leased {
-                id: r.get(0),
-                job_id: None,
-                batch: r.get(1),
-                after_job: r.get(2),
-                upto_job: r.get(3),
-                kind: r.get(4),
-                recheck: false,
-            })
+            .map(|r| Leased::batch_row(&r, false))
             .collect();
             for l in &leased {
                 let batch = l.batch.expect("a file row names its batch");

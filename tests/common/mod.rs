@@ -570,3 +570,21 @@ pub fn by_ref<'a>(rows: &'a [HashMap<String, String>], r: &str) -> &'a HashMap<S
 pub fn s(v: &str) -> String {
     v.to_string()
 }
+
+/// The settings of a worker driven through the in-memory seam (`MemoryQueue`): 4 in flight,
+/// a 15 s lease, 5 attempts, fast backoff, a 5 s grace, every kind, a 10-minute hold; tests
+/// override what they are about with `..seam_config(id)`.
+pub fn seam_config(id: &str) -> WorkerConfig {
+    WorkerConfig {
+        id: id.into(),
+        in_flight: 4,
+        lease: Duration::from_secs(15),
+        max_attempts: 5,
+        backoff_base: Duration::from_millis(50),
+        backoff_cap: Duration::from_millis(200),
+        grace: Duration::from_secs(5),
+        kinds: JobKind::ALL.to_vec(),
+        prefetch_horizon: Duration::from_millis(500),
+        hold_max: Duration::from_secs(600),
+    }
+}
