@@ -11,9 +11,9 @@
 //! dead-letter the message itself. Near the limit (`delivery_count + 2 >= limit`):
 //! - a stored-job envelope (a job id, no identifier) is acked and left to Postgres: the relay
 //!   writes a "recheck" outbox row for every job it publishes and republishes a job still
-//!   `queued` after `relay.republish_after_secs` (default 600 s; the outbox recheck of issue
-//!   18, item 1). This relies on that recheck: without it the acked job would stay queued
-//!   until someone resubmitted it;
+//!   `queued` after `relay.republish_after_secs` (default 600 s; `store::recheck`, issue 18
+//!   item 6). This relies on that recheck: without it the acked job would stay queued until
+//!   someone resubmitted it;
 //! - a producer's envelope exists nowhere else, and RabbitMQ would dead-letter it verbatim
 //!   (identifiers included): it is dead-lettered as the redacted summary, with the reason.
 
