@@ -160,12 +160,25 @@ impl Worker {
         };
         match claim {
             Claim::Run(job) => {
-                let recorded = self
-                    .run_job(&job, token_at, writer, stop, &delivery, deadline)
-                    .instrument(job_span(&job))
-                    .await;
-                if recorded {
-                    delivery.settle(Settled::Ack).await
+                let run = self
+                    .run_job(&job, token_at, writer, stop)
+                    .instrument(job_span(&job));
+                tokio::pin!(run);
+                // Once claimed, the job is backed by its lease, not by the message: a delivery
+                // still held at `hold_max` (a fence or the outcome write waiting for Postgres,
+                // a long pause in the gate, this replica's clock refused) is acked and the job
+                // goes on; if this process dies meanwhile, lease expiry queues the job again.
+                // The chaos run saw such holds close channels at its 20 s `consumer_timeout`.
+                tokio::select! {
+                    recorded = &mut run => {
+                        if recorded {
+                            delivery.settle(Settled::Ack).await
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        self.let_go(&delivery).await;
+                        run.await;
+                    }
                 }
             }
             Claim::Finished(state) => {
@@ -181,17 +194,14 @@ impl Worker {
     }
 
     /// Runs a claimed job and commits its outcome; returns whether the message may be acked
-    /// (false when stopping before the outcome could be written, the lease then makes the job
-    /// run again; or when the write outlasted `deadline` and the delivery was let go already:
-    /// the write goes on, the lease backs the job meanwhile).
+    /// (false when stopping before the outcome could be written: the lease then makes the job
+    /// run again).
     async fn run_job(
         &self,
         job: &ClaimedJob,
         token_at: tokio::time::Instant,
         writer: &OutcomeWriter,
         stop: &CancellationToken,
-        delivery: &Inbound,
-        deadline: tokio::time::Instant,
     ) -> bool {
         let kind = job.kind.as_str();
         let gate = Arc::new(JobGate {
@@ -252,20 +262,10 @@ impl Worker {
                 }
             }
         };
-        let what = "recording a job's outcome";
-        let mut write = || writer.record(job, &outcome, &trace.attempts);
-        let mut ack = true;
-        let deadline =
-            deadline.max(tokio::time::Instant::now() + std::time::Duration::from_secs(5));
-        let recorded = match persist_until(what, stop, Some(deadline), &mut write).await {
-            Held::Done(v) => Some(v),
-            Held::Stopped => None,
-            Held::Expired => {
-                self.let_go(delivery).await;
-                ack = false;
-                persist(what, stop, &mut write).await
-            }
-        };
+        let recorded = persist("recording a job's outcome", stop, || {
+            writer.record(job, &outcome, &trace.attempts)
+        })
+        .await;
         let Some(recorded) = recorded else {
             return false;
         };
@@ -274,7 +274,7 @@ impl Worker {
                 job_id = job.id,
                 "lease lost before the outcome was recorded; another worker owns the job"
             );
-            return ack;
+            return true;
         }
         let state = outcome.state();
         metrics::JOBS.with_label_values(&[kind, state]).inc();
@@ -285,7 +285,7 @@ impl Worker {
                 .observe(secs);
         }
         tracing::debug!(job_id = job.id, state, "job recorded");
-        ack
+        true
     }
 
     pub(super) async fn dead_letter(
