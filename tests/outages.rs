@@ -312,3 +312,90 @@ async fn the_scheduling_relay_publishes_nothing_while_the_breaker_is_open() {
     relay.await.unwrap();
     env.cleanup().await;
 }
+
+/// A claimed job's delivery is bounded by `hold_max` too: Postgres goes down while the job's
+/// ABDM call is in flight, so its outcome write waits. At `hold_max` the delivery is acked
+/// (RabbitMQ's `consumer_timeout` would otherwise close the channel), the job goes on under
+/// its lease, and once Postgres is back its outcome is recorded: at most one call, the
+/// message settled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_job_held_past_hold_max_is_acked_and_its_outcome_still_recorded() {
+    let env = TestEnv::new().await;
+    env.warm_up().await;
+    let mut db = reqwest::Url::parse(&env.db_url).unwrap();
+    let upstream = format!("{}:{}", db.host_str().unwrap(), db.port().unwrap_or(5432));
+    let proxy = Proxy::start(upstream).await;
+    db.set_port(Some(proxy.port)).unwrap();
+    let proxied = Store::connect_url(
+        db.as_str(),
+        3,
+        Duration::from_secs(1),
+        env.store.vault.clone(),
+    )
+    .await
+    .unwrap();
+    // Each ABDM call takes 1.5 s: time to cut Postgres once the job is claimed.
+    let mut faults = env.sandbox.state().faults();
+    faults.latency_ms = 1500;
+    env.sandbox.state().set_faults(faults);
+    env.submit_links("C-", 0..1).await;
+    let q = MemoryQueue::default();
+    let job = relay_into(&env, &q, false).await[0];
+    let stop = CancellationToken::new();
+    let task = serve(
+        worker(&env, proxied.clone(), Duration::from_secs(3)),
+        &q,
+        &stop,
+    );
+    let claimed_at = tokio::time::Instant::now();
+    while job_row(&env, job).await.0 != "running" {
+        assert!(
+            claimed_at.elapsed() < Duration::from_secs(10),
+            "never claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.set_down(true);
+    // Acked at hold_max (3 s after the delivery), while the outcome write still waits; not
+    // only once the write itself has waited its own 5 s past the call (6.5 s and more).
+    let s = settled(
+        &q,
+        1,
+        (claimed_at + Duration::from_millis(4500)) - tokio::time::Instant::now(),
+    )
+    .await;
+    assert_eq!(s[0].1, Settled::Ack);
+    assert_eq!(
+        job_row(&env, job).await.0,
+        "running",
+        "the outcome waits for Postgres"
+    );
+    proxy.set_down(false);
+    // Postgres back: the held write commits. The outcome is `succeeded`, or `retrying` when
+    // the lease fence before the link call could not reach Postgres (no call is made
+    // unfenced); either way recorded once, after the ack, with at most one link call.
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    let recorded = loop {
+        let row = job_row(&env, job).await;
+        if row.0 != "running" {
+            break row;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "outcome never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        recorded == ("succeeded".into(), 1) || recorded == ("retrying".into(), 1),
+        "{recorded:?}"
+    );
+    assert!(link_requests(&env) <= 1, "never twice");
+    assert_eq!(q.settled().len(), 1, "settled once: {:?}", q.settled());
+    assert!(q.dead_letters().is_empty());
+    stop.cancel();
+    task.await.unwrap();
+    proxied.pool.close().await;
+    proxy.task.abort();
+    env.cleanup().await;
+}
