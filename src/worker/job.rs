@@ -30,6 +30,7 @@ impl Worker {
     /// `store::recheck`) and a producer's is requeued; the in-flight bound stops this worker
     /// from taking more meanwhile. While the ABDM circuit breaker is open nothing is held: the
     /// job is postponed in Postgres without spending an attempt (`worker::outage`).
+    /// `deadline` is the delivery's arrival plus `hold_max`.
     pub(super) async fn handle(
         &self,
         delivery: Inbound,
@@ -37,8 +38,8 @@ impl Worker {
         claimer: &Claimer,
         writer: &OutcomeWriter,
         stop: &CancellationToken,
+        deadline: tokio::time::Instant,
     ) {
-        let deadline = tokio::time::Instant::now() + self.cfg.hold_max;
         let envelope = match Envelope::decode(&delivery.data) {
             Ok(e) => e,
             Err(EnvelopeError::Unknown { what, stored }) => {
@@ -117,10 +118,7 @@ impl Worker {
                 {
                     Held::Done(_) => delivery.settle(Settled::Ack).await,
                     // Nothing but the message holds this job yet: hand it back (one delivery).
-                    Held::Expired => {
-                        self.holds.released("producer", self.cfg.hold_max);
-                        delivery.settle(Settled::Requeue).await
-                    }
+                    Held::Expired => self.hand_back(&delivery).await,
                     Held::Stopped => {}
                 }
                 return;

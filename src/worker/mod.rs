@@ -348,16 +348,23 @@ impl Worker {
                 _ = stop.cancelled() => break Ok(()),
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
-                        let permit = tokio::select! {
-                            p = permits.clone().acquire_owned() => p.expect("semaphore open"),
-                            _ = stop.cancelled() => break Ok(()),
-                        };
+                        // A delivery's hold starts when it arrives, not when a slot frees: while
+                        // Postgres is down the slots stay taken by claimed jobs whose deliveries
+                        // were let go, RabbitMQ sends more in their place, and those would wait
+                        // here past `consumer_timeout`. So each waits for its slot in its own
+                        // task, at most `hold_max` (the prefetch bounds how many wait).
+                        let deadline = tokio::time::Instant::now() + self.cfg.hold_max;
                         let me = self.clone();
                         let dead = dead.clone();
                         let stop = stop.clone();
-                        let (writer, claimer) = (writer.clone(), claimer.clone());
+                        let (writer, claimer, permits) = (writer.clone(), claimer.clone(), permits.clone());
                         tasks.spawn(async move {
-                            me.handle(delivery, dead.as_ref(), &claimer, &writer, &stop).await;
+                            let permit = tokio::select! {
+                                p = permits.acquire_owned() => p.expect("semaphore open"),
+                                _ = stop.cancelled() => return delivery.settle(Settled::Requeue).await,
+                                _ = tokio::time::sleep_until(deadline) => return me.let_go_unstarted(&delivery).await,
+                            };
+                            me.handle(delivery, dead.as_ref(), &claimer, &writer, &stop, deadline).await;
                             drop(permit);
                         });
                     }

@@ -11,6 +11,7 @@ use super::claims::Claimer;
 use super::outcomes::OutcomeWriter;
 use super::support::{Held, persist_until};
 use super::{Inbound, Settled, Worker};
+use crate::queue::envelope::Envelope;
 use crate::store::jobs::{Claim, Outcome};
 use crate::telemetry::metrics;
 use tokio_util::sync::CancellationToken;
@@ -61,6 +62,22 @@ impl Worker {
                 .inc();
         }
         delivery.settle(Settled::Ack).await
+    }
+
+    /// A delivery that waited `hold_max` for a slot and never started: a stored job's is let
+    /// go (acked), anything else (a producer's, an undecodable one) handed back.
+    pub(super) async fn let_go_unstarted(&self, delivery: &Inbound) {
+        match Envelope::decode(&delivery.data) {
+            Ok(Envelope::Stored { .. }) => self.let_go(delivery).await,
+            _ => self.hand_back(delivery).await,
+        }
+    }
+
+    /// Requeues a producer's delivery after a bounded hold: nothing but the message holds its
+    /// job yet (one delivery counted).
+    pub(super) async fn hand_back(&self, delivery: &Inbound) {
+        self.holds.released("producer", self.cfg.hold_max);
+        delivery.settle(Settled::Requeue).await
     }
 
     /// Acks a stored job's delivery unrun after a bounded hold: its recheck row publishes the
