@@ -57,7 +57,18 @@ where
     let mut backoff = reconnect_backoff();
     let mut warned = false;
     loop {
-        match op().await {
+        // One try is bounded too: with Postgres gone, a try waits for a pool connection for
+        // up to the pool's acquire timeout (the chaos run saw 28 s), past `consumer_timeout`.
+        // A claim cut off after it committed leaves the job leased to this worker: lease
+        // expiry queues it again.
+        let attempt = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, op()).await {
+                Ok(r) => r,
+                Err(_) => return Held::Expired,
+            },
+            None => op().await,
+        };
+        match attempt {
             Ok(v) => {
                 if warned {
                     tracing::info!(what, "Postgres answers again");
