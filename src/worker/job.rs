@@ -128,11 +128,7 @@ impl Worker {
         // claim, so the lease does not tick away while this worker waits for its turn.
         // Stopping hands back at once what has not started: a worker at 5/s would otherwise sit
         // on its prefetched messages, waiting for tokens, for its whole grace period.
-        // Bounded as a whole: the gate's refresh reads the shared breaker from Postgres, and
-        // with Postgres gone that read waits for the pool's acquire timeout.
-        let gate =
-            tokio::time::timeout_at(deadline, self.breaker.gate(&self.client, stop, deadline));
-        match gate.await.unwrap_or(Gate::Expired) {
+        match self.breaker.gate(&self.client, stop, deadline).await {
             Gate::Closed => {}
             Gate::Stopped => return delivery.settle(Settled::Requeue).await,
             Gate::Expired => return self.let_go(&delivery).await,
