@@ -139,15 +139,13 @@ impl Proxy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_down_past_hold_max_acks_unrun_and_the_recheck_row_runs_the_job_once() {
-    let env = TestEnv::new().await;
-    env.warm_up().await;
+/// A store that reaches the test's database through a [`Proxy`] the test can take down.
+async fn proxied_store(env: &TestEnv) -> (Proxy, Store) {
     let mut db = reqwest::Url::parse(&env.db_url).unwrap();
     let upstream = format!("{}:{}", db.host_str().unwrap(), db.port().unwrap_or(5432));
     let proxy = Proxy::start(upstream).await;
     db.set_port(Some(proxy.port)).unwrap();
-    let proxied = Store::connect_url(
+    let store = Store::connect_url(
         db.as_str(),
         3,
         Duration::from_secs(1),
@@ -155,6 +153,14 @@ async fn postgres_down_past_hold_max_acks_unrun_and_the_recheck_row_runs_the_job
     )
     .await
     .unwrap();
+    (proxy, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_past_hold_max_acks_unrun_and_the_recheck_row_runs_the_job_once() {
+    let env = TestEnv::new().await;
+    env.warm_up().await;
+    let (proxy, proxied) = proxied_store(&env).await;
     env.submit_links("H-", 0..1).await;
     let q = MemoryQueue::default();
     let published = relay_into(&env, &q, false).await;
@@ -322,18 +328,7 @@ async fn the_scheduling_relay_publishes_nothing_while_the_breaker_is_open() {
 async fn a_claimed_job_held_past_hold_max_is_acked_and_its_outcome_still_recorded() {
     let env = TestEnv::new().await;
     env.warm_up().await;
-    let mut db = reqwest::Url::parse(&env.db_url).unwrap();
-    let upstream = format!("{}:{}", db.host_str().unwrap(), db.port().unwrap_or(5432));
-    let proxy = Proxy::start(upstream).await;
-    db.set_port(Some(proxy.port)).unwrap();
-    let proxied = Store::connect_url(
-        db.as_str(),
-        3,
-        Duration::from_secs(1),
-        env.store.vault.clone(),
-    )
-    .await
-    .unwrap();
+    let (proxy, proxied) = proxied_store(&env).await;
     // Each ABDM call takes 1.5 s: time to cut Postgres once the job is claimed.
     let mut faults = env.sandbox.state().faults();
     faults.latency_ms = 1500;
