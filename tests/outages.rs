@@ -7,7 +7,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use abha_bulk::jobs::kind::JobKind;
@@ -16,8 +15,7 @@ use abha_bulk::ratelimit::RateLimiter;
 use abha_bulk::store::Store;
 use abha_bulk::worker::{MemoryQueue, Settled, Worker, WorkerConfig};
 use common::TestEnv;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use common::proxy::Proxy;
 use tokio_util::sync::CancellationToken;
 
 fn worker(env: &TestEnv, store: Store, hold_max: Duration) -> Arc<Worker> {
@@ -90,53 +88,6 @@ async fn relay_into(env: &TestEnv, q: &MemoryQueue, rechecks: bool) -> Vec<i64> 
     .unwrap()
     .unwrap();
     ids
-}
-
-/// A TCP proxy to Postgres that the test takes down (connections cut, new ones refused).
-struct Proxy {
-    port: u16,
-    down: Arc<AtomicBool>,
-    cut: Arc<Notify>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (down, cut) = (Arc::new(AtomicBool::new(false)), Arc::new(Notify::new()));
-        let (down2, cut2) = (down.clone(), cut.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if down2.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let (upstream, cut) = (upstream.clone(), cut2.clone());
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.notified() => {}
-                    }
-                });
-            }
-        });
-        Self {
-            port,
-            down,
-            cut,
-            task,
-        }
-    }
-
-    fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-        if down {
-            self.cut.notify_waiters();
-        }
-    }
 }
 
 /// A store that reaches the test's database through a [`Proxy`] the test can take down.

@@ -7,75 +7,11 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use abha_bulk::sandbox::Faults;
+use common::proxy::Proxy;
 use common::{PipelineOpts, TestEnv};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
-
-/// Forwards 127.0.0.1:<port> to the broker until `cut` is notified, which closes every
-/// connection it carries (new connections are accepted again afterwards).
-struct Proxy {
-    port: u16,
-    cut: Arc<Notify>,
-    /// While set, new connections are closed at once (the server is down).
-    down: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(Notify::new());
-        let cut2 = cut.clone();
-        let down = Arc::new(AtomicBool::new(false));
-        let down2 = down.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if down2.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let upstream = upstream.clone();
-                let cut = cut2.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.notified() => {}
-                    }
-                });
-            }
-        });
-        Self {
-            port,
-            cut,
-            down,
-            task,
-        }
-    }
-
-    /// Takes the upstream down (every connection cut, new ones refused) or back up.
-    fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
-        if down {
-            self.cut_all();
-        }
-    }
-
-    fn cut_all(&self) {
-        self.cut.notify_waiters();
-    }
-}
 
 /// Twice: waits until jobs are in flight, cuts every proxied connection, waits for progress
 /// after the cut; then waits until every job is final.

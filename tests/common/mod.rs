@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod keys;
+pub mod proxy;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
