@@ -90,20 +90,16 @@ async fn relay_into(env: &TestEnv, q: &MemoryQueue, rechecks: bool) -> Vec<i64> 
     ids
 }
 
-/// A store that reaches the test's database through a [`Proxy`] the test can take down.
-async fn proxied_store(env: &TestEnv) -> (Proxy, Store) {
+/// A store that reaches the test's database through a [`Proxy`] the test can take down; its
+/// pool waits `acquire` for a connection.
+async fn proxied_store(env: &TestEnv, acquire: Duration) -> (Proxy, Store) {
     let mut db = reqwest::Url::parse(&env.db_url).unwrap();
     let upstream = format!("{}:{}", db.host_str().unwrap(), db.port().unwrap_or(5432));
     let proxy = Proxy::start(upstream).await;
     db.set_port(Some(proxy.port)).unwrap();
-    let store = Store::connect_url(
-        db.as_str(),
-        3,
-        Duration::from_secs(1),
-        env.store.vault.clone(),
-    )
-    .await
-    .unwrap();
+    let store = Store::connect_url(db.as_str(), 3, acquire, env.store.vault.clone())
+        .await
+        .unwrap();
     (proxy, store)
 }
 
@@ -111,7 +107,7 @@ async fn proxied_store(env: &TestEnv) -> (Proxy, Store) {
 async fn postgres_down_past_hold_max_acks_unrun_and_the_recheck_row_runs_the_job_once() {
     let env = TestEnv::new().await;
     env.warm_up().await;
-    let (proxy, proxied) = proxied_store(&env).await;
+    let (proxy, proxied) = proxied_store(&env, Duration::from_secs(1)).await;
     env.submit_links("H-", 0..1).await;
     let q = MemoryQueue::default();
     let published = relay_into(&env, &q, false).await;
@@ -279,7 +275,7 @@ async fn the_scheduling_relay_publishes_nothing_while_the_breaker_is_open() {
 async fn a_claimed_job_held_past_hold_max_is_acked_and_its_outcome_still_recorded() {
     let env = TestEnv::new().await;
     env.warm_up().await;
-    let (proxy, proxied) = proxied_store(&env).await;
+    let (proxy, proxied) = proxied_store(&env, Duration::from_secs(1)).await;
     // Each ABDM call takes 1.5 s: time to cut Postgres once the job is claimed.
     let mut faults = env.sandbox.state().faults();
     faults.latency_ms = 1500;
@@ -341,6 +337,49 @@ async fn a_claimed_job_held_past_hold_max_is_acked_and_its_outcome_still_recorde
     assert!(q.dead_letters().is_empty());
     stop.cancel();
     task.await.unwrap();
+    proxied.pool.close().await;
+    proxy.task.abort();
+    env.cleanup().await;
+}
+
+/// The breaker gate reads the shared state from Postgres. With Postgres down that read waits
+/// for the pool's acquire timeout (30 s here, as in production): one delivery reads, for one
+/// refresh period at most, and every other goes on with the last known state at once. Before,
+/// each delivery waited the whole acquire timeout, a hold past RabbitMQ's `consumer_timeout`
+/// in the chaos run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_gate_never_waits_for_a_postgres_that_is_down() {
+    use abha_bulk::breaker::{Breaker, BreakerConfig, Gate};
+    let env = TestEnv::new().await;
+    let (proxy, proxied) = proxied_store(&env, Duration::from_secs(30)).await;
+    let breaker = Arc::new(Breaker::new(
+        proxied.clone(),
+        abha_bulk::sandbox::DEFAULT_CLIENT_ID,
+        BreakerConfig::default(),
+    ));
+    // The pool's connections are all taken (other deliveries' tries, as in the chaos run),
+    // and Postgres is down: a read waits for the acquire timeout.
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        taken.push(proxied.pool.acquire().await.unwrap());
+    }
+    proxy.set_down(true);
+    let stop = CancellationToken::new();
+    let t0 = tokio::time::Instant::now();
+    let deadline = t0 + Duration::from_secs(60);
+    let gates: Vec<_> = (0..8)
+        .map(|_| {
+            let (b, c, stop) = (breaker.clone(), env.client.clone(), stop.clone());
+            tokio::spawn(async move { b.gate(&c, &stop, deadline).await })
+        })
+        .collect();
+    for g in gates {
+        assert_eq!(g.await.unwrap(), Gate::Closed, "the last known state");
+    }
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    drop(taken);
+    proxy.set_down(false);
     proxied.pool.close().await;
     proxy.task.abort();
     env.cleanup().await;

@@ -317,7 +317,11 @@ impl Breaker {
         deadline: tokio::time::Instant,
     ) -> Gate {
         loop {
-            self.refresh().await;
+            // The one delivery that reads waits at most a refresh period (or to its deadline),
+            // then goes on with the last known state; the claim after the gate is bounded by
+            // the deadline on its own.
+            let read_by = deadline.min(tokio::time::Instant::now() + self.cfg.refresh);
+            let _ = tokio::time::timeout_at(read_by, self.refresh()).await;
             if self.is_open() {
                 return Gate::Open;
             }
@@ -381,14 +385,18 @@ impl Breaker {
         self.cfg.refresh
     }
 
-    /// Re-reads the shared state when the cached one is older than `refresh`.
+    /// Re-reads the shared state when the cached one is older than `refresh`. One caller
+    /// reads; the read is stamped before it is sent, so the others use the cached state
+    /// meanwhile instead of queueing for the pool: with Postgres down that read waits for the
+    /// pool's acquire timeout, and every delivery waiting behind it was a hold that outlived
+    /// RabbitMQ's `consumer_timeout` (the chaos run's consumer-timeout fault).
     async fn refresh(&self) {
-        let stale = {
-            let l = self.local.lock().expect("breaker");
-            l.read_at.is_none_or(|t| t.elapsed() >= self.cfg.refresh)
-        };
-        if !stale {
-            return;
+        {
+            let mut l = self.local.lock().expect("breaker");
+            if l.read_at.is_some_and(|t| t.elapsed() < self.cfg.refresh) {
+                return;
+            }
+            l.read_at = Some(Instant::now());
         }
         // Postgres down: keep the last known state (no job can be claimed anyway).
         let Ok(row) = self.store.circuit(&self.client_id).await else {
