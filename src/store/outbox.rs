@@ -224,9 +224,13 @@ impl Store {
             .copied()
             .chain(done.iter().map(|c| c.id))
             .collect();
+        // One transaction: a published job's outbox row goes only with its recheck row
+        // written. Postgres stopping between the two (the chaos run's Postgres outages)
+        // would otherwise leave jobs whose message was the only thing left to run them.
+        let mut tx = self.pool.begin().await.ctx("starting an outbox settle")?;
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
             .bind(&gone)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .ctx("deleting published outbox rows")?;
         if !moving.is_empty() {
@@ -236,11 +240,12 @@ impl Store {
             )
             .bind(moving.iter().map(|c| c.id).collect::<Vec<_>>())
             .bind(moving.iter().filter_map(|c| c.after).collect::<Vec<_>>())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .ctx("advancing a batch's outbox row")?;
         }
-        self.leave_rechecks(sent, republish_after).await
+        Self::leave_rechecks(&mut tx, sent, republish_after).await?;
+        tx.commit().await.ctx("committing an outbox settle")
     }
 
     /// The next queued jobs of a batch row: up to `room` of them after its cursor, scanned in

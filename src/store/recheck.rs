@@ -65,7 +65,7 @@ impl Store {
     /// Leaves recheck rows for what a round published, due `after` from now: each range joins
     /// a recent recheck row of its batch within [`GAP`], or becomes a new row.
     pub(super) async fn leave_rechecks(
-        &self,
+        conn: &mut sqlx::PgConnection,
         sent: &Sent,
         after: Duration,
     ) -> Result<(), StoreError> {
@@ -85,7 +85,7 @@ impl Store {
         .bind(&batches)
         .bind((after - window).as_secs_f64())
         .bind(after.as_secs_f64())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .ctx("reading recent recheck rows")?;
         // Per existing row, the range it grows to; the rest are new rows.
@@ -123,7 +123,7 @@ impl Store {
             .bind(&ids)
             .bind(&los)
             .bind(&his)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .ctx("widening recheck rows")?;
         }
@@ -138,7 +138,7 @@ impl Store {
             .bind(&lo_new)
             .bind(&hi_new)
             .bind(after.as_secs_f64())
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .ctx("leaving recheck rows")?;
         }
