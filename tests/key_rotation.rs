@@ -186,6 +186,40 @@ async fn a_stale_process_refuses_to_start_and_its_periodic_check_finds_out() {
         .await
         .unwrap();
     assert!(old_and_new.rekey(10, |_| {}).await.is_err());
+
+    // A stale `serve` writes no identifiers under its old key: an upload gets 503 with a
+    // Retry-After (the retry reaches a replica with the fleet's key), and no batch is made.
+    let api = common::api::start(&env, abha_bulk::api::ApiSettings::default()).await;
+    let (_, key) = common::api::key(&env, &["submit"]).await;
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/batches?kind=benefit-link&benefit={}&file_name=links.csv",
+            api.base,
+            common::BENEFIT
+        ))
+        .bearer_auth(&key)
+        .header("content-type", "text/csv")
+        .body(common::api::links(&env, 0..3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(common::api::retry_after(&r), 5);
+    let p = common::api::problem(r, 503).await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("key is out of date"),
+        "{p}"
+    );
+    let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM batches")
+        .fetch_one(&env.store.pool)
+        .await
+        .unwrap();
+    assert_eq!(batches, 0);
+    let e = env
+        .store
+        .set_webhook(uuid::Uuid::new_v4(), "https://example.org/hook")
+        .await;
+    assert!(e.unwrap_err().to_string().contains("stale"));
+    api.task.abort();
     env.cleanup().await;
 }
 

@@ -254,13 +254,89 @@ async fn the_token_sweep_flags_only_what_it_rewrote() {
     assert_eq!(env.store.delete_final_tokens(100).await.unwrap(), 0);
     assert!(!flagged(&env.store, newer).await);
     assert!(env.store.key_stale());
-    // Stale: the housekeeping sweep skips, even a row it could read.
-    let readable = child_job(&env.store, "c-4", "Sita Ram").await;
+    // Stale: the housekeeping sweep skips, even a row it could read (written under the old
+    // key by a process that holds the newest key only as a previous key; a stale process
+    // itself writes no identifiers).
+    let old_writer = connect(
+        &env,
+        Vault::from_bytes(&common::keys::OLD).with_previous(&NEW),
+    )
+    .await
+    .unwrap();
+    let readable = child_job(&old_writer, "c-4", "Sita Ram").await;
     abha_bulk::relay::housekeeping::round(&env.store).await;
     assert!(!flagged(&env.store, readable).await);
     // The up-to-date process deletes both.
     assert_eq!(new.delete_final_tokens(100).await.unwrap(), 2);
     assert!(flagged(&new, newer).await && flagged(&new, readable).await);
     assert!(!flagged(&new, corrupt).await);
+    env.cleanup().await;
+}
+
+/// A reconciliation matches roster rows to the service's links by lookup hash, so none runs
+/// while the hashes are under two keys: it refuses during a rotation; `rekey` refuses while
+/// one is in progress and abandons the older unfinished ones (their rows hold old hashes).
+#[tokio::test]
+async fn reconciliation_and_rekey_never_overlap_a_rotation() {
+    let env = TestEnv::new().await;
+    let running = env
+        .store
+        .start_or_resume_reconcile(common::BENEFIT, "roster.csv", b"sha-a", false)
+        .await
+        .unwrap();
+    let old = env
+        .store
+        .start_or_resume_reconcile("COVIN", "roster.csv", b"sha-b", false)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE reconcile_runs SET progress_at = now() - interval '3 hours', started_at = now() - interval '3 hours' WHERE id = $1")
+        .bind(old.id)
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO reconcile_rows (run_id, subject_hash, first_row) VALUES ($1, '\\x01', 1)",
+    )
+    .bind(old.id)
+    .execute(&env.store.pool)
+    .await
+    .unwrap();
+
+    // A rotation starts: a reconciliation now refuses, naming what to do.
+    let new = new_pod(&env).await;
+    link_jobs(&env, &new, 0..2).await;
+    let e = new
+        .start_or_resume_reconcile(common::BENEFIT, "roster.csv", b"sha-c", false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rotation is in progress") && e.contains("rekey"),
+        "{e}"
+    );
+
+    // rekey refuses while the recent run is unfinished, and names it.
+    let e = new.rekey(100, |_| {}).await.unwrap_err().to_string();
+    assert!(e.contains(&running.id.to_string()), "{e}");
+    sqlx::query("UPDATE reconcile_runs SET finished_at = now() WHERE id = $1")
+        .bind(running.id)
+        .execute(&env.store.pool)
+        .await
+        .unwrap();
+    // Then it runs, abandons the old unfinished run and drops its rows.
+    assert!(new.rekey(100, |_| {}).await.unwrap().complete());
+    let (abandoned, rows): (bool, i64) = sqlx::query_as(
+        "SELECT abandoned_at IS NOT NULL, (SELECT count(*) FROM reconcile_rows WHERE run_id = $1)
+         FROM reconcile_runs WHERE id = $1",
+    )
+    .bind(old.id)
+    .fetch_one(&env.store.pool)
+    .await
+    .unwrap();
+    assert_eq!((abandoned, rows), (true, 0));
+    // Rotation complete: reconciliations start again.
+    new.start_or_resume_reconcile(common::BENEFIT, "roster.csv", b"sha-c", false)
+        .await
+        .unwrap();
     env.cleanup().await;
 }

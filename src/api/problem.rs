@@ -118,6 +118,17 @@ impl From<StoreError> for Problem {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Refused(m) => Problem::new(StatusCode::CONFLICT, "refused", "Refused", m),
+            // Logged once, when the process went stale (store::keyset); another replica
+            // takes the retry (this one's /readyz answers 503 too).
+            StoreError::StaleKey { .. } => Problem {
+                retry_after: Some(5),
+                ..Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service unavailable",
+                    "this server's encryption key is out of date and it takes no new work; retry",
+                )
+            },
             other => {
                 tracing::error!(error = %other, "API request failed in the store");
                 Problem::new(

@@ -262,6 +262,7 @@ impl Store {
 
     /// Creates a batch in state `submitting`.
     pub async fn create_batch(&self, b: NewBatch<'_>) -> Result<Uuid, StoreError> {
+        self.refuse_if_stale()?;
         let id = Uuid::new_v4();
         sqlx::query(
             "INSERT INTO batches (id, kind, benefit, source, file_name, file_sha256, parent_batch, priority)
@@ -317,6 +318,7 @@ impl Store {
         if rows.is_empty() {
             return Ok(ChunkOutcome::default());
         }
+        self.refuse_if_stale()?;
         let mut tx = self.pool.begin().await.ctx("starting a chunk")?;
         let inserted: Vec<i64> = chunk_insert(
             "ON CONFLICT (batch_id, dedup_hash) DO NOTHING",

@@ -216,6 +216,7 @@ impl Store {
         kind: JobKind,
         j: ExternalJob<'_>,
     ) -> Result<i64, StoreError> {
+        self.refuse_if_stale()?;
         let batch: Uuid = sqlx::query_scalar(
             "WITH ins AS (
                 INSERT INTO batches (id, kind, benefit, source, state, queue_day, submitted_at)

@@ -134,6 +134,19 @@ impl Store {
         self.keys.is_stale()
     }
 
+    /// Refuses a write of new identifiers while this process is stale: a row it encrypted and
+    /// hashed under its old key would not dedupe against the fleet's rows (the lookup hashes
+    /// differ), and once `rekey` has completed and the old key is retired nothing could read
+    /// it. Called by every store method that writes identifiers (a batch, a chunk of jobs, a
+    /// producer's job, a webhook secret); the API answers 503, so the client retries and its
+    /// next request reaches a replica with the fleet's key.
+    pub fn refuse_if_stale(&self) -> Result<(), StoreError> {
+        match self.keys.reason() {
+            Some(reason) if self.keys.is_stale() => Err(StoreError::StaleKey { reason }),
+            _ => Ok(()),
+        }
+    }
+
     /// Compares this process's keys with the newest recorded key; marks the process stale
     /// when they do not include it. Returns whether it is stale.
     pub async fn check_key_set(&self) -> Result<bool, StoreError> {
@@ -146,6 +159,31 @@ impl Store {
             self.keys.mark_stale(stale_reason(&self.vault, &key_id));
         }
         Ok(self.keys.is_stale())
+    }
+
+    /// Why the stored lookup hashes may be under two keys, if they may: a rotation started
+    /// (`pii_keys` records a key) and `rekey` has not completed it (`pii_key_check` still
+    /// names another key), or this process's `pii.key` is not the newest. A reconciliation
+    /// then refuses to start: it matches roster rows to the service's links by hash, and a
+    /// link still hashed under the old key would look like one outside the roster (an
+    /// `--apply` would de-link a rostered person).
+    pub async fn rotation_unfinished(&self) -> Result<Option<String>, StoreError> {
+        let check: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT check_value FROM pii_key_check WHERE singleton")
+                .fetch_optional(&self.pool)
+                .await
+                .ctx("reading the key check value")?;
+        if !self.is_newest_key().await? {
+            return Ok(Some(
+                "pii.key is not the fleet's newest key (table pii_keys)".into(),
+            ));
+        }
+        Ok(check.filter(|c| *c != self.vault.check_value()).map(|_| {
+            format!(
+                "the stored values are not all under pii.key (key id {}) yet: run `abha-bulk rekey` to completion",
+                self.vault.key_id()
+            )
+        }))
     }
 
     /// True when `pii.key` is the newest recorded key (what `rekey` must run with).

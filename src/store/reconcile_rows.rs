@@ -92,6 +92,14 @@ impl Store {
         sha256: &[u8],
         restart: bool,
     ) -> Result<RunStart, StoreError> {
+        if let Some(why) = self.rotation_unfinished().await? {
+            return Err(StoreError::Refused(format!(
+                "a pii.key rotation is in progress ({why}); until it completes the links' lookup \
+                 hashes are under two keys and a reconciliation would misreport rostered people \
+                 as unexpected links: finish the rotation (docs/operations.md, \"Rotating \
+                 pii.key\"), then reconcile"
+            )));
+        }
         let found = if restart {
             None
         } else {
@@ -157,6 +165,44 @@ impl Store {
         .await
         .ctx("dropping the rows of abandoned reconciliations")?;
         Ok(start)
+    }
+
+    /// Before `rekey` rewrites the lookup hashes: refuses while a reconciliation that may still
+    /// be resumed made progress within the last hour (naming it), and abandons older
+    /// unfinished runs (their staged rows are under the old hashes; resuming one after the
+    /// rewrite would misreport every row).
+    pub async fn abandon_reconciles_for_rekey(&self) -> Result<u64, StoreError> {
+        let busy: Option<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, benefit FROM reconcile_runs
+             WHERE finished_at IS NULL AND abandoned_at IS NULL
+               AND COALESCE(progress_at, started_at) > now() - interval '1 hour'
+             ORDER BY started_at DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .ctx("looking for a running reconciliation")?;
+        if let Some((id, benefit)) = busy {
+            return Err(StoreError::Refused(format!(
+                "reconciliation {id} of benefit {benefit} is in progress (it made progress within the \
+                 last hour): let it finish before `rekey` rewrites the lookup hashes it matches by"
+            )));
+        }
+        let n = sqlx::query(
+            "UPDATE reconcile_runs SET abandoned_at = now()
+             WHERE finished_at IS NULL AND abandoned_at IS NULL",
+        )
+        .execute(&self.pool)
+        .await
+        .ctx("abandoning unfinished reconciliations")?
+        .rows_affected();
+        sqlx::query(
+            "DELETE FROM reconcile_rows r USING reconcile_runs u
+             WHERE r.run_id = u.id AND u.abandoned_at IS NOT NULL",
+        )
+        .execute(&self.pool)
+        .await
+        .ctx("dropping the rows of abandoned reconciliations")?;
+        Ok(n)
     }
 
     /// Stages a chunk of valid roster rows `(subject hash, row number)`, in roster order:

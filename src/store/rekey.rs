@@ -75,6 +75,14 @@ impl Store {
                     .into(),
             ));
         }
+        // A reconciliation matches by lookup hash: none may run across the rewrite.
+        let abandoned = self.abandon_reconciles_for_rekey().await?;
+        if abandoned > 0 {
+            tracing::info!(
+                runs = abandoned,
+                "unfinished reconciliations abandoned: their staged rows hold the old lookup hashes"
+            );
+        }
         // Erased rows hold nothing to re-encrypt (and their hashes match nothing).
         let total: i64 = sqlx::query_scalar(
             "SELECT (SELECT count(*) FROM jobs WHERE erased_at IS NULL)

@@ -29,6 +29,7 @@ impl Store {
         b: NewBatch<'_>,
         force: bool,
     ) -> Result<Result<Uuid, UploadConflict>, StoreError> {
+        self.refuse_if_stale()?;
         let sha = b.file_sha256.unwrap_or_default();
         let mut tx = self.pool.begin().await.ctx("starting a batch")?;
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
@@ -88,6 +89,7 @@ impl Store {
         benefit: &str,
         rows: &[PreparedRow],
     ) -> Result<Option<ChunkOutcome>, StoreError> {
+        self.refuse_if_stale()?;
         let mut tx = self.pool.begin().await.ctx("starting a chunk")?;
         let inserted = chunk_insert("", (batch, kind, benefit), rows)
             .fetch_all(&mut *tx)

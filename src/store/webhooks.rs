@@ -46,6 +46,7 @@ pub const MAX_ATTEMPTS: i32 = 12;
 impl Store {
     /// Gives a key a webhook; returns the signing secret (`whsec_…`, shown once).
     pub async fn set_webhook(&self, key: Uuid, url: &str) -> Result<String, StoreError> {
+        self.refuse_if_stale()?;
         let raw: Vec<u8> = (0..24).map(|_| rand::random::<u8>()).collect();
         use base64::Engine;
         let secret = base64::engine::general_purpose::STANDARD.encode(&raw);
