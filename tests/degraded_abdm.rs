@@ -119,3 +119,42 @@ async fn half_of_the_calls_failing_kills_no_row() {
     assert_eq!(counts.get("dead") + counts.get("failed"), 0);
     env.cleanup().await;
 }
+
+/// A probe after an outage meets one stray 5xx (noise, not the outage): it tries once more and
+/// closes the breaker, instead of waiting for the next probe (16 or 32 s later once the
+/// interval has doubled). A throttled answer (ABDM-1022) is ABDM up: it closes the breaker
+/// too. Two 5xx in a row keep it open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_shrugs_off_one_stray_error_and_counts_a_throttle_as_up() {
+    use abha_bulk::breaker::Breaker;
+    use abha_bulk::sandbox::ScriptedResponse;
+    let env = TestEnv::new().await;
+    let client = abha_bulk::sandbox::DEFAULT_CLIENT_ID;
+    let breaker = Breaker::new(env.store.clone(), client, BreakerConfig::default());
+    let script = |status: u16, body: &str, times: u32| ScriptedResponse {
+        path_contains: "/benefit/abha/91-0000-0000-0000".into(),
+        status,
+        body: body.into(),
+        retry_after: None,
+        times,
+    };
+    // Opens with its first probe due at once; returns whether one probe closed it.
+    let probe = |answers: Vec<ScriptedResponse>| {
+        let (env, breaker) = (&env, &breaker);
+        async move {
+            assert!(env.store.open_circuit(client, "test", 0.0).await.unwrap());
+            for a in answers {
+                env.sandbox.state().push_script(a);
+            }
+            // The replica's cached view is re-read after `refresh` (1 s).
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            breaker.probe_if_due(&env.client).await;
+            !circuit_open(env).await
+        }
+    };
+    assert!(probe(vec![script(503, "", 1)]).await, "one stray 503");
+    let throttled = r#"{"code":"ABDM-1022","message":"Too many requests"}"#;
+    assert!(probe(vec![script(429, throttled, 1)]).await, "throttled");
+    assert!(!probe(vec![script(503, "", 2)]).await, "two 503s in a row");
+    env.cleanup().await;
+}
