@@ -335,7 +335,12 @@ impl Breaker {
             match clock_due {
                 None => return Gate::Closed,
                 Some(true) => {
-                    self.probe_clock(client).await;
+                    // An ABDM call: bounded by the delivery's deadline too (it changes
+                    // nothing, so cutting it short loses nothing).
+                    let _ = tokio::time::timeout_at(deadline, self.probe_clock(client)).await;
+                    if tokio::time::Instant::now() >= deadline && self.clock_held() {
+                        return Gate::Expired;
+                    }
                     continue;
                 }
                 Some(false) => {}

@@ -8,8 +8,9 @@
 //! claim: every settled round leaves a *recheck row* covering the ids it published, shaped
 //! like a batch row (`batch_id`, `after_job`, `upto_job`, `recheck = true`) and due
 //! `relay.republish_after_secs` later. When it falls due the relay expands it like a batch
-//! row, but only into jobs still waiting to run (`queued`, or `retrying` and due: a job
-//! waiting for its retry is backed by its own job row and is not published early), publishes
+//! row, but only into jobs still waiting to run (`queued`, or `retrying` and due) that have
+//! no outbox job row of their own (a retry or postponement is published by its job row, in
+//! its programme's turn), publishes
 //! those again (a duplicate is harmless: the claim runs a job once) and leaves a new recheck
 //! row for them.
 //!
@@ -221,8 +222,13 @@ impl Store {
     }
 
     /// The next jobs of a recheck row's range still waiting to run, at most `room`, reading at
-    /// most [`CHUNK`] ids of the range. Waiting: `queued`, or `retrying` and due (a retry not
-    /// yet due has its own job row; publishing it early would only be acked as not due).
+    /// most [`CHUNK`] ids of the range. Waiting: `queued`, or `retrying` and due, with no
+    /// outbox job row of its own. A job with one (a retry, a postponement, an expired lease)
+    /// is published by that row in its programme's turn; republishing it as well made a
+    /// duplicate that cost a rate token before the claim found it busy: after the breaker
+    /// closed on an ABDM outage, every postponed job was due at once and the fleet spent its
+    /// rate on duplicates (the chaos run's short storm fell to 0 jobs/s; migration 0019 indexes
+    /// the lookup).
     pub(super) async fn expand_recheck(
         &self,
         l: &Leased,
@@ -230,9 +236,10 @@ impl Store {
     ) -> Result<(Vec<OutboxRow>, Cursor), StoreError> {
         let end = l.upto_job.min(l.after_job.saturating_add(CHUNK));
         let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM jobs
+            "SELECT id FROM jobs j
              WHERE id > $1 AND id <= $2 AND batch_id = $3 AND state IN ('queued', 'retrying')
                AND (state = 'queued' OR next_due_at <= now())
+               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id)
              ORDER BY id LIMIT $4",
         )
         .bind(l.after_job)
