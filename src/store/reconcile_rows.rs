@@ -156,14 +156,7 @@ impl Store {
         .execute(&self.pool)
         .await
         .ctx("abandoning older unfinished reconciliations")?;
-        sqlx::query(
-            "DELETE FROM reconcile_rows r USING reconcile_runs u
-             WHERE r.run_id = u.id AND u.benefit = $1 AND u.abandoned_at IS NOT NULL",
-        )
-        .bind(benefit)
-        .execute(&self.pool)
-        .await
-        .ctx("dropping the rows of abandoned reconciliations")?;
+        self.drop_abandoned_rows(Some(benefit)).await?;
         Ok(start)
     }
 
@@ -195,14 +188,22 @@ impl Store {
         .await
         .ctx("abandoning unfinished reconciliations")?
         .rows_affected();
+        self.drop_abandoned_rows(None).await?;
+        Ok(n)
+    }
+
+    /// Drops the staged rows of abandoned reconciliations (of `benefit`, or of every benefit).
+    async fn drop_abandoned_rows(&self, benefit: Option<&str>) -> Result<(), StoreError> {
         sqlx::query(
             "DELETE FROM reconcile_rows r USING reconcile_runs u
-             WHERE r.run_id = u.id AND u.abandoned_at IS NOT NULL",
+             WHERE r.run_id = u.id AND u.abandoned_at IS NOT NULL
+               AND ($1::text IS NULL OR u.benefit = $1)",
         )
+        .bind(benefit)
         .execute(&self.pool)
         .await
         .ctx("dropping the rows of abandoned reconciliations")?;
-        Ok(n)
+        Ok(())
     }
 
     /// Stages a chunk of valid roster rows `(subject hash, row number)`, in roster order:

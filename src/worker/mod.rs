@@ -259,6 +259,11 @@ impl Worker {
             .await
             .ctx("setting the prefetch")?;
         let publisher = Publisher::open(&conn, self.topology.clone()).await?;
+        // Warm up before consuming: a delivery's hold starts when the consume loop sees it, so
+        // deliveries buffered during a warm-up that waits (up to 10 s, for the rate budget
+        // while Postgres is down) were held that much longer than `hold_max` (the chaos run saw
+        // a restarted worker's channel closed by a 20 s `consumer_timeout`).
+        self.warm_up(stop).await;
         let mut consumers = Vec::new();
         for queue in self.topology.queues_for(&self.cfg.kinds) {
             let c = ch
@@ -284,7 +289,7 @@ impl Worker {
                 })
         });
         let result = self
-            .serve(deliveries, Arc::new(publisher.clone()), stop)
+            .serve_warm(deliveries, Arc::new(publisher.clone()), stop)
             .await;
         if result.is_ok() {
             publisher.close().await;
@@ -300,6 +305,20 @@ impl Worker {
     /// their outcomes still commit, and their redelivered messages find them running or
     /// final; aborting them would leave claimed jobs waiting for their lease to expire).
     pub async fn serve<S>(
+        self: Arc<Self>,
+        deliveries: S,
+        dead: Arc<dyn DeadLetters>,
+        stop: &CancellationToken,
+    ) -> Result<(), queue::QueueError>
+    where
+        S: futures::Stream<Item = Result<Inbound, queue::QueueError>> + Send,
+    {
+        self.warm_up(stop).await;
+        self.serve_warm(deliveries, dead, stop).await
+    }
+
+    /// [`Self::serve`] without the warm-up (RabbitMQ's consumer warms up before it consumes).
+    async fn serve_warm<S>(
         self: Arc<Self>,
         deliveries: S,
         dead: Arc<dyn DeadLetters>,
@@ -339,7 +358,6 @@ impl Worker {
             }
         }));
         let stop = &halt;
-        self.warm_up(stop).await;
         tracing::info!(worker = %self.cfg.id, in_flight = self.cfg.in_flight, "worker consuming");
         let result = loop {
             tokio::select! {
