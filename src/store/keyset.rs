@@ -141,9 +141,10 @@ impl Store {
     /// producer's job, a webhook secret); the API answers 503, so the client retries and its
     /// next request reaches a replica with the fleet's key.
     pub fn refuse_if_stale(&self) -> Result<(), StoreError> {
+        // A reason is recorded exactly when the process went stale (`KeyState::mark_stale`).
         match self.keys.reason() {
-            Some(reason) if self.keys.is_stale() => Err(StoreError::StaleKey { reason }),
-            _ => Ok(()),
+            Some(reason) => Err(StoreError::StaleKey { reason }),
+            None => Ok(()),
         }
     }
 
@@ -168,16 +169,16 @@ impl Store {
     /// link still hashed under the old key would look like one outside the roster (an
     /// `--apply` would de-link a rostered person).
     pub async fn rotation_unfinished(&self) -> Result<Option<String>, StoreError> {
-        let check: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT check_value FROM pii_key_check WHERE singleton")
-                .fetch_optional(&self.pool)
-                .await
-                .ctx("reading the key check value")?;
         if !self.is_newest_key().await? {
             return Ok(Some(
                 "pii.key is not the fleet's newest key (table pii_keys)".into(),
             ));
         }
+        let check: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT check_value FROM pii_key_check WHERE singleton")
+                .fetch_optional(&self.pool)
+                .await
+                .ctx("reading the key check value")?;
         Ok(check.filter(|c| *c != self.vault.check_value()).map(|_| {
             format!(
                 "the stored values are not all under pii.key (key id {}) yet: run `abha-bulk rekey` to completion",
